@@ -1,0 +1,1 @@
+//! Pure, synchronous, deterministic state machines (implementation pending).

@@ -1,0 +1,159 @@
+//! etcd's errors: the exact gRPC status codes and messages etcd's clients expect.
+//!
+//! Every failure a client can see is one of these variants; [`EtcdError::to_status`] turns
+//! it into the `tonic::Status` etcd would send, so `etcdctl` prints the same text.
+
+use std::fmt;
+
+/// An error with etcd's meaning, code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdError {
+    /// The request has no key.
+    EmptyKey,
+    /// A key that must exist does not (e.g. `ignore_value` on a missing key).
+    KeyNotFound,
+    /// `ignore_value` was set together with a value.
+    ValueProvided,
+    /// `ignore_lease` was set together with a lease.
+    LeaseProvided,
+    /// A txn has more operations than `--max-txn-ops`.
+    TooManyOps,
+    /// A txn writes the same key twice in one branch.
+    DuplicateKey,
+    /// The requested revision has been compacted.
+    Compacted,
+    /// The requested revision is newer than the store.
+    FutureRev,
+    /// The request is larger than `--max-request-bytes`.
+    RequestTooLarge,
+    /// The lease does not exist.
+    LeaseNotFound,
+    /// The lease already exists.
+    LeaseExist,
+    /// The requested TTL is too large.
+    LeaseTtlTooLarge,
+    /// The backend quota is exhausted.
+    NoSpace,
+    /// The request did not complete in time.
+    Timeout,
+    /// The cluster has no leader.
+    NoLeader,
+    /// The leader changed while the request was in flight.
+    LeaderChanged,
+    /// The server is stopping.
+    Stopped,
+    /// The server is overloaded (too many pending proposals).
+    TooManyRequests,
+    /// The server cannot serve the request in its current state.
+    NotCapable,
+    /// A request was malformed in a way etcd reports with a custom message.
+    InvalidArgument(String),
+    /// The method is not implemented.
+    Unimplemented(String),
+    /// The member's data is corrupt; it refuses to serve.
+    Corrupt(String),
+    /// An internal failure (I/O, encoding). The message is for the log and the client.
+    Internal(String),
+}
+
+/// gRPC status codes as etcd uses them (a subset of `tonic::Code`, kept here so pure code
+/// does not depend on tonic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// `InvalidArgument` (3).
+    InvalidArgument,
+    /// `NotFound` (5).
+    NotFound,
+    /// `FailedPrecondition` (9).
+    FailedPrecondition,
+    /// `OutOfRange` (11).
+    OutOfRange,
+    /// `ResourceExhausted` (8).
+    ResourceExhausted,
+    /// `Unavailable` (14).
+    Unavailable,
+    /// `Unimplemented` (12).
+    Unimplemented,
+    /// `DataLoss` (15).
+    DataLoss,
+    /// `Internal` (13).
+    Internal,
+}
+
+impl EtcdError {
+    /// The gRPC code etcd answers this error with.
+    pub fn code(&self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | RequestTooLarge | InvalidArgument(_) => Code::InvalidArgument,
+            Compacted | FutureRev => Code::OutOfRange,
+            LeaseNotFound => Code::NotFound,
+            LeaseExist | NotCapable => Code::FailedPrecondition,
+            LeaseTtlTooLarge => Code::OutOfRange,
+            NoSpace | TooManyRequests => Code::ResourceExhausted,
+            Timeout | NoLeader | LeaderChanged | Stopped => Code::Unavailable,
+            Unimplemented(_) => Code::Unimplemented,
+            Corrupt(_) => Code::DataLoss,
+            Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The message etcd sends with this error, byte for byte.
+    pub fn message(&self) -> String {
+        use EtcdError::*;
+        match self {
+            EmptyKey => "etcdserver: key is not provided".into(),
+            KeyNotFound => "etcdserver: key not found".into(),
+            ValueProvided => "etcdserver: value is provided".into(),
+            LeaseProvided => "etcdserver: lease is provided".into(),
+            TooManyOps => "etcdserver: too many operations in txn request".into(),
+            DuplicateKey => "etcdserver: duplicate key given in txn request".into(),
+            Compacted => "etcdserver: mvcc: required revision has been compacted".into(),
+            FutureRev => "etcdserver: mvcc: required revision is a future revision".into(),
+            RequestTooLarge => "etcdserver: request is too large".into(),
+            LeaseNotFound => "etcdserver: requested lease not found".into(),
+            LeaseExist => "etcdserver: lease already exists".into(),
+            LeaseTtlTooLarge => "etcdserver: too large lease TTL".into(),
+            NoSpace => "etcdserver: mvcc: database space exceeded".into(),
+            Timeout => "etcdserver: request timed out".into(),
+            NoLeader => "etcdserver: no leader".into(),
+            LeaderChanged => "etcdserver: leader changed".into(),
+            Stopped => "etcdserver: server stopped".into(),
+            TooManyRequests => "etcdserver: too many requests".into(),
+            NotCapable => "etcdserver: not capable".into(),
+            InvalidArgument(m) | Unimplemented(m) | Internal(m) => m.clone(),
+            Corrupt(m) => format!("etcdserver: corrupt cluster: {m}"),
+        }
+    }
+
+    /// The `tonic::Status` etcd would send for this error.
+    pub fn to_status(&self) -> tonic::Status {
+        let code = match self.code() {
+            Code::InvalidArgument => tonic::Code::InvalidArgument,
+            Code::NotFound => tonic::Code::NotFound,
+            Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+            Code::OutOfRange => tonic::Code::OutOfRange,
+            Code::ResourceExhausted => tonic::Code::ResourceExhausted,
+            Code::Unavailable => tonic::Code::Unavailable,
+            Code::Unimplemented => tonic::Code::Unimplemented,
+            Code::DataLoss => tonic::Code::DataLoss,
+            Code::Internal => tonic::Code::Internal,
+        };
+        tonic::Status::new(code, self.message())
+    }
+}
+
+impl fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+impl From<EtcdError> for tonic::Status {
+    fn from(e: EtcdError) -> Self {
+        e.to_status()
+    }
+}

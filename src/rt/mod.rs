@@ -1,0 +1,110 @@
+//! The runtime seam: the one module that knows whether detcd runs on real tokio or inside
+//! madsim's deterministic simulation. Everything else asks this module for time, tasks,
+//! randomness and blocking work, so the same actor code runs unchanged in both worlds.
+//!
+//! `tokio` and `tonic` in Cargo.toml are madsim's drop-in crates: they re-export the real
+//! crates in a normal build and switch to simulated versions under `--cfg madsim`. What
+//! differs beyond that (blocking threads, OS randomness, signals) is decided here.
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use tokio::time::Instant;
+
+/// True when this build runs inside madsim's simulator.
+pub const SIMULATED: bool = cfg!(madsim);
+
+/// Spawns an actor or helper task on the current runtime. The name is recorded for logs.
+pub fn spawn<F>(name: &'static str, fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tracing::trace!(task = name, "spawn");
+    tokio::spawn(fut)
+}
+
+/// Sleeps for the given duration of (real or simulated) time.
+pub async fn sleep(duration: Duration) {
+    tokio::time::sleep(duration).await
+}
+
+/// The current (real or simulated) monotonic instant.
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+/// Milliseconds of wall-clock time since the Unix epoch (simulated under madsim).
+pub fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A 64-bit random seed. Under madsim it comes from the simulation's seeded generator,
+/// so a run is reproducible from its seed; otherwise from the operating system.
+pub fn random_u64() -> u64 {
+    #[cfg(madsim)]
+    {
+        use rand::RngCore;
+        madsim::rand::thread_rng().next_u64()
+    }
+    #[cfg(not(madsim))]
+    {
+        rand::random::<u64>()
+    }
+}
+
+/// Runs blocking work (an fsync, a large disk read). On tokio it moves to the blocking
+/// pool so the async workers keep serving; under madsim, where threads are forbidden and
+/// the disk is simulated in memory, it runs inline.
+pub async fn blocking<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    #[cfg(madsim)]
+    {
+        f()
+    }
+    #[cfg(not(madsim))]
+    {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C). Under madsim there are
+/// no signals: nodes are stopped by the simulator, so this never resolves.
+pub async fn shutdown_signal() {
+    #[cfg(madsim)]
+    {
+        std::future::pending::<()>().await
+    }
+    #[cfg(not(madsim))]
+    {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+    }
+}

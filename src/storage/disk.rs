@@ -1,0 +1,1 @@
+//! The `Disk` seam (implementation pending).
