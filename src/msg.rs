@@ -1,1 +1,111 @@
-//! msgs
+//! Every message the actors exchange, in one place.
+//!
+//! The gateway talks to the raft actor (proposals, read barriers, status) and to the
+//! storage actor (reads, status); the raft actor hands committed entries to the storage
+//! actor. All channels are bounded (see [`CHANNEL_BOUND`]): a full channel pushes back on
+//! the sender instead of growing memory.
+
+use tokio::sync::oneshot;
+
+use crate::core::apply::Response;
+use crate::error::EtcdError;
+use crate::pb::detcdpb::InternalRequest;
+use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse};
+
+/// The capacity of every inter-actor channel.
+pub const CHANNEL_BOUND: usize = 1024;
+
+/// The answer to a proposal once it has been applied.
+pub type ApplyReply = Result<Response, EtcdError>;
+
+/// Where an applied proposal's result goes: the client request that is waiting for it.
+pub type Waiter = oneshot::Sender<ApplyReply>;
+
+/// Messages to the raft actor.
+#[derive(Debug)]
+pub enum RaftMsg {
+    /// Replicate a request through raft; `reply` receives the apply result.
+    Propose {
+        /// The request; its header id is assigned by the raft actor.
+        request: InternalRequest,
+        /// Receives the applied response or the reason the proposal failed.
+        reply: Waiter,
+    },
+    /// A linearizable read barrier: `reply` receives the raft index that the state
+    /// machine must reach before the read may be served (raft's ReadIndex).
+    ReadIndex {
+        /// Receives the index, or why none can be given (no leader, stopping).
+        reply: oneshot::Sender<Result<u64, EtcdError>>,
+    },
+    /// Asks for the raft status.
+    Status {
+        /// Receives the status.
+        reply: oneshot::Sender<RaftStatus>,
+    },
+}
+
+/// What the raft actor reports about consensus.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// This member's id.
+    pub member_id: u64,
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// The current leader's member id (0 when there is none).
+    pub leader_id: u64,
+    /// The current raft term.
+    pub term: u64,
+    /// The raft commit index.
+    pub commit_index: u64,
+    /// The index of the last entry in the raft log.
+    pub last_index: u64,
+}
+
+/// Messages to the storage (apply) actor.
+#[derive(Debug)]
+pub enum StorageMsg {
+    /// Committed raft entries, in log order, to apply. `waiters[i]` is the client waiting
+    /// for `entries[i]`, if this member proposed it.
+    Apply {
+        /// The committed entries.
+        entries: Vec<raft::eraftpb::Entry>,
+        /// One slot per entry.
+        waiters: Vec<Option<Waiter>>,
+    },
+    /// A read, served once the applied index reaches `min_applied_index`.
+    Range {
+        /// The request (already validated).
+        request: RangeRequest,
+        /// The raft index the state machine must have applied first (0: serve now).
+        min_applied_index: u64,
+        /// Receives the response.
+        reply: oneshot::Sender<Result<RangeResponse, EtcdError>>,
+    },
+    /// Asks for the storage status.
+    Status {
+        /// Receives the status.
+        reply: oneshot::Sender<StorageStatus>,
+    },
+    /// Asks for the KV hash at a revision (0: current).
+    HashKv {
+        /// The revision.
+        revision: i64,
+        /// Receives the hash.
+        reply: oneshot::Sender<Result<HashKvResponse, EtcdError>>,
+    },
+}
+
+/// What the storage actor reports about the state machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageStatus {
+    /// The last applied raft index.
+    pub applied_index: u64,
+    /// The current MVCC revision.
+    pub revision: i64,
+    /// The compacted revision.
+    pub compact_revision: i64,
+    /// The backend's size on disk.
+    pub db_size_bytes: u64,
+    /// The number of keys.
+    pub key_count: u64,
+}

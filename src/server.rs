@@ -1,1 +1,354 @@
-//! server
+//! Starting and stopping one detcd member: open storage, recover, spawn the actors, wait
+//! until the member can serve, then serve gRPC until asked to stop.
+//!
+//! [`ServerConfig`] is what the server needs, independent of how it was configured (flags,
+//! environment, config file, or a simulation harness), so the binary and the simulator
+//! start members through the same code.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::actors::raft_node::{RaftActor, RaftActorConfig};
+use crate::actors::storage::{self, StorageActor};
+use crate::gateway::{self, Handle, MemberInfo};
+use crate::msg::{RaftStatus, CHANNEL_BOUND};
+use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::raft::{ids, log};
+use crate::rt;
+use crate::storage::backend::{Backend, MemBackend, SledBackend};
+use crate::storage::disk::Disk;
+
+/// gRPC framing allowance on top of `--max-request-bytes`, as etcd adds it to the
+/// server's receive limit so that the request-size check, not the transport, answers.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Which MVCC backend a member uses.
+pub enum BackendChoice {
+    /// sled, in `<data-dir>/member/snap/db` (production).
+    Sled,
+    /// An in-memory backend (simulation: sled starts OS threads, which madsim forbids).
+    Memory(MemBackend),
+}
+
+/// Everything a member needs to start.
+pub struct ServerConfig {
+    /// `--name`.
+    pub name: String,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--wal-dir` (default `<data-dir>/member/wal`).
+    pub wal_dir: Option<PathBuf>,
+    /// Addresses from `--listen-client-urls`.
+    pub listen_client_addrs: Vec<SocketAddr>,
+    /// `--advertise-client-urls`.
+    pub advertise_client_urls: Vec<String>,
+    /// `--initial-advertise-peer-urls`.
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `--initial-cluster`, parsed: member name and peer URLs.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    /// `--initial-cluster-token`.
+    pub initial_cluster_token: String,
+    /// `--heartbeat-interval`.
+    pub heartbeat_interval_ms: u64,
+    /// `--election-timeout`.
+    pub election_timeout_ms: u64,
+    /// `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
+    /// The disk the WAL is written through.
+    pub disk: Arc<dyn Disk>,
+    /// The MVCC backend.
+    pub backend: BackendChoice,
+}
+
+/// Why a member failed to start or stopped abnormally.
+#[derive(Debug)]
+pub struct ServerError(pub String);
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+fn err(e: impl std::fmt::Display) -> ServerError {
+    ServerError(e.to_string())
+}
+
+/// The bound client addresses, reported once the member serves (port 0 resolved).
+pub type ReadySender = tokio::sync::oneshot::Sender<Vec<SocketAddr>>;
+
+/// Runs a member until `shutdown` resolves or an actor fails. `ready` (if given) receives
+/// the client addresses once the member serves requests.
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+    ready: Option<ReadySender>,
+) -> Result<(), ServerError> {
+    let member_id = ids::member_id(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token);
+    let mut voter_ids: Vec<u64> = cfg
+        .initial_cluster
+        .iter()
+        .map(|(_, urls)| ids::member_id(urls, &cfg.initial_cluster_token))
+        .collect();
+    if !voter_ids.contains(&member_id) {
+        return Err(ServerError(format!(
+            "couldn't find local name {:?} in the initial cluster configuration",
+            cfg.name
+        )));
+    }
+    voter_ids.sort_unstable();
+    voter_ids.dedup();
+    let cluster_id = ids::cluster_id(&voter_ids);
+    tracing::info!(
+        name = %cfg.name,
+        data_dir = %cfg.data_dir.display(),
+        member_id = format!("{member_id:x}"),
+        cluster_id = format!("{cluster_id:x}"),
+        "starting detcd member"
+    );
+
+    // The MVCC backend first: it says how far the state machine got.
+    let member_dir = cfg.data_dir.join("member");
+    let backend: Box<dyn Backend> = match cfg.backend {
+        BackendChoice::Sled => {
+            let snap_dir = member_dir.join("snap");
+            std::fs::create_dir_all(&snap_dir)
+                .map_err(|e| ServerError(format!("cannot create {}: {e}", snap_dir.display())))?;
+            Box::new(SledBackend::open(&snap_dir.join("db")).map_err(|e| {
+                ServerError(format!("cannot open backend {}: {e}", snap_dir.display()))
+            })?)
+        }
+        BackendChoice::Memory(b) => Box::new(b),
+    };
+    let recovered = storage::recover(backend.as_ref()).map_err(err)?;
+    let applied_index = recovered.applied_index;
+    tracing::info!(
+        applied_index,
+        revision = recovered.mvcc.current_revision(),
+        "recovered the MVCC backend"
+    );
+
+    let wal_dir = cfg.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));
+    let raft_log = log::open_or_create(
+        cfg.disk.clone(),
+        &wal_dir,
+        log::WalIdentity {
+            member_id,
+            cluster_id,
+        },
+        &voter_ids,
+        applied_index,
+    )
+    .map_err(err)?;
+    if raft_log.created {
+        tracing::info!(wal_dir = %wal_dir.display(), "created a new WAL");
+    } else {
+        tracing::info!(wal_dir = %wal_dir.display(), "restarting local member from its WAL");
+    }
+
+    // Bind before anything serves, so a busy port fails the start.
+    let mut listeners = Vec::new();
+    for addr in &cfg.listen_client_addrs {
+        let l = rt::bind(*addr)
+            .await
+            .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {e}")))?;
+        listeners.push(l);
+    }
+
+    let (raft_tx, raft_rx) = mpsc::channel(CHANNEL_BOUND);
+    let (storage_tx, storage_rx) = mpsc::channel(CHANNEL_BOUND);
+    let (status_tx, mut status_rx) = watch::channel(RaftStatus::default());
+    let raft_actor = RaftActor::new(
+        raft_log,
+        RaftActorConfig {
+            member_id,
+            cluster_id,
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+            election_timeout_ms: cfg.election_timeout_ms,
+            max_request_bytes: cfg.max_request_bytes,
+            applied_index,
+        },
+        raft_rx,
+        storage_tx.clone(),
+        status_tx,
+    )
+    .map_err(err)?;
+    let storage_actor = StorageActor::new(recovered, backend, member_id, cluster_id, storage_rx);
+    let mut raft_task = rt::spawn("raft", raft_actor.run());
+    let mut storage_task = rt::spawn("storage", storage_actor.run());
+
+    let handle = Handle {
+        raft_tx,
+        storage_tx,
+        raft_status: status_rx.clone(),
+        member: MemberInfo {
+            name: cfg.name.clone(),
+            member_id,
+            cluster_id,
+            peer_urls: cfg.initial_advertise_peer_urls.clone(),
+            client_urls: cfg.advertise_client_urls.clone(),
+        },
+        max_txn_ops: cfg.max_txn_ops,
+        // etcd's request timeout: 5 s plus twice the election timeout.
+        request_timeout: Duration::from_millis(5_000 + 2 * cfg.election_timeout_ms),
+    };
+
+    // Serve only once a leader exists and this member has applied everything committed
+    // before it started, as etcd serves only after publishing itself through raft.
+    tokio::select! {
+        r = wait_until_caught_up(&handle, &mut status_rx) => r?,
+        r = &mut raft_task => return Err(actor_exit("raft", r.map(|r| r.map_err(err)))),
+        r = &mut storage_task => return Err(actor_exit("storage", r.map(|r| r.map_err(err)))),
+    }
+    tracing::info!(
+        name = %cfg.name,
+        client_urls = ?cfg.advertise_client_urls,
+        cluster_id = format!("{cluster_id:x}"),
+        "published local member to cluster through raft"
+    );
+    tracing::info!(
+        cluster_version = crate::ETCD_CLUSTER_VERSION,
+        "enabled capabilities for version {}",
+        &crate::ETCD_CLUSTER_VERSION[..3]
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let mut servers = Vec::new();
+    let mut bound = Vec::new();
+    for listener in listeners {
+        let addr = listener.local_addr();
+        bound.push(addr);
+        let router = tonic::transport::Server::builder()
+            .add_service(
+                KvServer::new(gateway::kv::KvService::new(handle.clone()))
+                    .max_decoding_message_size(max_recv)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                MaintenanceServer::new(gateway::maintenance::MaintenanceService::new(
+                    handle.clone(),
+                ))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                ClusterServer::new(gateway::cluster::ClusterService::new(handle.clone()))
+                    .max_decoding_message_size(max_recv)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        let mut stop = stop_rx.clone();
+        servers.push(rt::spawn("grpc", async move {
+            rt::serve_grpc(router, listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+        tracing::info!(
+            address = %addr,
+            "ready to serve client requests"
+        );
+        tracing::info!(
+            address = %addr,
+            "serving insecure client requests on {addr}, this is strongly discouraged!"
+        );
+    }
+    drop(handle);
+    if let Some(ready) = ready {
+        let _ = ready.send(bound);
+    }
+
+    let outcome = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("received a stop request; closing client listeners after in-flight requests");
+            Ok(())
+        }
+        r = &mut raft_task => Err(actor_exit("raft", r.map(|r| r.map_err(err)))),
+        r = &mut storage_task => Err(actor_exit("storage", r.map(|r| r.map_err(err)))),
+    };
+    let _ = stop_tx.send(true);
+    for s in servers {
+        match s.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "client listener stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "client listener task failed"),
+        }
+    }
+    if outcome.is_ok() {
+        // The gateway's handles are gone once the listeners stop, which closes the raft
+        // actor's inbox; it then drops its sender, which stops the storage actor after it
+        // has applied and synced everything.
+        match raft_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(err(e)),
+            Err(e) => return Err(err(e)),
+        }
+        match storage_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(err(e)),
+            Err(e) => return Err(err(e)),
+        }
+        tracing::info!("stopped detcd member");
+    }
+    outcome
+}
+
+fn actor_exit<E: std::fmt::Display>(
+    name: &str,
+    r: Result<Result<(), ServerError>, E>,
+) -> ServerError {
+    match r {
+        Ok(Ok(())) => ServerError(format!("the {name} actor stopped unexpectedly")),
+        Ok(Err(e)) => ServerError(format!("the {name} actor failed: {e}")),
+        Err(e) => ServerError(format!("the {name} actor panicked: {e}")),
+    }
+}
+
+async fn wait_until_caught_up(
+    handle: &Handle,
+    status_rx: &mut watch::Receiver<RaftStatus>,
+) -> Result<(), ServerError> {
+    loop {
+        if status_rx.borrow().leader_id != 0 {
+            match handle.read_index().await {
+                Ok(index) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    // A range at the barrier resolves only once the state machine has
+                    // applied up to it.
+                    let req = crate::pb::etcdserverpb::RangeRequest {
+                        key: vec![0],
+                        count_only: true,
+                        ..Default::default()
+                    };
+                    let msg = crate::msg::StorageMsg::Range {
+                        request: req,
+                        min_applied_index: index,
+                        reply: tx,
+                    };
+                    if handle.call(msg, rx, &handle.storage_tx).await.is_ok() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "waiting for the member to catch up"),
+            }
+        }
+        tokio::select! {
+            r = status_rx.changed() => {
+                if r.is_err() {
+                    return Err(ServerError("the raft actor stopped during start".into()));
+                }
+            }
+            _ = rt::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}

@@ -1,1 +1,9 @@
-//! The detcd simulator.
+//! The detcd simulator: whole detcd clusters in one process under madsim, driven from a
+//! seed, with faults injected from data files (`scenarios/*.toml`).
+//!
+//! The harness only exists in the madsim build (`RUSTFLAGS="--cfg madsim"`); a normal
+//! build of this crate compiles to an empty library so that `cargo build` of the whole
+//! workspace works everywhere.
+
+#[cfg(madsim)]
+pub mod harness;

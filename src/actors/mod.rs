@@ -1,1 +1,11 @@
-//! TODO
+//! The actors: thin async loops, each owning one pure state machine (or the raft node)
+//! and talking to the others only through the bounded channels of [`crate::msg`].
+//!
+//! - [`raft_node`]: the raft `RawNode` and the WAL; turns proposals into committed entries.
+//! - [`storage`]: the MVCC state machine and its backend; applies committed entries and
+//!   serves reads.
+//!
+//! The lease timer and the watch hub join them as their own actors.
+
+pub mod raft_node;
+pub mod storage;

@@ -1,1 +1,131 @@
-//! TODO
+//! The gRPC gateway: one file per etcd service. Each handler validates the request as
+//! etcd's gRPC layer does, then either proposes it through the raft actor or reads from
+//! the storage actor, and waits (bounded by the request timeout) for the answer.
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::core::apply::Response;
+use crate::error::EtcdError;
+use crate::msg::{RaftMsg, RaftStatus, StorageMsg, StorageStatus};
+use crate::pb::detcdpb::InternalRequest;
+use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
+
+/// What this member tells clients about itself (Cluster.MemberList, Status).
+#[derive(Debug, Clone, Default)]
+pub struct MemberInfo {
+    /// The member's name (`--name`).
+    pub name: String,
+    /// The member id.
+    pub member_id: u64,
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// `--initial-advertise-peer-urls`.
+    pub peer_urls: Vec<String>,
+    /// `--advertise-client-urls`.
+    pub client_urls: Vec<String>,
+}
+
+/// The handle every service holds: channels to the actors and the serving limits.
+#[derive(Clone)]
+pub struct Handle {
+    /// To the raft actor.
+    pub raft_tx: mpsc::Sender<RaftMsg>,
+    /// To the storage actor.
+    pub storage_tx: mpsc::Sender<StorageMsg>,
+    /// The latest raft status.
+    pub raft_status: watch::Receiver<RaftStatus>,
+    /// This member.
+    pub member: MemberInfo,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
+    /// How long a request may wait for raft before "request timed out".
+    pub request_timeout: Duration,
+}
+
+impl Handle {
+    /// Proposes a request through raft and waits for its applied result.
+    pub async fn propose(&self, request: InternalRequest) -> Result<Response, EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(RaftMsg::Propose { request, reply: tx }, rx, &self.raft_tx)
+            .await?
+    }
+
+    /// Serves a range: linearizable (after a ReadIndex barrier) unless `serializable`.
+    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
+        let min_applied_index = if request.serializable {
+            0
+        } else {
+            self.read_index().await?
+        };
+        let (tx, rx) = oneshot::channel();
+        self.call(
+            StorageMsg::Range {
+                request,
+                min_applied_index,
+                reply: tx,
+            },
+            rx,
+            &self.storage_tx,
+        )
+        .await?
+    }
+
+    /// Obtains a linearizable read barrier from raft.
+    pub async fn read_index(&self) -> Result<u64, EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(RaftMsg::ReadIndex { reply: tx }, rx, &self.raft_tx)
+            .await?
+    }
+
+    /// The storage actor's status.
+    pub async fn storage_status(&self) -> Result<StorageStatus, EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(StorageMsg::Status { reply: tx }, rx, &self.storage_tx)
+            .await
+    }
+
+    /// The raft actor's status.
+    pub async fn raft_status(&self) -> Result<RaftStatus, EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(RaftMsg::Status { reply: tx }, rx, &self.raft_tx)
+            .await
+    }
+
+    /// Sends `msg` and waits for its reply within the request timeout.
+    pub async fn call<M, T>(
+        &self,
+        msg: M,
+        rx: oneshot::Receiver<T>,
+        to: &mpsc::Sender<M>,
+    ) -> Result<T, EtcdError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        match tokio::time::timeout_at(deadline, to.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(EtcdError::Stopped),
+            Err(_) => return Err(EtcdError::Timeout),
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            // The actor dropped the reply: it stopped, or lost track of the request when
+            // leadership moved.
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+}
+
+/// Converts a result into what tonic handlers return.
+pub fn reply<T>(r: Result<T, EtcdError>) -> Result<tonic::Response<T>, tonic::Status> {
+    r.map(tonic::Response::new).map_err(|e| e.to_status())
+}
+
+/// The error for an etcd method detcd does not serve yet.
+pub fn unimplemented(method: &str) -> tonic::Status {
+    EtcdError::Unimplemented(format!("detcd: {method} is not implemented yet")).to_status()
+}

@@ -77,12 +77,12 @@ where
     }
 }
 
-/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C). Under madsim there are
-/// no signals: nodes are stopped by the simulator, so this never resolves.
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C). Under madsim the
+/// simulator delivers a simulated Ctrl-C to a node (`Handle::send_ctrl_c`).
 pub async fn shutdown_signal() {
     #[cfg(madsim)]
     {
-        std::future::pending::<()>().await
+        let _ = madsim::signal::ctrl_c().await;
     }
     #[cfg(not(madsim))]
     {
@@ -106,5 +106,58 @@ pub async fn shutdown_signal() {
         {
             let _ = ctrl_c.await;
         }
+    }
+}
+
+/// A bound client or peer listener. Binding happens before the server reports ready, so a
+/// port already in use fails the start with a clear error, as in etcd.
+pub struct Listener {
+    addr: std::net::SocketAddr,
+    #[cfg(not(madsim))]
+    inner: tokio::net::TcpListener,
+}
+
+impl Listener {
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+/// Binds a TCP listener on `addr`. Under madsim nothing is bound until the server starts:
+/// the simulator's network has no ports to contend for.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<Listener> {
+    #[cfg(madsim)]
+    {
+        Ok(Listener { addr })
+    }
+    #[cfg(not(madsim))]
+    {
+        let inner = tokio::net::TcpListener::bind(addr).await?;
+        let addr = inner.local_addr()?;
+        Ok(Listener { addr, inner })
+    }
+}
+
+/// Serves a gRPC router on a bound listener until `shutdown` resolves.
+pub async fn serve_grpc(
+    router: tonic::transport::server::Router,
+    listener: Listener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    #[cfg(madsim)]
+    {
+        router
+            .serve_with_shutdown(listener.addr, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(madsim))]
+    {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener.inner);
+        router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole detcd test suite, as CI runs it on a fresh machine:
+#   1. install what the tests drive (the real etcd 3.4 and etcdctl, from Debian);
+#   2. check formatting and lints;
+#   3. build and test the tokio configuration (unit, model, real-process tests);
+#   4. build and test the madsim configuration (simulation tests) in its own target dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v etcdctl >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then
+  echo "== installing etcd-server and etcd-client (etcd 3.4) from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_cmd=""
+  if [ "$(id -u)" != "0" ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq etcd-server etcd-client >/dev/null
+  # The Debian package may start a system etcd on the default ports; the tests use
+  # their own ports, but a stray server is not wanted either.
+  ($sudo_cmd systemctl stop etcd 2>/dev/null || $sudo_cmd service etcd stop 2>/dev/null || true) >/dev/null 2>&1
+fi
+etcd --version | head -1
+etcdctl version | head -1
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy (tokio configuration)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== tests (tokio configuration)"
+cargo test --workspace
+
+echo "== tests (madsim configuration)"
+RUSTFLAGS="--cfg madsim" cargo test -p detcd-sim --target-dir target/madsim
+
+echo "== all test stages passed"

@@ -1,0 +1,294 @@
+//! The storage actor: owns the MVCC state machine and its backend, applies committed raft
+//! entries in log order, and serves reads once the state machine is recent enough.
+//!
+//! Each batch of committed entries is applied by the pure [`crate::core::apply`] step and
+//! written to the backend in one atomic batch together with the last applied raft index
+//! (etcd's consistent index), so that after a crash the WAL replays exactly what the
+//! backend lacks. Only then are the waiting clients answered.
+
+use std::collections::VecDeque;
+
+use prost::Message as _;
+use raft::eraftpb::EntryType;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::apply::{self, Response};
+use crate::core::mvcc::Mvcc;
+use crate::error::EtcdError;
+use crate::msg::{StorageMsg, StorageStatus, Waiter};
+use crate::pb::detcdpb::InternalRequest;
+use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse, ResponseHeader};
+use crate::storage::backend::{Backend, BatchOp, Bucket, WriteBatch};
+
+/// The meta-bucket key holding the last applied raft index (etcd's name).
+pub const CONSISTENT_INDEX_KEY: &[u8] = b"consistent_index";
+/// The meta-bucket key holding the raft term of the last applied entry (etcd 3.5's name).
+pub const TERM_KEY: &[u8] = b"term";
+/// Reads waiting for the state machine to catch up, at most.
+pub const MAX_WAITING_READS: usize = 10_000;
+
+/// A fatal storage failure: the member must stop rather than serve inconsistent data.
+#[derive(Debug)]
+pub struct StorageFatal(pub String);
+
+impl std::fmt::Display for StorageFatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StorageFatal {}
+
+struct WaitingRead {
+    request: RangeRequest,
+    min_applied_index: u64,
+    reply: oneshot::Sender<Result<RangeResponse, EtcdError>>,
+}
+
+/// The storage actor's state.
+pub struct StorageActor {
+    mvcc: Mvcc,
+    backend: Box<dyn Backend>,
+    applied_index: u64,
+    term: u64,
+    member_id: u64,
+    cluster_id: u64,
+    inbox: mpsc::Receiver<StorageMsg>,
+    waiting_reads: VecDeque<WaitingRead>,
+}
+
+/// What a backend holds at start: the MVCC state and the raft position it reflects.
+pub struct Recovered {
+    /// The MVCC store rebuilt from the backend.
+    pub mvcc: Mvcc,
+    /// The last raft index the backend reflects.
+    pub applied_index: u64,
+    /// The raft term of that entry.
+    pub term: u64,
+}
+
+fn decode_u64(bytes: Option<Vec<u8>>, what: &str) -> Result<u64, StorageFatal> {
+    match bytes {
+        None => Ok(0),
+        Some(b) if b.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b);
+            Ok(u64::from_be_bytes(a))
+        }
+        Some(_) => Err(StorageFatal(format!("backend: corrupt {what}"))),
+    }
+}
+
+/// Rebuilds the MVCC state from a backend.
+pub fn recover(backend: &dyn Backend) -> Result<Recovered, StorageFatal> {
+    let io = |e: std::io::Error| StorageFatal(format!("backend: {e}"));
+    let applied_index = decode_u64(
+        backend.get(Bucket::Meta, CONSISTENT_INDEX_KEY).map_err(io)?,
+        "consistent index",
+    )?;
+    let term = decode_u64(backend.get(Bucket::Meta, TERM_KEY).map_err(io)?, "term")?;
+    let keys = backend.scan(Bucket::Key).map_err(io)?;
+    let meta = backend.scan(Bucket::Meta).map_err(io)?;
+    let mvcc = Mvcc::restore(keys, meta).map_err(|e| StorageFatal(format!("backend: {e}")))?;
+    Ok(Recovered {
+        mvcc,
+        applied_index,
+        term,
+    })
+}
+
+impl StorageActor {
+    /// Builds the actor over a recovered state.
+    pub fn new(
+        recovered: Recovered,
+        backend: Box<dyn Backend>,
+        member_id: u64,
+        cluster_id: u64,
+        inbox: mpsc::Receiver<StorageMsg>,
+    ) -> StorageActor {
+        StorageActor {
+            mvcc: recovered.mvcc,
+            backend,
+            applied_index: recovered.applied_index,
+            term: recovered.term,
+            member_id,
+            cluster_id,
+            inbox,
+            waiting_reads: VecDeque::new(),
+        }
+    }
+
+    /// Runs until the inbox closes (shutdown) or a fatal error.
+    pub async fn run(mut self) -> Result<(), StorageFatal> {
+        while let Some(msg) = self.inbox.recv().await {
+            self.handle(msg)?;
+        }
+        self.backend
+            .sync()
+            .map_err(|e| StorageFatal(format!("backend: {e}")))?;
+        Ok(())
+    }
+
+    fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision: self.mvcc.current_revision(),
+            raft_term: self.term,
+        }
+    }
+
+    fn handle(&mut self, msg: StorageMsg) -> Result<(), StorageFatal> {
+        match msg {
+            StorageMsg::Apply { entries, waiters } => {
+                self.apply(entries, waiters)?;
+                self.serve_waiting_reads();
+            }
+            StorageMsg::Range {
+                request,
+                min_applied_index,
+                reply,
+            } => {
+                if min_applied_index <= self.applied_index {
+                    let _ = reply.send(self.range(&request));
+                } else if self.waiting_reads.len() >= MAX_WAITING_READS {
+                    let _ = reply.send(Err(EtcdError::TooManyRequests));
+                } else {
+                    self.waiting_reads.push_back(WaitingRead {
+                        request,
+                        min_applied_index,
+                        reply,
+                    });
+                }
+            }
+            StorageMsg::Status { reply } => {
+                let _ = reply.send(StorageStatus {
+                    applied_index: self.applied_index,
+                    revision: self.mvcc.current_revision(),
+                    compact_revision: self.mvcc.compact_revision(),
+                    db_size_bytes: self.backend.size_bytes(),
+                    key_count: self.mvcc.key_count() as u64,
+                });
+            }
+            StorageMsg::HashKv { revision, reply } => {
+                let result = self.mvcc.hash_kv(revision).map(|(hash, compact_revision)| {
+                    HashKvResponse {
+                        header: Some(self.header()),
+                        hash,
+                        compact_revision,
+                        ..Default::default()
+                    }
+                });
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    fn range(&self, request: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+        let mut resp = self.mvcc.range(request)?;
+        resp.header = Some(self.header());
+        Ok(resp)
+    }
+
+    fn serve_waiting_reads(&mut self) {
+        // Reads are queued in arrival order, but their barriers need not be monotonic, so
+        // scan the whole (bounded) queue.
+        let mut still_waiting = VecDeque::with_capacity(self.waiting_reads.len());
+        while let Some(w) = self.waiting_reads.pop_front() {
+            if w.min_applied_index <= self.applied_index {
+                let _ = w.reply.send(self.range(&w.request));
+            } else {
+                still_waiting.push_back(w);
+            }
+        }
+        self.waiting_reads = still_waiting;
+    }
+
+    fn apply(
+        &mut self,
+        entries: Vec<raft::eraftpb::Entry>,
+        waiters: Vec<Option<Waiter>>,
+    ) -> Result<(), StorageFatal> {
+        assert_eq!(entries.len(), waiters.len(), "one waiter slot per entry");
+        let mut batch = WriteBatch::default();
+        let mut replies = Vec::new();
+        let mut applied_any = false;
+        for (entry, waiter) in entries.into_iter().zip(waiters) {
+            if entry.index <= self.applied_index {
+                // Replayed from the WAL after a restart but already in the backend.
+                continue;
+            }
+            assert_eq!(
+                entry.index,
+                self.applied_index + 1,
+                "committed entries are applied in order without gaps"
+            );
+            self.applied_index = entry.index;
+            self.term = self.term.max(entry.term);
+            applied_any = true;
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                // Leader no-ops and membership changes carry no MVCC request.
+                continue;
+            }
+            let request = InternalRequest::decode(entry.data.as_slice()).map_err(|e| {
+                StorageFatal(format!(
+                    "apply: raft entry {} does not decode: {e}",
+                    entry.index
+                ))
+            })?;
+            let outcome = apply::apply(&mut self.mvcc, &request, &|_lease| false);
+            batch.ops.extend(outcome.batch.ops);
+            if let Some(w) = waiter {
+                let header = self.header();
+                replies.push((w, outcome.result.map(|r| with_header(r, header))));
+            }
+        }
+        if !applied_any {
+            return Ok(());
+        }
+        batch.ops.push(BatchOp::Put {
+            bucket: Bucket::Meta,
+            key: CONSISTENT_INDEX_KEY.to_vec(),
+            value: self.applied_index.to_be_bytes().to_vec(),
+        });
+        batch.ops.push(BatchOp::Put {
+            bucket: Bucket::Meta,
+            key: TERM_KEY.to_vec(),
+            value: self.term.to_be_bytes().to_vec(),
+        });
+        self.backend
+            .write(&batch)
+            .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))?;
+        for (w, result) in replies {
+            let _ = w.send(result);
+        }
+        Ok(())
+    }
+}
+
+/// Puts the response header on an applied response.
+fn with_header(resp: Response, header: ResponseHeader) -> Response {
+    match resp {
+        Response::Range(mut r) => {
+            r.header = Some(header);
+            Response::Range(r)
+        }
+        Response::Put(mut r) => {
+            r.header = Some(header);
+            Response::Put(r)
+        }
+        Response::DeleteRange(mut r) => {
+            r.header = Some(header);
+            Response::DeleteRange(r)
+        }
+        Response::Txn(mut r) => {
+            r.header = Some(header);
+            Response::Txn(r)
+        }
+        Response::Compaction(mut r) => {
+            r.header = Some(header);
+            Response::Compaction(r)
+        }
+    }
+}

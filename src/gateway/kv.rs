@@ -1,0 +1,124 @@
+//! The KV service: Range, Put, DeleteRange, Txn, Compact.
+
+use tonic::{Request, Response, Status};
+
+use super::{reply, unimplemented, Handle};
+use crate::core::apply::Response as Applied;
+use crate::core::validate;
+use crate::error::EtcdError;
+use crate::pb::detcdpb::InternalRequest;
+use crate::pb::etcdserverpb::kv_server::Kv;
+use crate::pb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+
+/// The KV service.
+pub struct KvService {
+    handle: Handle,
+}
+
+impl KvService {
+    /// Builds the service over the actors' handle.
+    pub fn new(handle: Handle) -> KvService {
+        KvService { handle }
+    }
+}
+
+fn unexpected(what: &str) -> EtcdError {
+    EtcdError::Internal(format!("apply returned an unexpected response to {what}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        reply(match validate::check_range(&req) {
+            Ok(()) => self.handle.range(req).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            validate::check_put(&req)?;
+            let request = InternalRequest {
+                put: Some(req),
+                ..Default::default()
+            };
+            match self.handle.propose(request).await? {
+                Applied::Put(r) => Ok(r),
+                _ => Err(unexpected("put")),
+            }
+        }
+        .await;
+        reply(result)
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            validate::check_delete_range(&req)?;
+            let request = InternalRequest {
+                delete_range: Some(req),
+                ..Default::default()
+            };
+            match self.handle.propose(request).await? {
+                Applied::DeleteRange(r) => Ok(r),
+                _ => Err(unexpected("delete range")),
+            }
+        }
+        .await;
+        reply(result)
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            validate::check_txn(&req, self.handle.max_txn_ops)?;
+            let request = InternalRequest {
+                txn: Some(req),
+                ..Default::default()
+            };
+            match self.handle.propose(request).await? {
+                Applied::Txn(r) => Ok(r),
+                _ => Err(unexpected("txn")),
+            }
+        }
+        .await;
+        reply(result)
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            let request = InternalRequest {
+                compaction: Some(req),
+                ..Default::default()
+            };
+            match self.handle.propose(request).await? {
+                Applied::Compaction(r) => Ok(r),
+                _ => Err(unexpected("compaction")),
+            }
+        }
+        .await;
+        reply(result)
+    }
+
+    type RangeStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<crate::pb::etcdserverpb::RangeStreamResponse, Status>>;
+
+    async fn range_stream(
+        &self,
+        _req: Request<RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        Err(unimplemented("KV.RangeStream"))
+    }
+}

@@ -1,0 +1,171 @@
+//! Rebuilding raft's log from detcd's WAL at start, or creating a fresh one.
+//!
+//! The WAL is the source of truth for the raft log and hard state; raft's `MemStorage` is
+//! a cache of it. At start the cache is rebuilt from the WAL; a brand-new member writes
+//! its identity and initial membership to a new WAL before raft runs at all, so a crash at
+//! any point after that restarts the same member.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use raft::eraftpb::{ConfState, HardState, Snapshot, SnapshotMetadata};
+use raft::storage::MemStorage;
+
+use crate::storage::disk::Disk;
+use crate::storage::wal::{Wal, WalError};
+
+/// The identity a WAL belongs to, stored as its metadata record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalIdentity {
+    /// The member id.
+    pub member_id: u64,
+    /// The cluster id.
+    pub cluster_id: u64,
+}
+
+impl WalIdentity {
+    /// Encodes the identity as 16 big-endian bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&self.member_id.to_be_bytes());
+        out.extend_from_slice(&self.cluster_id.to_be_bytes());
+        out
+    }
+
+    /// Decodes what [`WalIdentity::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Option<WalIdentity> {
+        if bytes.len() != 16 {
+            return None;
+        }
+        let mut m = [0u8; 8];
+        let mut c = [0u8; 8];
+        m.copy_from_slice(&bytes[..8]);
+        c.copy_from_slice(&bytes[8..]);
+        Some(WalIdentity {
+            member_id: u64::from_be_bytes(m),
+            cluster_id: u64::from_be_bytes(c),
+        })
+    }
+}
+
+/// A raft log ready for `RawNode`: the WAL to append to and the cache raft reads from.
+pub struct RaftLog {
+    /// The write-ahead log.
+    pub wal: Wal,
+    /// raft's view of the log, rebuilt from the WAL.
+    pub storage: MemStorage,
+    /// Whose log this is.
+    pub identity: WalIdentity,
+    /// True if the WAL was created just now (a new member).
+    pub created: bool,
+}
+
+/// Why the raft log could not be opened.
+#[derive(Debug)]
+pub enum LogError {
+    /// The WAL is unreadable or corrupt.
+    Wal(WalError),
+    /// An I/O error while creating the WAL.
+    Io(std::io::Error),
+    /// The WAL belongs to another member or cluster.
+    IdentityMismatch {
+        /// What the WAL says.
+        found: Option<WalIdentity>,
+        /// What the flags say.
+        expected: WalIdentity,
+    },
+    /// The raft crate rejected the recovered state.
+    Raft(String),
+}
+
+impl std::fmt::Display for LogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogError::Wal(e) => write!(f, "{e}"),
+            LogError::Io(e) => write!(f, "wal: {e}"),
+            LogError::IdentityMismatch { found, expected } => write!(
+                f,
+                "the WAL belongs to member {:x} of cluster {:x}, but the flags describe member {:x} of cluster {:x}",
+                found.map(|i| i.member_id).unwrap_or(0),
+                found.map(|i| i.cluster_id).unwrap_or(0),
+                expected.member_id,
+                expected.cluster_id
+            ),
+            LogError::Raft(e) => write!(f, "raft: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+/// Opens the WAL in `dir` and rebuilds raft's log from it, or, when there is none, creates
+/// a WAL for a new member whose initial voters are `voters`.
+///
+/// `applied_index` is the index the MVCC backend has already applied: the recovered commit
+/// index is raised to it, because the backend only ever applies committed entries, while
+/// the commit index in the hard state is persisted lazily.
+pub fn open_or_create(
+    disk: Arc<dyn Disk>,
+    dir: &Path,
+    expected: WalIdentity,
+    voters: &[u64],
+    applied_index: u64,
+) -> Result<RaftLog, LogError> {
+    if !Wal::exists(disk.as_ref(), dir) {
+        let wal = Wal::create(disk, dir, &expected.encode()).map_err(LogError::Io)?;
+        let mut wal = wal;
+        let mut meta = SnapshotMetadata::default();
+        meta.set_conf_state(ConfState::from((voters.to_vec(), vec![])));
+        wal.save_snapshot(&meta).map_err(LogError::Io)?;
+        let storage = MemStorage::new();
+        storage.wl().set_conf_state(meta.get_conf_state().clone());
+        return Ok(RaftLog {
+            wal,
+            storage,
+            identity: expected,
+            created: true,
+        });
+    }
+    let (wal, contents) = Wal::open(disk, dir).map_err(LogError::Wal)?;
+    let found = WalIdentity::decode(&contents.metadata);
+    if found != Some(expected) {
+        return Err(LogError::IdentityMismatch { found, expected });
+    }
+    let storage = MemStorage::new();
+    {
+        let mut core = storage.wl();
+        if let Some(meta) = contents.snapshot.clone() {
+            if meta.index == 0 {
+                core.set_conf_state(meta.get_conf_state().clone());
+            } else {
+                let mut snap = Snapshot::default();
+                snap.set_metadata(meta);
+                core.apply_snapshot(snap)
+                    .map_err(|e| LogError::Raft(e.to_string()))?;
+            }
+        }
+        core.append(&contents.entries)
+            .map_err(|e| LogError::Raft(e.to_string()))?;
+        let mut hs = contents.hard_state.clone().unwrap_or_else(HardState::default);
+        let last_index = contents
+            .entries
+            .last()
+            .map(|e| e.index)
+            .unwrap_or_else(|| contents.snapshot.as_ref().map(|s| s.index).unwrap_or(0));
+        if applied_index > last_index {
+            return Err(LogError::Raft(format!(
+                "the backend has applied index {applied_index} but the WAL ends at {last_index}: the WAL lost committed entries"
+            )));
+        }
+        if hs.commit < applied_index {
+            hs.commit = applied_index;
+        }
+        core.set_hardstate(hs);
+    }
+    Ok(RaftLog {
+        wal,
+        storage,
+        identity: expected,
+        created: false,
+    })
+}
