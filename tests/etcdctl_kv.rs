@@ -189,7 +189,9 @@ fn txn_from_stdin() {
     assert!(j.get("succeeded").is_none(), "succeeded=false is omitted: {j}");
     let rev = j["header"]["revision"].as_i64().unwrap();
     assert_eq!(rev, 5);
-    let r = &j["responses"][0]["Response"]["response_range"];
+    let r = &j["responses"][0]["Response"]["ResponseRange"];
+    assert_eq!(r["header"]["revision"], 5);
+    assert_eq!(r["count"], 1);
     assert_eq!(b64(r["kvs"][0]["value"].as_str().unwrap()), "o");
     // A txn with no compares succeeds.
     assert_eq!(s.etcdctl_stdin(&["txn"], "\nput x 1\n\n\n").ok(), "SUCCESS\n\nOK\n");
