@@ -204,7 +204,8 @@ pub struct Server {
     kind: Kind,
     bin: PathBuf,
     name: String,
-    dir: tempfile::TempDir,
+    /// `None` only after Drop decided to keep the directory.
+    dir: Option<tempfile::TempDir>,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
@@ -232,10 +233,12 @@ impl Server {
                 kind,
                 bin: bin.clone(),
                 name: format!("{}-{}", kind.name(), std::process::id()),
-                dir: tempfile::Builder::new()
-                    .prefix(&format!("{}-test-", kind.name()))
-                    .tempdir()
-                    .expect("create temp dir"),
+                dir: Some(
+                    tempfile::Builder::new()
+                        .prefix(&format!("{}-test-", kind.name()))
+                        .tempdir()
+                        .expect("create temp dir"),
+                ),
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
@@ -265,11 +268,14 @@ impl Server {
     pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("temp dir").path()
+    }
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.dir().join("data")
     }
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("server-{}.log", self.generation))
+        self.dir().join(format!("server-{}.log", self.generation))
     }
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -459,13 +465,18 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill_9();
-        if thread::panicking() {
+        let keep = std::env::var_os("DETCD_TEST_KEEP").is_some();
+        if thread::panicking() || keep {
             eprintln!(
                 "--- {} log tail ({}) ---\n{}",
                 self.kind.name(),
                 self.log_path().display(),
-                self.log_tail(30)
+                self.log_tail(20)
             );
+            // Keep data dir and logs of failed tests for post-mortem.
+            if let Some(d) = self.dir.take() {
+                eprintln!("--- kept {} ---", d.keep().display());
+            }
         }
     }
 }
