@@ -41,10 +41,19 @@ async fn kill9_keeps_acknowledged_writes() {
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("c{cycle}/w{w}/{i:06}");
                     let value = format!("value-{cycle}-{w}-{i}");
-                    match tokio::time::timeout(Duration::from_secs(5), c.put(key.clone(), value.clone(), None)).await {
+                    match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        c.put(key.clone(), value.clone(), None),
+                    )
+                    .await
+                    {
                         Ok(Ok(r)) => {
                             let revision = r.header().expect("put response header").revision();
-                            acks.lock().unwrap().push(Ack { key, value, revision });
+                            acks.lock().unwrap().push(Ack {
+                                key,
+                                value,
+                                revision,
+                            });
                         }
                         // Server gone (killed) or timed out: this writer is done.
                         _ => break,
@@ -77,9 +86,13 @@ async fn kill9_keeps_acknowledged_writes() {
 
         s.restart();
         let mut c = s.client().await;
-        let r = within(30, "range over all keys", c.get("c", Some(GetOptions::new().with_prefix())))
-            .await
-            .unwrap_or_else(|e| panic!("cycle {cycle}: range after restart failed: {e:?}"));
+        let r = within(
+            30,
+            "range over all keys",
+            c.get("c", Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cycle {cycle}: range after restart failed: {e:?}"));
         let current = r.header().unwrap().revision();
         let stored: HashMap<String, (String, i64, i64, i64)> = r
             .kvs()
@@ -104,7 +117,11 @@ async fn kill9_keeps_acknowledged_writes() {
         let mut revs: Vec<i64> = all_acks.iter().map(|a| a.revision).collect();
         revs.sort_unstable();
         revs.dedup();
-        assert_eq!(revs.len(), all_acks.len(), "two acknowledged puts share a revision");
+        assert_eq!(
+            revs.len(),
+            all_acks.len(),
+            "two acknowledged puts share a revision"
+        );
         for a in &all_acks {
             match stored.get(&a.key) {
                 None => panic!(
@@ -129,10 +146,19 @@ async fn kill9_keeps_acknowledged_writes() {
                 &parts[1][1..],
                 parts[2].parse::<u64>().unwrap()
             );
-            assert_eq!(v, &expect, "cycle {cycle}: key {k} has a value nobody wrote");
+            assert_eq!(
+                v, &expect,
+                "cycle {cycle}: key {k} has a value nobody wrote"
+            );
         }
         // The restarted server accepts writes at the next revision.
-        let r = within(30, "put after restart", c.put(format!("after/{cycle}"), "x", None)).await.unwrap();
+        let r = within(
+            30,
+            "put after restart",
+            c.put(format!("after/{cycle}"), "x", None),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.header().unwrap().revision(), current + 1);
         println!(
             "crash cycle {cycle}: {} acks this cycle ({before_kill} when killed), {} total verified, revision {current}",

@@ -18,15 +18,17 @@ mod common;
 
 use common::{within, Server};
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-const KEYS: [&str; 12] = ["a", "a/1", "a/2", "a/2/x", "ab", "b", "b/1", "b/2", "ba", "c", "c/1", "d"];
+const KEYS: [&str; 12] = [
+    "a", "a/1", "a/2", "a/2/x", "ab", "b", "b/1", "b/2", "ba", "c", "c/1", "d",
+];
 /// Extra keys that are never written, used as range bounds / missing keys.
 const BOUNDS: [&str; 7] = ["", "a/", "b/", "0", "aa", "c0", "z"];
 const VALUES: [&str; 6] = ["", "v", "w", "x1", "x2", "zz"];
@@ -74,11 +76,23 @@ struct CmpSpec {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { key: String, value: String, prev_kv: bool, ignore_value: bool },
-    Delete { key: String, range: RangeSpec, prev_kv: bool },
+    Put {
+        key: String,
+        value: String,
+        prev_kv: bool,
+        ignore_value: bool,
+    },
+    Delete {
+        key: String,
+        range: RangeSpec,
+        prev_kv: bool,
+    },
     Range(RangeOp),
     Txn(TxnSpec),
-    Compact { revision: i64, physical: bool },
+    Compact {
+        revision: i64,
+        physical: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -149,10 +163,18 @@ impl Gen {
         let key = self.key();
         let range = self.range_spec(&key);
         let sort = if self.rng.gen_bool(0.35) {
-            let t = *[SortTarget::Key, SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value]
+            let t = *[
+                SortTarget::Key,
+                SortTarget::Version,
+                SortTarget::Create,
+                SortTarget::Mod,
+                SortTarget::Value,
+            ]
+            .choose(&mut self.rng)
+            .unwrap();
+            let o = *[SortOrder::None, SortOrder::Ascend, SortOrder::Descend]
                 .choose(&mut self.rng)
                 .unwrap();
-            let o = *[SortOrder::None, SortOrder::Ascend, SortOrder::Descend].choose(&mut self.rng).unwrap();
             Some((t, o))
         } else {
             None
@@ -161,7 +183,11 @@ impl Gen {
         RangeOp {
             key,
             range,
-            limit: if self.rng.gen_bool(0.3) { self.rng.gen_range(0..4) } else { 0 },
+            limit: if self.rng.gen_bool(0.3) {
+                self.rng.gen_range(0..4)
+            } else {
+                0
+            },
             sort,
             keys_only: self.rng.gen_bool(0.15),
             count_only: self.rng.gen_bool(0.1),
@@ -180,27 +206,49 @@ impl Gen {
         } else {
             self.value()
         };
-        let key = if self.rng.gen_bool(0.97) { self.written_key() } else { String::new() };
-        Op::Put { key, value, prev_kv: self.rng.gen_bool(0.4), ignore_value }
+        let key = if self.rng.gen_bool(0.97) {
+            self.written_key()
+        } else {
+            String::new()
+        };
+        Op::Put {
+            key,
+            value,
+            prev_kv: self.rng.gen_bool(0.4),
+            ignore_value,
+        }
     }
 
     fn delete(&mut self) -> Op {
         let key = self.key();
         let range = self.range_spec(&key);
-        Op::Delete { key, range, prev_kv: self.rng.gen_bool(0.5) }
+        Op::Delete {
+            key,
+            range,
+            prev_kv: self.rng.gen_bool(0.5),
+        }
     }
 
     fn compare(&mut self) -> CmpSpec {
-        let key = if self.rng.gen_bool(0.8) { self.written_key() } else { self.key() };
+        let key = if self.rng.gen_bool(0.8) {
+            self.written_key()
+        } else {
+            self.key()
+        };
         let range = match self.rng.gen_range(0..10) {
             0..=6 => RangeSpec::Single,
             7 => RangeSpec::Prefix,
             8 => RangeSpec::Interval(format!("{key}\u{7f}")),
             _ => RangeSpec::FromKey,
         };
-        let op = *[CompareOp::Equal, CompareOp::NotEqual, CompareOp::Greater, CompareOp::Less]
-            .choose(&mut self.rng)
-            .unwrap();
+        let op = *[
+            CompareOp::Equal,
+            CompareOp::NotEqual,
+            CompareOp::Greater,
+            CompareOp::Less,
+        ]
+        .choose(&mut self.rng)
+        .unwrap();
         let target = match self.rng.gen_range(0..5) {
             0 => CmpTarget::Value(self.value()),
             1 => CmpTarget::Version(self.rng.gen_range(0..4)),
@@ -208,7 +256,12 @@ impl Gen {
             3 => CmpTarget::Mod(self.small_rev()),
             _ => CmpTarget::Lease(self.rng.gen_range(0..2)),
         };
-        CmpSpec { key, range, op, target }
+        CmpSpec {
+            key,
+            range,
+            op,
+            target,
+        }
     }
 
     fn txn_op(&mut self, depth: u32) -> Op {
@@ -228,7 +281,11 @@ impl Gen {
         let success = (0..ns).map(|_| self.txn_op(depth)).collect();
         let nf = self.rng.gen_range(0..=3);
         let failure = (0..nf).map(|_| self.txn_op(depth)).collect();
-        TxnSpec { compares, success, failure }
+        TxnSpec {
+            compares,
+            success,
+            failure,
+        }
     }
 
     fn op(&mut self) -> Op {
@@ -239,7 +296,10 @@ impl Gen {
             72..=96 => Op::Txn(self.txn(0)),
             _ => {
                 let lo = (self.compacted - 2).max(0);
-                Op::Compact { revision: self.rng.gen_range(lo..=self.cur_rev + 1), physical: self.rng.gen_bool(0.5) }
+                Op::Compact {
+                    revision: self.rng.gen_range(lo..=self.cur_rev + 1),
+                    physical: self.rng.gen_bool(0.5),
+                }
             }
         }
     }
@@ -317,10 +377,21 @@ fn compare(c: &CmpSpec) -> Compare {
 
 fn txn_op(op: &Op) -> TxnOp {
     match op {
-        Op::Put { key, value, prev_kv, ignore_value } => {
-            TxnOp::put(key.clone(), value.clone(), Some(put_options(*prev_kv, *ignore_value)))
-        }
-        Op::Delete { key, range, prev_kv } => TxnOp::delete(key.clone(), Some(delete_options(range, *prev_kv))),
+        Op::Put {
+            key,
+            value,
+            prev_kv,
+            ignore_value,
+        } => TxnOp::put(
+            key.clone(),
+            value.clone(),
+            Some(put_options(*prev_kv, *ignore_value)),
+        ),
+        Op::Delete {
+            key,
+            range,
+            prev_kv,
+        } => TxnOp::delete(key.clone(), Some(delete_options(range, *prev_kv))),
         Op::Range(r) => TxnOp::get(r.key.clone(), Some(get_options(r))),
         Op::Txn(t) => TxnOp::txn(txn(t)),
         Op::Compact { .. } => unreachable!("no compaction inside txn"),
@@ -379,7 +450,9 @@ fn norm_txn(r: &etcd_client::TxnResponse) -> Value {
 
 fn norm_err(e: etcd_client::Error) -> Value {
     match e {
-        etcd_client::Error::GRpcStatus(s) => json!({ "error": { "code": s.code() as i32, "message": s.message() } }),
+        etcd_client::Error::GRpcStatus(s) => {
+            json!({ "error": { "code": s.code() as i32, "message": s.message() } })
+        }
         other => panic!("non-gRPC client error (transport failure?): {other:?}"),
     }
 }
@@ -394,18 +467,41 @@ fn norm<T>(r: Result<T, etcd_client::Error>, f: impl Fn(&T) -> Value) -> Value {
 async fn exec(c: &mut Client, op: &Op) -> Value {
     let fut = async {
         match op {
-            Op::Put { key, value, prev_kv, ignore_value } => norm(
-                c.put(key.clone(), value.clone(), Some(put_options(*prev_kv, *ignore_value))).await,
+            Op::Put {
+                key,
+                value,
+                prev_kv,
+                ignore_value,
+            } => norm(
+                c.put(
+                    key.clone(),
+                    value.clone(),
+                    Some(put_options(*prev_kv, *ignore_value)),
+                )
+                .await,
                 norm_put,
             ),
-            Op::Delete { key, range, prev_kv } => {
-                norm(c.delete(key.clone(), Some(delete_options(range, *prev_kv))).await, norm_del)
-            }
+            Op::Delete {
+                key,
+                range,
+                prev_kv,
+            } => norm(
+                c.delete(key.clone(), Some(delete_options(range, *prev_kv)))
+                    .await,
+                norm_del,
+            ),
             Op::Range(r) => norm(c.get(r.key.clone(), Some(get_options(r))).await, norm_get),
             Op::Txn(t) => norm(c.txn(txn(t)).await, norm_txn),
             Op::Compact { revision, physical } => {
-                let o = if *physical { Some(CompactionOptions::new().with_physical()) } else { None };
-                norm(c.compact(*revision, o).await, |r| json!({ "header": hdr(r.header()) }))
+                let o = if *physical {
+                    Some(CompactionOptions::new().with_physical())
+                } else {
+                    None
+                };
+                norm(
+                    c.compact(*revision, o).await,
+                    |r| json!({ "header": hdr(r.header()) }),
+                )
             }
         }
     };
@@ -413,7 +509,10 @@ async fn exec(c: &mut Client, op: &Op) -> Value {
 }
 
 fn ops_per_seed() -> usize {
-    std::env::var("DETCD_DIFF_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+    std::env::var("DETCD_DIFF_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
 }
 
 async fn run_seed(seed: u64) {
@@ -422,7 +521,11 @@ async fn run_seed(seed: u64) {
     let mut rc = reference.client().await;
     let mut sc = sut.client().await;
     let n = ops_per_seed();
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed), cur_rev: 1, compacted: 0 };
+    let mut g = Gen {
+        rng: StdRng::seed_from_u64(seed),
+        cur_rev: 1,
+        compacted: 0,
+    };
     let mut errors = 0;
     for i in 0..n {
         let op = g.op();
@@ -497,7 +600,10 @@ async fn seed_5() {
 /// `DETCD_DIFF_SEED=<n>` runs one more seed (no-op otherwise).
 #[tokio::test]
 async fn extra_seed() {
-    if let Some(seed) = std::env::var("DETCD_DIFF_SEED").ok().and_then(|v| v.parse().ok()) {
+    if let Some(seed) = std::env::var("DETCD_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         run_seed(seed).await;
     }
 }

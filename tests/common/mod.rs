@@ -53,7 +53,9 @@ impl Kind {
     pub fn binary(self) -> PathBuf {
         let p = match self {
             Kind::Detcd => PathBuf::from(env!("CARGO_BIN_EXE_detcd")),
-            Kind::Etcd => PathBuf::from(std::env::var("ETCD_BIN").unwrap_or_else(|_| ETCD_BIN.into())),
+            Kind::Etcd => {
+                PathBuf::from(std::env::var("ETCD_BIN").unwrap_or_else(|_| ETCD_BIN.into()))
+            }
         };
         assert!(
             p.exists(),
@@ -141,7 +143,11 @@ impl Output {
             self.stdout,
             self.stderr
         );
-        self.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+        self.stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
     }
 
     /// Parse stdout as JSON.
@@ -155,11 +161,17 @@ impl Output {
 /// Run a command with optional stdin, capturing stdout/stderr, killing it and
 /// panicking if it runs longer than `timeout`.
 pub fn run_with_timeout(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let desc = format!("{cmd:?}");
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
     let writer = stdin.map(|data| {
         let data = data.to_vec();
         let mut pipe = child.stdin.take().unwrap();
@@ -196,7 +208,11 @@ pub fn run_with_timeout(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duratio
     }
     let stdout = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
     let stderr = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
-    Output { stdout, stderr, status }
+    Output {
+        stdout,
+        stderr,
+        status,
+    }
 }
 
 /// One server process (single-member cluster) on its own ports and data dir.
@@ -349,7 +365,8 @@ impl Server {
                     .map(|s| s.contains(READY_MARKER))
                     .unwrap_or(false);
             }
-            if seen_marker && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if seen_marker && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
                 let out = run_with_timeout(
                     self.etcdctl_cmd(&["endpoint", "health", "--command-timeout=2s"]),
                     None,
@@ -396,7 +413,9 @@ impl Server {
             loop {
                 match c.try_wait() {
                     Ok(Some(_)) => return,
-                    Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
                     _ => {
                         let _ = c.kill();
                         let _ = c.wait();
@@ -443,7 +462,11 @@ impl Server {
 
     /// Same as [`Server::etcdctl`], feeding `stdin` to the process.
     pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        run_with_timeout(self.etcdctl_cmd(args), Some(stdin.as_bytes()), ETCDCTL_TIMEOUT)
+        run_with_timeout(
+            self.etcdctl_cmd(args),
+            Some(stdin.as_bytes()),
+            ETCDCTL_TIMEOUT,
+        )
     }
 
     /// A connected Rust client with connect/request timeouts.
