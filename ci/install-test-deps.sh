@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the real-process test suite (tests/) needs on a Debian/Ubuntu
+# machine: the reference etcd 3.4 server + etcdctl, and protoc (needed to build
+# the etcd-client dev-dependency).
+set -euo pipefail
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}"
+fi
+etcd --version | head -1
+etcdctl version | head -1
+protoc --version

@@ -1,0 +1,558 @@
+//! Real-process test harness shared by the integration tests.
+//!
+//! A [`Server`] runs one single-member server process — either detcd or the
+//! real etcd 3.4.23, chosen by the `DETCD_TEST_SERVER` environment variable
+//! (`detcd`, the default, or `etcd`) — with etcd's command-line flags, on
+//! fresh loopback ports and a fresh temporary data directory.
+//!
+//! Everything here is bounded in time: nothing waits forever.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a server gets to become ready after being spawned.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound for any single etcdctl invocation.
+pub const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Marker line both etcd and detcd print once they serve clients.
+pub const READY_MARKER: &str = "ready to serve client requests";
+
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+pub const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
+
+/// Which server implementation a [`Server`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Detcd,
+    Etcd,
+}
+
+impl Kind {
+    /// The implementation under test, from `DETCD_TEST_SERVER`.
+    pub fn under_test() -> Kind {
+        match std::env::var("DETCD_TEST_SERVER") {
+            Err(_) => Kind::Detcd,
+            Ok(v) => match v.trim() {
+                "" | "detcd" => Kind::Detcd,
+                "etcd" => Kind::Etcd,
+                other => panic!(
+                    "DETCD_TEST_SERVER={other:?} is not understood: use `detcd` (default) or `etcd`"
+                ),
+            },
+        }
+    }
+
+    pub fn binary(self) -> PathBuf {
+        let p = match self {
+            Kind::Detcd => PathBuf::from(env!("CARGO_BIN_EXE_detcd")),
+            Kind::Etcd => {
+                PathBuf::from(std::env::var("ETCD_BIN").unwrap_or_else(|_| ETCD_BIN.into()))
+            }
+        };
+        assert!(
+            p.exists(),
+            "server binary {} does not exist ({:?}). For the real etcd install it with \
+             `apt-get install -y etcd-server etcd-client` (or set ETCD_BIN).",
+            p.display(),
+            self
+        );
+        p
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Detcd => "detcd",
+            Kind::Etcd => "etcd",
+        }
+    }
+}
+
+/// Path of the etcdctl binary; panics with a clear message if it is missing.
+pub fn etcdctl_bin() -> PathBuf {
+    let p = PathBuf::from(std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| ETCDCTL_BIN.into()));
+    assert!(
+        p.exists(),
+        "etcdctl not found at {} — install it with `apt-get install -y etcd-client` (or set ETCDCTL_BIN)",
+        p.display()
+    );
+    p
+}
+
+fn used_ports() -> &'static Mutex<HashSet<u16>> {
+    static PORTS: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    PORTS.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// A free loopback port: bind 127.0.0.1:0 and release it. Ports handed out
+/// earlier in this test process are never handed out again, so parallel
+/// tests do not collide with each other.
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        if used_ports().lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+    panic!("could not find a free port");
+}
+
+/// Output of an etcdctl run.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: ExitStatus,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Panics (with both streams) unless the command succeeded; returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.status.success(),
+            "etcdctl failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Panics unless the command failed; returns the last non-empty stderr
+    /// line (etcdctl prints `Error: <message>` there, preceded by client
+    /// retry logs whose content is irrelevant).
+    #[track_caller]
+    pub fn err_line(&self) -> &str {
+        assert!(
+            !self.status.success(),
+            "etcdctl unexpectedly succeeded:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self.stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+    }
+
+    /// Parse stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok().trim())
+            .unwrap_or_else(|e| panic!("etcdctl stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Run a command with optional stdin, capturing stdout/stderr, killing it and
+/// panicking if it runs longer than `timeout`.
+pub fn run_with_timeout(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+    let writer = stdin.map(|data| {
+        let data = data.to_vec();
+        let mut pipe = child.stdin.take().unwrap();
+        thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command timed out after {timeout:?}: {desc}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    let stdout = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
+    Output {
+        stdout,
+        stderr,
+        status,
+    }
+}
+
+/// One server process (single-member cluster) on its own ports and data dir.
+pub struct Server {
+    kind: Kind,
+    bin: PathBuf,
+    name: String,
+    /// `None` only after Drop decided to keep the directory.
+    dir: Option<tempfile::TempDir>,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+    /// Number of times the process has been started (names the log files).
+    generation: u32,
+}
+
+impl Server {
+    /// Start the server under test (per `DETCD_TEST_SERVER`).
+    pub fn start() -> Server {
+        Server::start_kind(Kind::under_test())
+    }
+
+    /// Start the real etcd (the reference implementation).
+    pub fn start_etcd() -> Server {
+        Server::start_kind(Kind::Etcd)
+    }
+
+    pub fn start_kind(kind: Kind) -> Server {
+        let bin = kind.binary();
+        let mut last_err = String::new();
+        // Retry with fresh ports if somebody grabbed ours between probing and binding.
+        for _attempt in 0..3 {
+            let mut s = Server {
+                kind,
+                bin: bin.clone(),
+                name: format!("{}-{}", kind.name(), std::process::id()),
+                dir: Some(
+                    tempfile::Builder::new()
+                        .prefix(&format!("{}-test-", kind.name()))
+                        .tempdir()
+                        .expect("create temp dir"),
+                ),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+                generation: 0,
+            };
+            match s.spawn_and_wait() {
+                Ok(()) => return s,
+                Err(e) if e.contains("address already in use") => {
+                    last_err = e;
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{last_err}");
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("temp dir").path()
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir().join("data")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir().join(format!("server-{}.log", self.generation))
+    }
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+        }
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Last `n` lines of the current log file.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail_of(&self.log_path(), n)
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "server already running");
+        self.generation += 1;
+        let log_path = self.log_path();
+        let log = File::create(&log_path).expect("create log file");
+        let log2 = log.try_clone().expect("clone log file");
+        let client = self.client_url();
+        let peer = self.peer_url();
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("{}={}", self.name, peer))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let addr = format!("127.0.0.1:{}", self.client_port)
+            .to_socket_addrs()
+            .unwrap()
+            .next()
+            .unwrap();
+        let mut seen_marker = false;
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                self.child = None;
+                return Err(format!(
+                    "{} ({}) exited with {st} before becoming ready; log {}:\n{}",
+                    self.kind.name(),
+                    self.bin.display(),
+                    self.log_path().display(),
+                    self.log_tail(40)
+                ));
+            }
+            if !seen_marker {
+                seen_marker = fs::read_to_string(self.log_path())
+                    .map(|s| s.contains(READY_MARKER))
+                    .unwrap_or(false);
+            }
+            if seen_marker && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
+                let out = run_with_timeout(
+                    self.etcdctl_cmd(&["endpoint", "health", "--command-timeout=2s"]),
+                    None,
+                    Duration::from_secs(10),
+                );
+                if out.success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                let tail = self.log_tail(40);
+                self.kill_9();
+                return Err(format!(
+                    "{} ({}) did not become ready within {READY_TIMEOUT:?} (marker {:?} seen: {seen_marker}, \
+                     client url {}); log tail:\n{tail}",
+                    self.kind.name(),
+                    self.bin.display(),
+                    READY_MARKER,
+                    self.client_url()
+                ));
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGKILL the process and reap it.
+    pub fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Graceful stop: SIGTERM, wait up to 10 s, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => return,
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start again on the same data dir and ports (stopping gracefully first
+    /// if still running). Retries briefly if the ports are not yet free.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        let mut last = String::new();
+        for _ in 0..5 {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                Err(e) if e.contains("address already in use") => {
+                    last = e;
+                    thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("restart failed: {e}"),
+            }
+        }
+        panic!("restart failed: {last}");
+    }
+
+    fn etcdctl_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(etcdctl_bin());
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.client_url())
+            .args(args);
+        cmd
+    }
+
+    /// Run `etcdctl --endpoints <url> <args>` (ETCDCTL_API=3).
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        run_with_timeout(self.etcdctl_cmd(args), None, ETCDCTL_TIMEOUT)
+    }
+
+    /// Same as [`Server::etcdctl`], feeding `stdin` to the process.
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        run_with_timeout(
+            self.etcdctl_cmd(args),
+            Some(stdin.as_bytes()),
+            ETCDCTL_TIMEOUT,
+        )
+    }
+
+    /// A connected Rust client with connect/request timeouts.
+    pub async fn client(&self) -> etcd_client::Client {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(15));
+        let url = self.client_url();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            etcd_client::Client::connect([url.clone()], Some(opts)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
+        .unwrap_or_else(|e| panic!("connecting to {url} failed: {e}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill_9();
+        let keep = std::env::var_os("DETCD_TEST_KEEP").is_some();
+        if thread::panicking() || keep {
+            eprintln!(
+                "--- {} log tail ({}) ---\n{}",
+                self.kind.name(),
+                self.log_path().display(),
+                self.log_tail(20)
+            );
+            // Keep data dir and logs of failed tests for post-mortem.
+            if let Some(d) = self.dir.take() {
+                eprintln!("--- kept {} ---", d.keep().display());
+            }
+        }
+    }
+}
+
+fn tail_of(path: &Path, n: usize) -> String {
+    match fs::read_to_string(path) {
+        Ok(s) => {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// Extract (gRPC code, message) from a client error; panics on other errors.
+#[track_caller]
+pub fn grpc_err(e: &etcd_client::Error) -> (i32, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code() as i32, s.message().to_string()),
+        other => panic!("expected a gRPC status error, got {other:?}"),
+    }
+}
+
+/// Bound an async test step; panics with `what` on timeout.
+pub async fn within<F: std::future::Future>(secs: u64, what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(secs), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs}s: {what}"),
+    }
+}
+
+/// Decode standard base64 (as etcdctl's JSON output uses for keys/values).
+pub fn b64(s: &str) -> String {
+    let mut bits: u32 = 0;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => panic!("invalid base64 {s:?}"),
+        } as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    String::from_utf8(out).expect("utf8")
+}
