@@ -7,19 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v etcdctl >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then
-  echo "== installing etcd-server and etcd-client (etcd 3.4) from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  sudo_cmd=""
-  if [ "$(id -u)" != "0" ]; then sudo_cmd="sudo"; fi
-  $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq etcd-server etcd-client >/dev/null
-  # The Debian package may start a system etcd on the default ports; the tests use
-  # their own ports, but a stray server is not wanted either.
-  ($sudo_cmd systemctl stop etcd 2>/dev/null || $sudo_cmd service etcd stop 2>/dev/null || true) >/dev/null 2>&1
-fi
-etcd --version | head -1
-etcdctl version | head -1
+echo "== installing test dependencies (etcd 3.4, etcdctl, protoc for the etcd-client crate)"
+bash ci/install-test-deps.sh
+# The Debian package may start a system etcd on the default ports; the tests use their
+# own ports, but a stray server is not wanted either.
+(systemctl stop etcd || service etcd stop || true) >/dev/null 2>&1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

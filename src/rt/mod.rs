@@ -161,3 +161,20 @@ pub async fn serve_grpc(
             .map_err(|e| e.to_string())
     }
 }
+
+/// Runs the process's top-level future to completion: on a multi-threaded tokio runtime in
+/// production, or on a fresh madsim runtime (seed 0) when the binary itself is built for
+/// simulation.
+pub fn block_on_main<F: Future>(fut: F) -> std::io::Result<F::Output> {
+    #[cfg(madsim)]
+    {
+        Ok(madsim::runtime::Runtime::new().block_on(fut))
+    }
+    #[cfg(not(madsim))]
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        Ok(rt.block_on(fut))
+    }
+}
