@@ -258,6 +258,8 @@ pub const NOT_IMPLEMENTED_MARK: &str = "(accepted; not yet implemented by detcd)
 /// grouped by section, in etcd's layout.
 pub(crate) fn help_text(not_yet_implemented: &[&str]) -> String {
     let mut out = String::from(USAGE);
+    // etcd prints the usage block with a trailing newline of its own.
+    out.push('\n');
     for (index, heading) in SECTIONS.iter().enumerate() {
         out.push('\n');
         out.push_str(heading);

@@ -269,7 +269,6 @@ fn apply_security(cfg: &mut Config, key: &str, value: &Value) -> Result<(), Conf
         )));
     };
     let peer = key.starts_with("peer");
-    let prefix = if peer { "peer-" } else { "" };
     // etcd copies the whole section over the TLS settings, so fields not
     // mentioned are reset rather than kept.
     let (mut cert, mut key_file, mut ca, mut auth, mut auto) =
@@ -306,7 +305,6 @@ fn apply_security(cfg: &mut Config, key: &str, value: &Value) -> Result<(), Conf
             _ => {}
         }
     }
-    let _ = prefix;
     if peer {
         cfg.peer_cert_file = cert;
         cfg.peer_key_file = key_file;
