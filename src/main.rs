@@ -1,1 +1,156 @@
-fn main() {}
+//! The `detcd` binary: etcd's command line in front of a detcd member.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use detcd::config::{Config, ConfigError, NoticeLevel, Parsed, Url};
+use detcd::server::{BackendChoice, ServerConfig};
+use detcd::storage::disk::RealDisk;
+
+fn main() -> ExitCode {
+    let args = std::env::args().skip(1);
+    let env = std::env::vars();
+    let config = match Config::from_args_and_env(args, env) {
+        Ok(Parsed::Run(config)) => config,
+        Ok(Parsed::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("etcd Version: {}", detcd::ETCD_VERSION);
+            println!("detcd Version: {}", detcd::DETCD_VERSION);
+            println!("Git SHA: Not provided");
+            println!("Go Version: not applicable (detcd is written in Rust)");
+            println!("Go OS/Arch: {}/{}", std::env::consts::OS, std::env::consts::ARCH);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = detcd::logging::init(&config.log_config()) {
+        eprintln!("detcd: cannot set up logging: {e}");
+        return ExitCode::from(1);
+    }
+    for notice in &config.notices {
+        match notice.level {
+            NoticeLevel::Info => tracing::info!("{}", notice.message),
+            _ => tracing::warn!("{}", notice.message),
+        }
+    }
+    tracing::info!(
+        etcd_version = detcd::ETCD_VERSION,
+        detcd_version = detcd::DETCD_VERSION,
+        "starting detcd"
+    );
+    let server_config = match server_config(&config) {
+        Ok(c) => c,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            eprintln!("{msg}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = detcd::rt::block_on_main(detcd::server::run(
+        server_config,
+        detcd::rt::shutdown_signal(),
+        None,
+    ));
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "detcd member stopped");
+            eprintln!("detcd: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("detcd: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn fail(e: &ConfigError) -> ExitCode {
+    eprint!("{}", e.report());
+    if !e.report().ends_with('\n') {
+        eprintln!();
+    }
+    ExitCode::from(e.exit_code().clamp(1, 255) as u8)
+}
+
+/// Resolves a listen URL to a socket address. `localhost` means the IPv4 loopback, as
+/// etcd's listener ends up bound to it.
+fn listen_addr(url: &Url) -> Result<SocketAddr, String> {
+    if url.is_unix() {
+        return Err(format!(
+            "listen {url}: unix socket listeners are not supported by detcd yet"
+        ));
+    }
+    if url.is_tls() {
+        return Err(format!("listen {url}: TLS is not supported by detcd yet"));
+    }
+    let host = if url.host == "localhost" || url.host.is_empty() {
+        "127.0.0.1"
+    } else {
+        url.host.as_str()
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, url.port));
+    }
+    (host, url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("listen {url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("listen {url}: no address for host {host}"))
+}
+
+fn server_config(config: &Config) -> Result<ServerConfig, String> {
+    let members = config.initial_cluster_members().map_err(|e| e.to_string())?;
+    if members.len() > 1 {
+        return Err(
+            "detcd: multi-member clusters are not supported yet; start a single member".into(),
+        );
+    }
+    let wal_dir = if config.wal_dir.is_empty() {
+        None
+    } else {
+        Some(PathBuf::from(&config.wal_dir))
+    };
+    let data_dir = PathBuf::from(&config.data_dir);
+    if !data_dir.join("member").join("wal").exists() && wal_dir.is_none() {
+        config.verify_bootstrap().map_err(|e| e.to_string())?;
+    }
+    let listen_client_addrs = config
+        .listen_client_urls
+        .iter()
+        .map(listen_addr)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ServerConfig {
+        name: config.name.clone(),
+        data_dir,
+        wal_dir,
+        listen_client_addrs,
+        advertise_client_urls: config
+            .advertise_client_urls
+            .iter()
+            .map(|u| u.to_string())
+            .collect(),
+        initial_advertise_peer_urls: config
+            .initial_advertise_peer_urls
+            .iter()
+            .map(|u| u.to_string())
+            .collect(),
+        initial_cluster: members
+            .into_iter()
+            .map(|(name, urls)| (name, urls.iter().map(|u| u.to_string()).collect()))
+            .collect(),
+        initial_cluster_token: config.initial_cluster_token.clone(),
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        election_timeout_ms: config.election_timeout_ms,
+        max_request_bytes: config.max_request_bytes as usize,
+        max_txn_ops: config.max_txn_ops as usize,
+        disk: Arc::new(RealDisk::new()),
+        backend: BackendChoice::Sled,
+    })
+}
