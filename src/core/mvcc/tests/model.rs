@@ -23,11 +23,19 @@ const KEYS: [&str; 4] = ["a", "b", "c", "d"];
 
 impl Model {
     fn new() -> Self {
-        Model { hist: Vec::new(), rev: 1, compact: -1 }
+        Model {
+            hist: Vec::new(),
+            rev: 1,
+            compact: -1,
+        }
     }
 
     fn at(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
-        self.hist.iter().filter(|(k, r, _)| k == key && *r <= rev).last().and_then(|(_, _, v)| v.clone())
+        self.hist
+            .iter()
+            .rev()
+            .find(|(k, r, _)| k == key && *r <= rev)
+            .and_then(|(_, _, v)| v.clone())
     }
 
     fn in_range(k: &[u8], key: &[u8], end: &[u8]) -> bool {
@@ -42,7 +50,10 @@ impl Model {
         let mut ks: Vec<Vec<u8>> = self.hist.iter().map(|(k, _, _)| k.clone()).collect();
         ks.sort();
         ks.dedup();
-        ks.into_iter().filter(|k| Self::in_range(k, key, end)).filter_map(|k| self.at(&k, rev)).collect()
+        ks.into_iter()
+            .filter(|k| Self::in_range(k, key, end))
+            .filter_map(|k| self.at(&k, rev))
+            .collect()
     }
 
     fn range(&self, r: &RangeRequest, cur: i64) -> Result<RangeResponse, EtcdError> {
@@ -56,7 +67,11 @@ impl Model {
         let all = self.visible(&r.key, &r.range_end, rev);
         let count = all.len() as i64;
         let mut kvs: Vec<KeyValue> = if r.count_only { vec![] } else { all };
-        let filtering = r.sort_order != 0 || r.min_mod_revision != 0 || r.max_mod_revision != 0 || r.min_create_revision != 0 || r.max_create_revision != 0;
+        let filtering = r.sort_order != 0
+            || r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0;
         if !filtering && r.limit > 0 {
             kvs.truncate(r.limit as usize + 1);
         }
@@ -66,7 +81,11 @@ impl Model {
                 && (r.max_create_revision == 0 || kv.create_revision <= r.max_create_revision)
                 && (r.min_create_revision == 0 || kv.create_revision >= r.min_create_revision)
         });
-        let order = if r.sort_target != 0 && r.sort_order == 0 { 1 } else { r.sort_order };
+        let order = if r.sort_target != 0 && r.sort_order == 0 {
+            1
+        } else {
+            r.sort_order
+        };
         let field = |kv: &KeyValue| -> Vec<u8> {
             match r.sort_target {
                 0 => kv.key.clone(),
@@ -88,7 +107,12 @@ impl Model {
         if r.keys_only {
             kvs.iter_mut().for_each(|kv| kv.value.clear());
         }
-        Ok(RangeResponse { header: None, kvs, more, count })
+        Ok(RangeResponse {
+            header: None,
+            kvs,
+            more,
+            count,
+        })
     }
 
     fn compare(&self, c: &Compare) -> bool {
@@ -110,7 +134,11 @@ impl Model {
     }
 
     /// Applies one request; `changes` collects (key, value-or-delete) at `self.rev + 1`.
-    fn apply(&mut self, req: &InternalRequest, leases: &dyn Fn(i64) -> bool) -> Result<Response, EtcdError> {
+    fn apply(
+        &mut self,
+        req: &InternalRequest,
+        leases: &dyn Fn(i64) -> bool,
+    ) -> Result<Response, EtcdError> {
         let mut changes = Vec::new();
         let res = if let Some(p) = &req.put {
             if p.lease != 0 && !leases(p.lease) {
@@ -125,11 +153,16 @@ impl Model {
             // Checks against the state before the txn, along the chosen path.
             let mut flat = Vec::new();
             flatten(t, &path, &mut 0, &mut flat);
-            let write = !t.success.iter().chain(&t.failure).all(|op| matches!(op.request, Some(request_op::Request::RequestRange(_))));
+            let write = !t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .all(|op| matches!(op.request, Some(request_op::Request::RequestRange(_))));
             if write {
                 for op in &flat {
                     if let Some(request_op::Request::RequestPut(p)) = &op.request {
-                        if (p.ignore_value || p.ignore_lease) && self.at(&p.key, self.rev).is_none() {
+                        if (p.ignore_value || p.ignore_lease) && self.at(&p.key, self.rev).is_none()
+                        {
                             return Err(EtcdError::KeyNotFound);
                         }
                         if p.lease != 0 && !leases(p.lease) {
@@ -187,12 +220,23 @@ impl Model {
             create_revision: prev.as_ref().map_or(new_rev, |k| k.create_revision),
             mod_revision: new_rev,
             version: prev.as_ref().map_or(1, |k| k.version + 1),
-            value: if p.ignore_value { prev.as_ref().unwrap().value.clone() } else { p.value.clone() },
-            lease: if p.ignore_lease { prev.as_ref().unwrap().lease } else { p.lease },
+            value: if p.ignore_value {
+                prev.as_ref().unwrap().value.clone()
+            } else {
+                p.value.clone()
+            },
+            lease: if p.ignore_lease {
+                prev.as_ref().unwrap().lease
+            } else {
+                p.lease
+            },
         };
         self.hist.push((p.key.clone(), new_rev, Some(kv)));
         changes.push(());
-        Ok(PutResponse { header: None, prev_kv: if p.prev_kv { prev } else { None } })
+        Ok(PutResponse {
+            header: None,
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
     }
 
     fn del(&mut self, d: &DeleteRangeRequest, changes: &mut Vec<()>) -> DeleteRangeResponse {
@@ -201,31 +245,62 @@ impl Model {
             self.hist.push((kv.key.clone(), self.rev + 1, None));
             changes.push(());
         }
-        DeleteRangeResponse { header: None, deleted: found.len() as i64, prev_kvs: if d.prev_kv { found } else { vec![] } }
+        DeleteRangeResponse {
+            header: None,
+            deleted: found.len() as i64,
+            prev_kvs: if d.prev_kv { found } else { vec![] },
+        }
     }
 
-    fn txn(&mut self, t: &TxnRequest, path: &[bool], i: &mut usize, changes: &mut Vec<()>) -> Result<TxnResponse, EtcdError> {
+    fn txn(
+        &mut self,
+        t: &TxnRequest,
+        path: &[bool],
+        i: &mut usize,
+        changes: &mut Vec<()>,
+    ) -> Result<TxnResponse, EtcdError> {
         let ok = path[*i];
         *i += 1;
         let mut responses = Vec::new();
         for op in if ok { &t.success } else { &t.failure } {
             use response_op::Response as R;
-            let h = |rev| Some(ResponseHeader { revision: rev, ..Default::default() });
+            let h = |rev| {
+                Some(ResponseHeader {
+                    revision: rev,
+                    ..Default::default()
+                })
+            };
             let r = match op.request.as_ref().unwrap() {
                 request_op::Request::RequestRange(r) => {
                     let cur = self.cur(changes);
-                    R::ResponseRange(RangeResponse { header: h(cur), ..self.range(r, cur)? })
+                    R::ResponseRange(RangeResponse {
+                        header: h(cur),
+                        ..self.range(r, cur)?
+                    })
                 }
-                request_op::Request::RequestPut(p) => R::ResponsePut(PutResponse { header: h(self.rev + 1), ..self.put(p, changes)? }),
+                request_op::Request::RequestPut(p) => R::ResponsePut(PutResponse {
+                    header: h(self.rev + 1),
+                    ..self.put(p, changes)?
+                }),
                 request_op::Request::RequestDeleteRange(d) => {
                     let resp = self.del(d, changes);
-                    R::ResponseDeleteRange(DeleteRangeResponse { header: h(self.cur(changes)), ..resp })
+                    R::ResponseDeleteRange(DeleteRangeResponse {
+                        header: h(self.cur(changes)),
+                        ..resp
+                    })
                 }
-                request_op::Request::RequestTxn(n) => R::ResponseTxn(TxnResponse { header: Some(ResponseHeader::default()), ..self.txn(n, path, i, changes)? }),
+                request_op::Request::RequestTxn(n) => R::ResponseTxn(TxnResponse {
+                    header: Some(ResponseHeader::default()),
+                    ..self.txn(n, path, i, changes)?
+                }),
             };
             responses.push(ResponseOp { response: Some(r) });
         }
-        Ok(TxnResponse { header: None, succeeded: ok, responses })
+        Ok(TxnResponse {
+            header: None,
+            succeeded: ok,
+            responses,
+        })
     }
 }
 
@@ -246,47 +321,101 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn range_end() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![Just(vec![]), Just(vec![]), Just(vec![0]), key(), Just(b"e".to_vec())]
+    prop_oneof![
+        Just(vec![]),
+        Just(vec![]),
+        Just(vec![0]),
+        key(),
+        Just(b"e".to_vec())
+    ]
 }
 
 fn range_req() -> impl Strategy<Value = RangeRequest> {
-    (key(), range_end(), 0i64..4, -1i64..4, 0i32..3, 0i32..5, any::<bool>(), prop::bool::weighted(0.1), 0i64..6, 0i64..6, 0i64..4, 0i64..6)
-        .prop_map(|(key, range_end, limit, rev_back, sort_order, sort_target, keys_only, count_only, a, b, c, d)| RangeRequest {
-            key,
-            range_end,
-            limit,
-            // Encoded relative to the current revision when applied; see `resolve`.
-            revision: rev_back,
-            sort_order,
-            sort_target,
-            serializable: false,
-            keys_only,
-            count_only,
-            min_mod_revision: a,
-            max_mod_revision: if b == 0 { 0 } else { b + 4 },
-            min_create_revision: c,
-            max_create_revision: d,
-        })
+    (
+        key(),
+        range_end(),
+        0i64..4,
+        -1i64..4,
+        0i32..3,
+        0i32..5,
+        any::<bool>(),
+        prop::bool::weighted(0.1),
+        0i64..6,
+        0i64..6,
+        0i64..4,
+        0i64..6,
+    )
+        .prop_map(
+            |(
+                key,
+                range_end,
+                limit,
+                rev_back,
+                sort_order,
+                sort_target,
+                keys_only,
+                count_only,
+                a,
+                b,
+                c,
+                d,
+            )| RangeRequest {
+                key,
+                range_end,
+                limit,
+                // Encoded relative to the current revision when applied; see `resolve`.
+                revision: rev_back,
+                sort_order,
+                sort_target,
+                serializable: false,
+                keys_only,
+                count_only,
+                min_mod_revision: a,
+                max_mod_revision: if b == 0 { 0 } else { b + 4 },
+                min_create_revision: c,
+                max_create_revision: d,
+            },
+        )
 }
 
 fn put_req() -> impl Strategy<Value = PutRequest> {
-    (key(), prop::sample::select(vec!["", "x", "y", "zz"]), 0i64..3, any::<bool>(), prop::bool::weighted(0.15), prop::bool::weighted(0.15))
-        .prop_map(|(key, v, lease, prev_kv, ignore_value, ignore_lease)| PutRequest {
-            key,
-            value: if ignore_value { vec![] } else { v.into() },
-            lease: if ignore_lease { 0 } else { lease },
-            prev_kv,
-            ignore_value,
-            ignore_lease,
-        })
+    (
+        key(),
+        prop::sample::select(vec!["", "x", "y", "zz"]),
+        0i64..3,
+        any::<bool>(),
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.15),
+    )
+        .prop_map(
+            |(key, v, lease, prev_kv, ignore_value, ignore_lease)| PutRequest {
+                key,
+                value: if ignore_value { vec![] } else { v.into() },
+                lease: if ignore_lease { 0 } else { lease },
+                prev_kv,
+                ignore_value,
+                ignore_lease,
+            },
+        )
 }
 
 fn del_req() -> impl Strategy<Value = DeleteRangeRequest> {
-    (key(), range_end(), any::<bool>()).prop_map(|(key, range_end, prev_kv)| DeleteRangeRequest { key, range_end, prev_kv })
+    (key(), range_end(), any::<bool>()).prop_map(|(key, range_end, prev_kv)| DeleteRangeRequest {
+        key,
+        range_end,
+        prev_kv,
+    })
 }
 
 fn compare_strategy() -> impl Strategy<Value = Compare> {
-    (key(), prop_oneof![Just(vec![]), Just(vec![]), key()], 0i32..5, 0i32..4, 0i64..6, prop::sample::select(vec!["", "x", "y"]))
+    (
+        key(),
+        prop_oneof![Just(vec![]), Just(vec![]), key()],
+        0i32..5,
+        0i32..4,
+        0i64..6,
+        prop::sample::select(vec!["", "x", "y"]),
+    )
         .prop_map(|(key, range_end, target, result, n, v)| {
             use compare::TargetUnion as U;
             let target_union = Some(match target {
@@ -296,13 +425,20 @@ fn compare_strategy() -> impl Strategy<Value = Compare> {
                 3 => U::Value(v.into()),
                 _ => U::Lease(n % 3),
             });
-            Compare { result, target, key, range_end, target_union }
+            Compare {
+                result,
+                target,
+                key,
+                range_end,
+                target_union,
+            }
         })
 }
 
 fn op_strategy() -> BoxedStrategy<RequestOp> {
     let leaf = prop_oneof![
-        range_req().prop_map(|r| request_op::Request::RequestRange(RangeRequest { revision: 0, ..r })),
+        range_req()
+            .prop_map(|r| request_op::Request::RequestRange(RangeRequest { revision: 0, ..r })),
         put_req().prop_map(request_op::Request::RequestPut),
         del_req().prop_map(request_op::Request::RequestDeleteRange),
     ];
@@ -315,14 +451,22 @@ fn txn_req(depth: u32) -> BoxedStrategy<TxnRequest> {
     } else {
         prop_oneof![4 => op_strategy(), 1 => txn_req(depth - 1).prop_map(|t| RequestOp { request: Some(request_op::Request::RequestTxn(t)) })].boxed()
     };
-    (prop::collection::vec(compare_strategy(), 0..3), prop::collection::vec(op.clone(), 0..4), prop::collection::vec(op, 0..3))
-        .prop_map(|(compare, success, failure)| TxnRequest { compare, success, failure })
+    (
+        prop::collection::vec(compare_strategy(), 0..3),
+        prop::collection::vec(op.clone(), 0..4),
+        prop::collection::vec(op, 0..3),
+    )
+        .prop_map(|(compare, success, failure)| TxnRequest {
+            compare,
+            success,
+            failure,
+        })
         .boxed()
 }
 
 #[derive(Debug, Clone)]
 enum Step {
-    Req(InternalRequest),
+    Req(Box<InternalRequest>),
     /// A range at `current - back` (negative: into the future).
     RangeBack(RangeRequest),
     /// Compact at `current - back`.
@@ -331,22 +475,40 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => put_req().prop_map(|p| Step::Req(InternalRequest { put: Some(p), ..Default::default() })),
-        2 => del_req().prop_map(|d| Step::Req(InternalRequest { delete_range: Some(d), ..Default::default() })),
+        4 => put_req().prop_map(|p| Step::Req(Box::new(InternalRequest { put: Some(p), ..Default::default() }))),
+        2 => del_req().prop_map(|d| Step::Req(Box::new(InternalRequest { delete_range: Some(d), ..Default::default() }))),
         3 => range_req().prop_map(Step::RangeBack),
-        3 => txn_req(1).prop_map(|t| Step::Req(InternalRequest { txn: Some(t), ..Default::default() })),
+        3 => txn_req(1).prop_map(|t| Step::Req(Box::new(InternalRequest { txn: Some(t), ..Default::default() }))),
         1 => (0i64..4).prop_map(Step::CompactBack),
     ]
 }
 
 fn resolve(step: &Step, current: i64) -> InternalRequest {
     match step {
-        Step::Req(r) => r.clone(),
+        Step::Req(r) => (**r).clone(),
         Step::RangeBack(r) => {
-            let revision = if r.revision == -1 { current + 1 } else if r.revision == 0 { 0 } else { current - r.revision };
-            InternalRequest { range: Some(RangeRequest { revision, ..r.clone() }), ..Default::default() }
+            let revision = if r.revision == -1 {
+                current + 1
+            } else if r.revision == 0 {
+                0
+            } else {
+                current - r.revision
+            };
+            InternalRequest {
+                range: Some(RangeRequest {
+                    revision,
+                    ..r.clone()
+                }),
+                ..Default::default()
+            }
         }
-        Step::CompactBack(b) => InternalRequest { compaction: Some(CompactionRequest { revision: current - b, physical: false }), ..Default::default() },
+        Step::CompactBack(b) => InternalRequest {
+            compaction: Some(CompactionRequest {
+                revision: current - b,
+                physical: false,
+            }),
+            ..Default::default()
+        },
     }
 }
 
