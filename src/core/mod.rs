@@ -1,1 +1,15 @@
-//! Pure, synchronous, deterministic state machines (implementation pending).
+//! Pure, synchronous, deterministic state machines.
+//!
+//! - [`mvcc`]: etcd's multi-version key-value store, in memory, persisted through
+//!   [`WriteBatch`](crate::storage::backend::WriteBatch)es in etcd's bbolt layout.
+//! - [`validate`]: the request checks etcd's gRPC layer runs before proposing a request.
+//! - [`apply`]: the apply step that runs one committed
+//!   [`InternalRequest`](crate::pb::detcdpb::InternalRequest) against the store.
+//!
+//! Nothing here reads a clock, draws randomness or does I/O, so every replica that applies
+//! the same log reaches the same state byte for byte.
+
+pub mod apply;
+mod crc32c;
+pub mod mvcc;
+pub mod validate;
