@@ -62,7 +62,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = req.into_inner();
         let result = async {
-            validate::check_delete_range(&req)?;
+            validate::check_delete(&req)?;
             let request = InternalRequest {
                 delete_range: Some(req),
                 ..Default::default()
