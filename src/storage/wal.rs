@@ -199,14 +199,22 @@ enum BadRecord {
     Corrupt(String),
 }
 
-/// Reads the record at `offset` of a segment: `Ok(None)` at the end, otherwise the type,
-/// the payload and the offset after the record. Only the last segment can have a torn
+/// One record as read from a segment.
+#[derive(Debug)]
+struct RawRecord<'a> {
+    record_type: u8,
+    payload: &'a [u8],
+    /// The offset just past the record.
+    next_offset: usize,
+}
+
+/// Reads the record at `offset` of a segment (`Ok(None)` at the end). Only the last segment can have a torn
 /// tail, because a segment is synced before the next one is created.
 fn read_record(
     data: &[u8],
     offset: usize,
     is_last_segment: bool,
-) -> Result<Option<(u8, &[u8], usize)>, BadRecord> {
+) -> Result<Option<RawRecord<'_>>, BadRecord> {
     let rest = &data[offset..];
     if rest.is_empty() {
         return Ok(None);
@@ -252,7 +260,11 @@ fn read_record(
             "CRC mismatch in a record that is not the torn tail of the log".to_string(),
         ));
     }
-    Ok(Some((record_type, payload, offset + end)))
+    Ok(Some(RawRecord {
+        record_type,
+        payload,
+        next_offset: offset + end,
+    }))
 }
 
 /// The state replay builds, and the state a running WAL keeps for validation and for the
@@ -509,11 +521,11 @@ impl Wal {
             loop {
                 match read_record(&data, offset, is_last_segment) {
                     Ok(None) => break,
-                    Ok(Some((record_type, payload, next))) => {
+                    Ok(Some(record)) => {
                         state
-                            .apply_record(record_type, payload, offset == 0)
+                            .apply_record(record.record_type, record.payload, offset == 0)
                             .map_err(|reason| corrupt(path, offset, reason))?;
-                        offset = next;
+                        offset = record.next_offset;
                     }
                     Err(BadRecord::Torn) if offset > 0 => {
                         torn_tail_bytes = (data.len() - offset) as u64;

@@ -402,10 +402,10 @@ fn flipped_byte_in_the_middle_is_corrupt() {
         let data = disk.read_file(path).unwrap();
         let is_last_segment = path == paths.last().unwrap();
         let mut record_starts = vec![0];
-        while let Some((_, _, next)) =
+        while let Some(RawRecord { next_offset, .. }) =
             read_record(&data, *record_starts.last().unwrap(), false).unwrap()
         {
-            record_starts.push(next);
+            record_starts.push(next_offset);
         }
         assert_eq!(record_starts.pop(), Some(data.len()));
         // Every byte of every record must be caught, except in the last segment: there the
