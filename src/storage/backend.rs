@@ -158,6 +158,11 @@ fn apply_batch(buckets: &mut Buckets, batch: &WriteBatch) -> i64 {
     delta_bytes
 }
 
+/// How many unsynced batches a [`MemBackend`] holds before it treats the oldest as
+/// persisted, as a real engine eventually does on its own; this bounds its memory when a
+/// caller rarely syncs.
+pub const MEM_BACKEND_MAX_UNSYNCED_BATCHES: usize = 4096;
+
 /// The shared state of a [`MemBackend`].
 #[derive(Debug, Default)]
 struct MemState {
@@ -255,6 +260,18 @@ impl Backend for MemBackend {
         let delta_bytes = apply_batch(&mut state.current, batch);
         state.current_size_bytes = (state.current_size_bytes as i64 + delta_bytes) as u64;
         state.unsynced.push(batch.clone());
+        if state.unsynced.len() > MEM_BACKEND_MAX_UNSYNCED_BATCHES {
+            let persisted: Vec<WriteBatch> = state
+                .unsynced
+                .drain(..MEM_BACKEND_MAX_UNSYNCED_BATCHES / 2)
+                .collect();
+            let mut size_bytes = state.durable_size_bytes as i64;
+            for batch in &persisted {
+                size_bytes += apply_batch(&mut state.durable, batch);
+            }
+            state.durable_size_bytes = size_bytes as u64;
+        }
+        assert!(state.unsynced.len() <= MEM_BACKEND_MAX_UNSYNCED_BATCHES);
         Ok(())
     }
 
@@ -503,6 +520,33 @@ mod tests {
             seen.insert(kept);
         }
         assert!(seen.len() > 2);
+    }
+
+    #[test]
+    fn mem_backend_bounds_unsynced_batches() {
+        let mut backend = MemBackend::new();
+        let total = MEM_BACKEND_MAX_UNSYNCED_BATCHES + 10;
+        for i in 0..total {
+            let key = format!("{i:08}");
+            backend
+                .write(&batch(&[(Bucket::Key, &key, Some("v"))]))
+                .unwrap();
+        }
+        assert!(backend.lock().unsynced.len() <= MEM_BACKEND_MAX_UNSYNCED_BATCHES);
+        backend.crash();
+        // The oldest batches were persisted, in order, and their size is accounted for.
+        let kept = backend.scan(Bucket::Key).unwrap();
+        assert_eq!(kept.len(), MEM_BACKEND_MAX_UNSYNCED_BATCHES / 2);
+        assert_eq!(kept[0].0, b"00000000");
+        assert_eq!(backend.size_bytes(), kept.len() as u64 * 9);
+    }
+
+    #[test]
+    fn backends_are_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<MemBackend>();
+        assert_send::<SledBackend>();
+        assert_send::<Box<dyn Backend>>();
     }
 
     #[test]

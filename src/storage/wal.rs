@@ -208,8 +208,8 @@ struct RawRecord<'a> {
     next_offset: usize,
 }
 
-/// Reads the record at `offset` of a segment (`Ok(None)` at the end). Only the last segment can have a torn
-/// tail, because a segment is synced before the next one is created.
+/// Reads the record at `offset` of a segment (`Ok(None)` at the end). Only the last
+/// segment can have a torn tail, because a segment is synced before the next one is created.
 fn read_record(
     data: &[u8],
     offset: usize,
@@ -740,13 +740,12 @@ impl Wal {
         // that rewrote lower indexes set the next start lower), so a segment can go once the
         // next one starts at or before index + 1.
         while self.segments.len() > 1 && self.segments[1].start_index <= index + 1 {
-            let oldest = &self.segments[0];
-            self.disk.remove_file(&oldest.path)?;
+            self.disk.remove_file(&self.segments[0].path)?;
+            self.segments.remove(0);
+            released += 1;
             // Sync after each removal so a crash can only undo the latest one, which keeps
             // the remaining segments contiguous.
             self.disk.sync_dir(&self.dir)?;
-            self.segments.remove(0);
-            released += 1;
         }
         Ok(released)
     }

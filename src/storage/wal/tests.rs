@@ -80,6 +80,13 @@ fn assert_corrupt(result: Result<(Wal, WalContents), WalError>) -> (PathBuf, u64
 }
 
 #[test]
+fn wal_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Wal>();
+    assert_send::<WalError>();
+}
+
+#[test]
 fn segment_names_round_trip() {
     assert_eq!(
         segment_name(1, 0xab),
@@ -712,7 +719,12 @@ proptest! {
                     whole.apply(Some(hs), &batch);
                     candidates.push(whole);
                     let recovered = candidates.into_iter().find(|c| c.matches(&contents));
-                    prop_assert!(recovered.is_some(), "recovered {:?}, model {:?}", contents, model);
+                    prop_assert!(
+                        recovered.is_some(),
+                        "recovered {:?}, model {:?}",
+                        contents,
+                        model
+                    );
                     model = recovered.unwrap();
                     wal = reopened;
                     wal.set_segment_size_bytes(segment_size_bytes);
@@ -721,7 +733,12 @@ proptest! {
                     drop(wal);
                     sim.crash(seed);
                     let (reopened, contents) = reopen(&disk);
-                    prop_assert!(model.matches(&contents), "recovered {:?}, model {:?}", contents, model);
+                    prop_assert!(
+                        model.matches(&contents),
+                        "recovered {:?}, model {:?}",
+                        contents,
+                        model
+                    );
                     wal = reopened;
                     wal.set_segment_size_bytes(segment_size_bytes);
                 }
