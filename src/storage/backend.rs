@@ -1,6 +1,15 @@
 //! The MVCC backend: named buckets of ordered byte keys, written in atomic batches.
 //!
-//! INTERFACE (implementation pending): see the types below.
+//! [`SledBackend`] is the production implementation; [`MemBackend`] serves simulation and
+//! tests and can model losing unsynced batches in a crash.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// A bucket (etcd's bbolt buckets): each is an ordered map of byte keys to byte values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,4 +56,549 @@ pub enum BatchOp {
 pub struct WriteBatch {
     /// The changes, applied in order.
     pub ops: Vec<BatchOp>,
+}
+
+impl Bucket {
+    /// Every bucket, in a fixed order.
+    pub const ALL: [Bucket; 7] = [
+        Bucket::Key,
+        Bucket::Meta,
+        Bucket::Lease,
+        Bucket::Auth,
+        Bucket::AuthUsers,
+        Bucket::AuthRoles,
+        Bucket::Members,
+    ];
+
+    /// The bucket's on-disk tag, the first byte of its keys in [`SledBackend`]. These
+    /// numbers are a storage format and must never change or be reused.
+    pub fn tag(self) -> u8 {
+        match self {
+            Bucket::Key => 1,
+            Bucket::Meta => 2,
+            Bucket::Lease => 3,
+            Bucket::Auth => 4,
+            Bucket::AuthUsers => 5,
+            Bucket::AuthRoles => 6,
+            Bucket::Members => 7,
+        }
+    }
+}
+
+impl WriteBatch {
+    /// Returns an empty batch.
+    pub fn new() -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    /// Adds a put of `key` to `value` in `bucket`.
+    pub fn put(&mut self, bucket: Bucket, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Put {
+            bucket,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Adds a delete of `key` from `bucket`.
+    pub fn delete(&mut self, bucket: Bucket, key: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Delete {
+            bucket,
+            key: key.into(),
+        });
+    }
+
+    /// Whether the batch has no changes.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The MVCC state's storage: buckets of ordered byte keys, changed in atomic batches.
+/// Synchronous: the actor that owns it calls it directly.
+pub trait Backend: Send {
+    /// Applies `batch` atomically: after a crash either all of it or none of it is visible,
+    /// and batches become durable in the order written. Durable only after [`Backend::sync`].
+    fn write(&mut self, batch: &WriteBatch) -> io::Result<()>;
+    /// The value of `key` in `bucket`.
+    fn get(&self, bucket: Bucket, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
+    /// Every entry of `bucket`, in key order.
+    fn scan(&self, bucket: Bucket) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// The approximate size of the stored data in bytes.
+    fn size_bytes(&self) -> u64;
+    /// Makes everything written so far durable.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// The buckets of a [`MemBackend`].
+type Buckets = BTreeMap<Bucket, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// Applies `batch` to `buckets`, returning the change in stored bytes.
+fn apply_batch(buckets: &mut Buckets, batch: &WriteBatch) -> i64 {
+    let mut delta_bytes = 0i64;
+    for op in &batch.ops {
+        match op {
+            BatchOp::Put { bucket, key, value } => {
+                let old = buckets
+                    .entry(*bucket)
+                    .or_default()
+                    .insert(key.clone(), value.clone());
+                delta_bytes += (key.len() + value.len()) as i64;
+                if let Some(old) = old {
+                    delta_bytes -= (key.len() + old.len()) as i64;
+                }
+            }
+            BatchOp::Delete { bucket, key } => {
+                if let Some(old) = buckets.get_mut(bucket).and_then(|b| b.remove(key)) {
+                    delta_bytes -= (key.len() + old.len()) as i64;
+                }
+            }
+        }
+    }
+    delta_bytes
+}
+
+/// How many unsynced batches a [`MemBackend`] holds before it treats the oldest as
+/// persisted, as a real engine eventually does on its own; this bounds its memory when a
+/// caller rarely syncs.
+pub const MEM_BACKEND_MAX_UNSYNCED_BATCHES: usize = 4096;
+
+/// The shared state of a [`MemBackend`].
+#[derive(Debug, Default)]
+struct MemState {
+    /// What reads see.
+    current: Buckets,
+    /// Key and value bytes in `current`.
+    current_size_bytes: u64,
+    /// What survives [`MemBackend::crash`]: `current` as of the last sync.
+    durable: Buckets,
+    durable_size_bytes: u64,
+    /// Batches written since the last sync, in order, so a crash can keep a prefix.
+    unsynced: Vec<WriteBatch>,
+    /// When set, writes and syncs fail with an injected error.
+    fail_writes: bool,
+}
+
+/// An in-memory [`Backend`] for simulation and tests. Clones share the same storage (it is
+/// an `Arc` inside), so a simulation can keep a handle while a node is crashed, call
+/// [`MemBackend::crash`], and give a clone to the restarted node.
+#[derive(Debug, Clone, Default)]
+pub struct MemBackend {
+    state: Arc<Mutex<MemState>>,
+}
+
+impl MemBackend {
+    /// Returns an empty backend.
+    pub fn new() -> MemBackend {
+        MemBackend::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemState> {
+        // Recover from poisoning so a test reports the original panic, not this one.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Simulates a crash: batches written after the last [`Backend::sync`] are lost.
+    pub fn crash(&self) {
+        let mut state = self.lock();
+        state.current = state.durable.clone();
+        state.current_size_bytes = state.durable_size_bytes;
+        state.unsynced.clear();
+    }
+
+    /// Simulates a crash in which the storage engine had already persisted some of the
+    /// batches written after the last sync: a prefix of them, chosen by `rng_seed`, survives
+    /// (never a part of a batch, and never a later batch without the earlier ones).
+    pub fn crash_keeping_some(&self, rng_seed: u64) {
+        let mut state = self.lock();
+        let kept = ChaCha8Rng::seed_from_u64(rng_seed).gen_range(0..=state.unsynced.len());
+        let unsynced = std::mem::take(&mut state.unsynced);
+        let mut durable = std::mem::take(&mut state.durable);
+        let mut size_bytes = state.durable_size_bytes as i64;
+        for batch in &unsynced[..kept] {
+            size_bytes += apply_batch(&mut durable, batch);
+        }
+        state.current = durable.clone();
+        state.durable = durable;
+        state.current_size_bytes = size_bytes as u64;
+        state.durable_size_bytes = size_bytes as u64;
+    }
+
+    /// Makes [`Backend::write`] and [`Backend::sync`] fail with an `io::Error` while `fail`
+    /// is true (nothing is applied by a failed write).
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.lock().fail_writes = fail;
+    }
+
+    /// Returns an independent copy of the current state (unsynced batches included).
+    pub fn fork(&self) -> MemBackend {
+        let state = self.lock();
+        let copy = MemState {
+            current: state.current.clone(),
+            current_size_bytes: state.current_size_bytes,
+            durable: state.durable.clone(),
+            durable_size_bytes: state.durable_size_bytes,
+            unsynced: state.unsynced.clone(),
+            fail_writes: state.fail_writes,
+        };
+        MemBackend {
+            state: Arc::new(Mutex::new(copy)),
+        }
+    }
+}
+
+fn injected_fault() -> io::Error {
+    io::Error::other("injected backend fault (MemBackend::set_fail_writes)")
+}
+
+impl Backend for MemBackend {
+    fn write(&mut self, batch: &WriteBatch) -> io::Result<()> {
+        let mut state = self.lock();
+        if state.fail_writes {
+            return Err(injected_fault());
+        }
+        let delta_bytes = apply_batch(&mut state.current, batch);
+        state.current_size_bytes = (state.current_size_bytes as i64 + delta_bytes) as u64;
+        state.unsynced.push(batch.clone());
+        if state.unsynced.len() > MEM_BACKEND_MAX_UNSYNCED_BATCHES {
+            let persisted: Vec<WriteBatch> = state
+                .unsynced
+                .drain(..MEM_BACKEND_MAX_UNSYNCED_BATCHES / 2)
+                .collect();
+            let mut size_bytes = state.durable_size_bytes as i64;
+            for batch in &persisted {
+                size_bytes += apply_batch(&mut state.durable, batch);
+            }
+            state.durable_size_bytes = size_bytes as u64;
+        }
+        assert!(state.unsynced.len() <= MEM_BACKEND_MAX_UNSYNCED_BATCHES);
+        Ok(())
+    }
+
+    fn get(&self, bucket: Bucket, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let state = self.lock();
+        Ok(state.current.get(&bucket).and_then(|b| b.get(key)).cloned())
+    }
+
+    fn scan(&self, bucket: Bucket) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let state = self.lock();
+        Ok(state
+            .current
+            .get(&bucket)
+            .map(|b| b.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.lock().current_size_bytes
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut state = self.lock();
+        if state.fail_writes {
+            return Err(injected_fault());
+        }
+        let unsynced = std::mem::take(&mut state.unsynced);
+        let mut durable = std::mem::take(&mut state.durable);
+        for batch in &unsynced {
+            apply_batch(&mut durable, batch);
+        }
+        state.durable = durable;
+        state.durable_size_bytes = state.current_size_bytes;
+        Ok(())
+    }
+}
+
+/// The production [`Backend`] on sled. All buckets share one sled tree, each key prefixed
+/// with its bucket's [`Bucket::tag`], so a batch spanning buckets is one atomic sled batch.
+#[derive(Debug, Clone)]
+pub struct SledBackend {
+    db: sled::Db,
+}
+
+impl SledBackend {
+    /// Opens (or creates) the sled database in the directory `path`.
+    pub fn open(path: &Path) -> io::Result<SledBackend> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(SledBackend { db })
+    }
+}
+
+fn sled_key(bucket: Bucket, key: &[u8]) -> Vec<u8> {
+    let mut prefixed = Vec::with_capacity(1 + key.len());
+    prefixed.push(bucket.tag());
+    prefixed.extend_from_slice(key);
+    prefixed
+}
+
+impl Backend for SledBackend {
+    fn write(&mut self, batch: &WriteBatch) -> io::Result<()> {
+        let mut sled_batch = sled::Batch::default();
+        for op in &batch.ops {
+            match op {
+                BatchOp::Put { bucket, key, value } => {
+                    sled_batch.insert(sled_key(*bucket, key), value.as_slice())
+                }
+                BatchOp::Delete { bucket, key } => sled_batch.remove(sled_key(*bucket, key)),
+            }
+        }
+        self.db.apply_batch(sled_batch)?;
+        Ok(())
+    }
+
+    fn get(&self, bucket: Bucket, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.db.get(sled_key(bucket, key))?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, bucket: Bucket) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut entries = Vec::new();
+        for item in self.db.scan_prefix([bucket.tag()]) {
+            let (key, value) = item?;
+            entries.push((key[1..].to_vec(), value.to_vec()));
+        }
+        Ok(entries)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        // The size on disk is what matters for quotas; 0 if sled cannot tell.
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(ops: &[(Bucket, &str, Option<&str>)]) -> WriteBatch {
+        let mut batch = WriteBatch::new();
+        for (bucket, key, value) in ops {
+            match value {
+                Some(value) => batch.put(*bucket, key.as_bytes(), value.as_bytes()),
+                None => batch.delete(*bucket, key.as_bytes()),
+            }
+        }
+        batch
+    }
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        items
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// The behaviour every backend must share.
+    fn exercise(backend: &mut dyn Backend) {
+        assert_eq!(backend.get(Bucket::Key, b"a").unwrap(), None);
+        assert!(backend.scan(Bucket::Key).unwrap().is_empty());
+        backend
+            .write(&batch(&[
+                (Bucket::Key, "b", Some("2")),
+                (Bucket::Key, "a", Some("1")),
+                (Bucket::Meta, "a", Some("meta")),
+                (Bucket::Key, "c", Some("3")),
+                (Bucket::Key, "c", None),
+                (Bucket::Lease, "x", None),
+            ]))
+            .unwrap();
+        assert_eq!(
+            backend.get(Bucket::Key, b"a").unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(backend.get(Bucket::Key, b"c").unwrap(), None);
+        assert_eq!(
+            backend.get(Bucket::Meta, b"a").unwrap().as_deref(),
+            Some(&b"meta"[..])
+        );
+        assert_eq!(
+            backend.scan(Bucket::Key).unwrap(),
+            pairs(&[("a", "1"), ("b", "2")])
+        );
+        assert_eq!(backend.scan(Bucket::Meta).unwrap(), pairs(&[("a", "meta")]));
+        assert!(backend.scan(Bucket::Members).unwrap().is_empty());
+        // Binary keys sort bytewise, including an empty key and 0xff bytes.
+        backend
+            .write(&batch(&[(Bucket::Auth, "", Some("empty"))]))
+            .unwrap();
+        let mut binary = WriteBatch::new();
+        binary.put(Bucket::Auth, vec![0xff, 0x00], b"hi".to_vec());
+        binary.put(Bucket::Auth, vec![0x00], b"lo".to_vec());
+        backend.write(&binary).unwrap();
+        let keys: Vec<Vec<u8>> = backend
+            .scan(Bucket::Auth)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![vec![], vec![0x00], vec![0xff, 0x00]]);
+        backend.write(&batch(&[(Bucket::Key, "a", None)])).unwrap();
+        assert_eq!(backend.scan(Bucket::Key).unwrap(), pairs(&[("b", "2")]));
+        backend.sync().unwrap();
+    }
+
+    #[test]
+    fn bucket_tags_are_distinct() {
+        let tags: std::collections::BTreeSet<u8> = Bucket::ALL.iter().map(|b| b.tag()).collect();
+        assert_eq!(tags.len(), Bucket::ALL.len());
+    }
+
+    #[test]
+    fn mem_backend_basics_and_size() {
+        let mut backend = MemBackend::new();
+        exercise(&mut backend);
+        // Remaining: Key b=2, Meta a=meta, Auth ""=empty, 0x00=lo, ff00=hi.
+        assert_eq!(backend.size_bytes(), 2 + 5 + 5 + 3 + 4);
+        backend
+            .write(&batch(&[(Bucket::Key, "b", Some("22"))]))
+            .unwrap();
+        assert_eq!(backend.size_bytes(), 2 + 5 + 5 + 3 + 4 + 1);
+    }
+
+    #[test]
+    fn mem_backend_crash_drops_unsynced_batches() {
+        let mut backend = MemBackend::new();
+        let survivor = backend.clone();
+        backend
+            .write(&batch(&[(Bucket::Key, "a", Some("1"))]))
+            .unwrap();
+        backend.sync().unwrap();
+        backend
+            .write(&batch(&[
+                (Bucket::Key, "a", None),
+                (Bucket::Key, "b", Some("2")),
+            ]))
+            .unwrap();
+        assert_eq!(survivor.scan(Bucket::Key).unwrap(), pairs(&[("b", "2")]));
+        let size_synced = 2;
+        survivor.crash();
+        assert_eq!(backend.scan(Bucket::Key).unwrap(), pairs(&[("a", "1")]));
+        assert_eq!(backend.size_bytes(), size_synced);
+        // A crash right after a sync loses nothing.
+        backend.sync().unwrap();
+        backend.crash();
+        assert_eq!(backend.scan(Bucket::Key).unwrap(), pairs(&[("a", "1")]));
+    }
+
+    #[test]
+    fn mem_backend_crash_keeping_some_keeps_whole_batches_in_order() {
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..32 {
+            let mut backend = MemBackend::new();
+            for i in 0..5 {
+                let key = format!("k{i}");
+                backend
+                    .write(&batch(&[
+                        (Bucket::Key, &key, Some("v")),
+                        (Bucket::Meta, "last", Some(&key)),
+                    ]))
+                    .unwrap();
+            }
+            backend.crash_keeping_some(seed);
+            let keys = backend.scan(Bucket::Key).unwrap();
+            let kept = keys.len();
+            let want: Vec<_> = (0..kept)
+                .map(|i| (format!("k{i}").into_bytes(), b"v".to_vec()))
+                .collect();
+            assert_eq!(keys, want);
+            let last = backend.get(Bucket::Meta, b"last").unwrap();
+            assert_eq!(
+                last,
+                kept.checked_sub(1).map(|i| format!("k{i}").into_bytes())
+            );
+            assert_eq!(
+                backend.size_bytes(),
+                (kept * 3 + if kept > 0 { 6 } else { 0 }) as u64
+            );
+            // What survived is now durable.
+            backend.crash();
+            assert_eq!(backend.scan(Bucket::Key).unwrap().len(), kept);
+            seen.insert(kept);
+        }
+        assert!(seen.len() > 2);
+    }
+
+    #[test]
+    fn mem_backend_bounds_unsynced_batches() {
+        let mut backend = MemBackend::new();
+        let total = MEM_BACKEND_MAX_UNSYNCED_BATCHES + 10;
+        for i in 0..total {
+            let key = format!("{i:08}");
+            backend
+                .write(&batch(&[(Bucket::Key, &key, Some("v"))]))
+                .unwrap();
+        }
+        assert!(backend.lock().unsynced.len() <= MEM_BACKEND_MAX_UNSYNCED_BATCHES);
+        backend.crash();
+        // The oldest batches were persisted, in order, and their size is accounted for.
+        let kept = backend.scan(Bucket::Key).unwrap();
+        assert_eq!(kept.len(), MEM_BACKEND_MAX_UNSYNCED_BATCHES / 2);
+        assert_eq!(kept[0].0, b"00000000");
+        assert_eq!(backend.size_bytes(), kept.len() as u64 * 9);
+    }
+
+    #[test]
+    fn backends_are_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<MemBackend>();
+        assert_send::<SledBackend>();
+        assert_send::<Box<dyn Backend>>();
+    }
+
+    #[test]
+    fn mem_backend_faults_and_fork() {
+        let mut backend = MemBackend::new();
+        backend
+            .write(&batch(&[(Bucket::Key, "a", Some("1"))]))
+            .unwrap();
+        let fork = backend.fork();
+        backend.set_fail_writes(true);
+        assert!(backend
+            .write(&batch(&[(Bucket::Key, "b", Some("2"))]))
+            .is_err());
+        assert!(backend.sync().is_err());
+        backend.set_fail_writes(false);
+        assert_eq!(backend.scan(Bucket::Key).unwrap(), pairs(&[("a", "1")]));
+        backend
+            .write(&batch(&[(Bucket::Key, "c", Some("3"))]))
+            .unwrap();
+        assert_eq!(fork.scan(Bucket::Key).unwrap(), pairs(&[("a", "1")]));
+    }
+
+    #[test]
+    fn sled_backend_basics_and_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("db");
+        {
+            let mut backend = SledBackend::open(&path).unwrap();
+            exercise(&mut backend);
+            backend
+                .write(&batch(&[
+                    (Bucket::Members, "1", Some("node-1")),
+                    (Bucket::Key, "z", Some("26")),
+                ]))
+                .unwrap();
+            backend.sync().unwrap();
+            assert!(backend.size_bytes() > 0);
+        }
+        let backend = SledBackend::open(&path).unwrap();
+        assert_eq!(
+            backend.scan(Bucket::Key).unwrap(),
+            pairs(&[("b", "2"), ("z", "26")])
+        );
+        assert_eq!(
+            backend.scan(Bucket::Members).unwrap(),
+            pairs(&[("1", "node-1")])
+        );
+        assert_eq!(
+            backend.get(Bucket::Meta, b"a").unwrap().as_deref(),
+            Some(&b"meta"[..])
+        );
+        assert_eq!(backend.scan(Bucket::Auth).unwrap().len(), 3);
+        assert!(backend.scan(Bucket::Lease).unwrap().is_empty());
+    }
 }

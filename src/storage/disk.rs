@@ -1,1 +1,684 @@
-//! The `Disk` seam (implementation pending).
+//! The `Disk` seam: the few file-system operations the write-ahead log and small metadata
+//! files need, with a real implementation ([`RealDisk`]) and an in-memory one ([`SimDisk`])
+//! that models what survives a power loss, so simulation tests can crash nodes honestly.
+//!
+//! Durability contract shared by both implementations (callers must rely on nothing more):
+//! - Bytes appended through a [`DiskFile`] are durable only once [`DiskFile::sync`] returns Ok.
+//! - A newly created file's directory entry is durable only once [`Disk::sync_dir`] has been
+//!   called on its parent directory (or it was written by [`Disk::write_atomic`]).
+//! - [`Disk::write_atomic`] and [`Disk::truncate`] are durable when they return Ok.
+//! - [`Disk::remove_file`] is durable only once [`Disk::sync_dir`] has been called on the parent.
+//! - [`Disk::create_dir_all`] is durable when it returns Ok.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The file-system operations detcd's durable storage needs. Paths are used as given;
+/// implementations do not canonicalise them, so callers should build paths consistently
+/// (always `dir.join(name)` from the same `dir`).
+pub trait Disk: Send + Sync + fmt::Debug {
+    /// Creates `dir` and all missing parents; durable on return.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Returns the names (not paths) of the entries directly inside `dir`, sorted.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Reads the whole file at `path`.
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Opens `path` for appending, creating it empty if it does not exist. A created file's
+    /// directory entry is durable only after [`Disk::sync_dir`] on its parent.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
+    /// Replaces the contents of `path` with `data` atomically and durably: after a crash
+    /// the file holds either its old contents (or is absent) or exactly `data`.
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Shortens the file at `path` to `len_bytes`; durable on return.
+    fn truncate(&self, path: &Path, len_bytes: u64) -> io::Result<()>;
+    /// Removes the file at `path`; durable only after [`Disk::sync_dir`] on its parent.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Whether a file or directory exists at `path`.
+    fn exists(&self, path: &Path) -> bool;
+    /// Makes the creation and removal of entries directly inside `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// A file opened for appending by [`Disk::open_append`].
+pub trait DiskFile: Send {
+    /// Appends `data` at the end of the file (not yet durable).
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Makes every byte appended so far durable (fdatasync).
+    fn sync(&mut self) -> io::Result<()>;
+    /// The current length of the file in bytes, including bytes not yet synced.
+    fn len_bytes(&self) -> u64;
+}
+
+/// The temporary path [`Disk::write_atomic`] writes before renaming over `path`.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// The real file system through `std::fs`, with real fsync/fdatasync.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealDisk;
+
+impl RealDisk {
+    /// Returns the real disk.
+    pub fn new() -> RealDisk {
+        RealDisk
+    }
+}
+
+/// A file on the real file system opened for appending.
+struct RealFile {
+    file: fs::File,
+    len_bytes: u64,
+}
+
+impl DiskFile for RealFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)?;
+        self.len_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        // fdatasync also persists the file size, which is all the metadata an append changes.
+        self.file.sync_data()
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+}
+
+impl Disk for RealDisk {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)?;
+        // Sync the new directory and its parent so the directory itself survives a crash.
+        self.sync_dir(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let len_bytes = file.metadata()?.len();
+        Ok(Box::new(RealFile { file, len_bytes }))
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let temp = temp_path(path);
+        {
+            let mut file = fs::File::create(&temp)?;
+            file.write_all(data)?;
+            file.sync_all()?;
+        }
+        fs::rename(&temp, path)?;
+        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => self.sync_dir(parent),
+            None => self.sync_dir(Path::new(".")),
+        }
+    }
+
+    fn truncate(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
+        let file = fs::OpenOptions::new().write(true).open(path)?;
+        file.set_len(len_bytes)?;
+        file.sync_all()
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// One file of a [`SimDisk`].
+#[derive(Debug, Clone, Default)]
+struct SimFile {
+    /// The contents as reads see them.
+    data: Vec<u8>,
+    /// `data[..synced_len_bytes]` survives a crash; the rest is the unsynced tail.
+    synced_len_bytes: usize,
+    /// Whether the directory entry survives a crash (set by `sync_dir` or `write_atomic`).
+    entry_durable: bool,
+}
+
+/// The shared state of a [`SimDisk`].
+#[derive(Debug, Default)]
+struct SimState {
+    files: BTreeMap<PathBuf, SimFile>,
+    dirs: BTreeSet<PathBuf>,
+    /// Files removed whose removal is not yet durable: a crash brings them back with their
+    /// synced contents.
+    removed: BTreeMap<PathBuf, SimFile>,
+    /// When set, every mutating operation fails with an injected error.
+    fail_writes: bool,
+    /// When set, file and directory syncs fail with an injected error.
+    fail_syncs: bool,
+    /// Incremented by every crash so that file handles opened before it stop working, as
+    /// the process that held them would be gone.
+    epoch: u64,
+}
+
+/// An in-memory disk that models durability, shared by clones (it is an `Arc` inside), so a
+/// simulated node's disk outlives the node: crash the node, call [`SimDisk::crash`], and
+/// hand a clone of the same disk to the restarted node.
+///
+/// Each file has a synced prefix and an unsynced tail. [`SimDisk::crash`] drops or tears
+/// every unsynced tail and forgets unsynced directory changes, deterministically from its
+/// seed; nothing else in `SimDisk` is random.
+#[derive(Debug, Clone, Default)]
+pub struct SimDisk {
+    state: Arc<Mutex<SimState>>,
+}
+
+/// The error every mutating operation returns while faults are injected.
+fn injected_fault() -> io::Error {
+    io::Error::other("injected disk fault (SimDisk::set_fail_writes)")
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no such file: {}", path.display()),
+    )
+}
+
+/// The parent directory of `path`, with "" meaning the current directory.
+fn parent_of(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+impl SimDisk {
+    /// Returns an empty disk with no files or directories.
+    pub fn new() -> SimDisk {
+        SimDisk::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding the lock leaves the state consistent enough for a test to
+        // report the original panic, so recover from poisoning instead of panicking again.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes every mutating operation (appends, syncs, atomic writes, truncation, removal,
+    /// directory creation and sync) fail with an `io::Error` while `fail` is true. Reads
+    /// keep working.
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.lock().fail_writes = fail;
+    }
+
+    /// Simulates power loss: every unsynced tail is dropped, kept whole, torn at an
+    /// arbitrary byte, or kept with a zero-filled end (the file size reached the disk but
+    /// the data did not); a file whose directory entry was never synced may vanish; an
+    /// unsynced removal may be undone. Which happens is decided by `rng_seed` alone. File
+    /// handles opened before the crash fail afterwards.
+    pub fn crash(&self, rng_seed: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
+        let mut state = self.lock();
+        state.epoch += 1;
+        // Undo unsynced removals: the removal never reached the disk, so the file comes
+        // back with its durable contents (the unsynced tail is handled below like any other).
+        let removed = std::mem::take(&mut state.removed);
+        for (path, file) in removed {
+            if rng.gen_bool(0.5) {
+                state.files.entry(path).or_insert(file);
+            }
+        }
+        let mut vanished = Vec::new();
+        for (path, file) in state.files.iter_mut() {
+            if !file.entry_durable && rng.gen_bool(0.5) {
+                vanished.push(path.clone());
+                continue;
+            }
+            let synced = file.synced_len_bytes;
+            let tail_len = file.data.len() - synced;
+            if tail_len > 0 {
+                let kept = match rng.gen_range(0..4u8) {
+                    0 => 0,
+                    1 => tail_len,
+                    _ => rng.gen_range(0..=tail_len),
+                };
+                file.data.truncate(synced + kept);
+                // Sometimes the end of what was kept is zeros: the size update was journaled
+                // but the data pages were not written.
+                if kept > 0 && rng.gen_bool(0.25) {
+                    let zero_from = synced + rng.gen_range(0..kept);
+                    file.data[zero_from..].fill(0);
+                }
+            }
+            file.synced_len_bytes = file.data.len();
+            file.entry_durable = true;
+        }
+        for path in vanished {
+            state.files.remove(&path);
+        }
+    }
+
+    /// Flips every bit of the byte at `offset` in the file at `path` (media corruption; it
+    /// affects the durable contents too). Fails if the file or offset does not exist.
+    pub fn corrupt(&self, path: &Path, offset: u64) -> io::Result<()> {
+        let mut state = self.lock();
+        let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
+        let byte = usize::try_from(offset)
+            .ok()
+            .and_then(|i| file.data.get_mut(i))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("offset {offset} past end of {}", path.display()),
+                )
+            })?;
+        *byte ^= 0xff;
+        Ok(())
+    }
+
+    /// The number of unsynced bytes in the file at `path` (0 if it does not exist); lets
+    /// tests assert what a crash could lose.
+    pub fn unsynced_len_bytes(&self, path: &Path) -> u64 {
+        let state = self.lock();
+        state
+            .files
+            .get(path)
+            .map_or(0, |f| (f.data.len() - f.synced_len_bytes) as u64)
+    }
+
+    /// Makes syncs (file and directory) fail with an `io::Error` while `fail` is true, while
+    /// appends still succeed: the state a process is in when its fsync fails, with written
+    /// bytes sitting unsynced in the page cache.
+    pub fn set_fail_syncs(&self, fail: bool) {
+        self.lock().fail_syncs = fail;
+    }
+
+    /// Returns an independent copy of this disk's current state (including unsynced data),
+    /// so a test can try many crashes or truncations from one starting point.
+    pub fn fork(&self) -> SimDisk {
+        let state = self.lock();
+        let copy = SimState {
+            files: state.files.clone(),
+            dirs: state.dirs.clone(),
+            removed: state.removed.clone(),
+            fail_writes: state.fail_writes,
+            fail_syncs: state.fail_syncs,
+            epoch: state.epoch,
+        };
+        SimDisk {
+            state: Arc::new(Mutex::new(copy)),
+        }
+    }
+
+    fn check_syncable(state: &SimState) -> io::Result<()> {
+        if state.fail_syncs {
+            return Err(io::Error::other(
+                "injected sync fault (SimDisk::set_fail_syncs)",
+            ));
+        }
+        SimDisk::check_writable(state)
+    }
+
+    fn check_writable(state: &SimState) -> io::Result<()> {
+        if state.fail_writes {
+            return Err(injected_fault());
+        }
+        Ok(())
+    }
+}
+
+/// A [`SimDisk`] file opened for appending.
+struct SimDiskFile {
+    disk: SimDisk,
+    path: PathBuf,
+    /// The crash epoch this handle was opened in; stale handles fail.
+    epoch: u64,
+}
+
+impl SimDiskFile {
+    fn with_file<T>(&self, is_sync: bool, op: impl FnOnce(&mut SimFile) -> T) -> io::Result<T> {
+        let mut state = self.disk.lock();
+        if is_sync {
+            SimDisk::check_syncable(&state)?;
+        } else {
+            SimDisk::check_writable(&state)?;
+        }
+        if state.epoch != self.epoch {
+            return Err(io::Error::other(format!(
+                "stale handle for {} opened before a simulated crash",
+                self.path.display()
+            )));
+        }
+        let file = state
+            .files
+            .get_mut(&self.path)
+            .ok_or_else(|| not_found(&self.path))?;
+        Ok(op(file))
+    }
+}
+
+impl DiskFile for SimDiskFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.with_file(false, |f| f.data.extend_from_slice(data))
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.with_file(true, |f| f.synced_len_bytes = f.data.len())
+    }
+
+    fn len_bytes(&self) -> u64 {
+        let state = self.disk.lock();
+        state
+            .files
+            .get(&self.path)
+            .map_or(0, |f| f.data.len() as u64)
+    }
+}
+
+impl Disk for SimDisk {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        SimDisk::check_writable(&state)?;
+        // Directories are made durable at once: the WAL creates its directory once, and
+        // modelling lost directories would only test the test.
+        for ancestor in dir.ancestors() {
+            if state.files.contains_key(ancestor) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} is a file", ancestor.display()),
+                ));
+            }
+            state.dirs.insert(ancestor.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.lock();
+        if !state.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        let files = state.files.keys();
+        let dirs = state.dirs.iter().filter(|d| d.as_path() != dir);
+        let mut names: Vec<String> = files
+            .chain(dirs)
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let state = self.lock();
+        let file = state.files.get(path).ok_or_else(|| not_found(path))?;
+        Ok(file.data.clone())
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        let mut state = self.lock();
+        if !state.files.contains_key(path) {
+            SimDisk::check_writable(&state)?;
+            if !state.dirs.contains(&parent_of(path)) {
+                return Err(not_found(&parent_of(path)));
+            }
+            state.files.insert(path.to_path_buf(), SimFile::default());
+        }
+        Ok(Box::new(SimDiskFile {
+            disk: self.clone(),
+            path: path.to_path_buf(),
+            epoch: state.epoch,
+        }))
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut state = self.lock();
+        // The real sequence fsyncs, so it fails when syncs do.
+        SimDisk::check_syncable(&state)?;
+        if !state.dirs.contains(&parent_of(path)) {
+            return Err(not_found(&parent_of(path)));
+        }
+        // The real sequence (write temp, fsync, rename, fsync dir) is atomic and durable
+        // once it returns, so model just its outcome.
+        state.removed.remove(path);
+        let file = SimFile {
+            data: data.to_vec(),
+            synced_len_bytes: data.len(),
+            entry_durable: true,
+        };
+        state.files.insert(path.to_path_buf(), file);
+        Ok(())
+    }
+
+    fn truncate(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
+        let mut state = self.lock();
+        SimDisk::check_writable(&state)?;
+        let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
+        let len = usize::try_from(len_bytes).unwrap_or(usize::MAX);
+        if len < file.data.len() {
+            file.data.truncate(len);
+        }
+        // Truncation is durable on return (RealDisk fsyncs it), and a truncated file is a
+        // prefix of what was there, so everything left counts as synced.
+        file.synced_len_bytes = file.data.len();
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        SimDisk::check_writable(&state)?;
+        let mut file = state.files.remove(path).ok_or_else(|| not_found(path))?;
+        // Only a file whose entry was durable can come back after a crash, and then only
+        // with its synced prefix.
+        if file.entry_durable {
+            file.data.truncate(file.synced_len_bytes);
+            state.removed.insert(path.to_path_buf(), file);
+        }
+        Ok(())
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        let state = self.lock();
+        state.files.contains_key(path) || state.dirs.contains(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        SimDisk::check_syncable(&state)?;
+        if !state.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        for (path, file) in state.files.iter_mut() {
+            if path.parent() == Some(dir) {
+                file.entry_durable = true;
+            }
+        }
+        state.removed.retain(|path, _| path.parent() != Some(dir));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/data")
+    }
+
+    #[test]
+    fn synced_data_survives_crash_and_unsynced_tail_is_a_prefix() {
+        for seed in 0..64 {
+            let disk = SimDisk::new();
+            disk.create_dir_all(&dir()).unwrap();
+            let path = dir().join("f");
+            let mut f = disk.open_append(&path).unwrap();
+            f.append(b"hello ").unwrap();
+            f.sync().unwrap();
+            disk.sync_dir(&dir()).unwrap();
+            f.append(b"world").unwrap();
+            assert_eq!(f.len_bytes(), 11);
+            assert_eq!(disk.unsynced_len_bytes(&path), 5);
+            disk.crash(seed);
+            let data = disk.read_file(&path).unwrap();
+            assert!(data.starts_with(b"hello "), "seed {seed}: {data:?}");
+            assert!(data.len() <= 11);
+            // What is kept of the tail is the written bytes, possibly ending in zeros.
+            for (i, &b) in data.iter().enumerate().skip(6) {
+                assert!(b == b"hello world"[i] || b == 0, "seed {seed}: {data:?}");
+            }
+            assert_eq!(disk.unsynced_len_bytes(&path), 0);
+            // The handle from before the crash is stale.
+            assert!(f.append(b"x").is_err());
+        }
+    }
+
+    #[test]
+    fn crash_is_deterministic_per_seed() {
+        let run = |seed| {
+            let disk = SimDisk::new();
+            disk.create_dir_all(&dir()).unwrap();
+            let mut f = disk.open_append(&dir().join("f")).unwrap();
+            f.append(&[7u8; 1000]).unwrap();
+            disk.crash(seed);
+            disk.read_file(&dir().join("f")).ok()
+        };
+        for seed in 0..16 {
+            assert_eq!(run(seed), run(seed));
+        }
+        let outcomes: BTreeSet<_> = (0..64).map(run).collect();
+        assert!(outcomes.len() > 3, "crash outcomes should vary by seed");
+    }
+
+    #[test]
+    fn unsynced_directory_entries_may_vanish_and_synced_ones_stay() {
+        let mut vanished = 0;
+        for seed in 0..32 {
+            let disk = SimDisk::new();
+            disk.create_dir_all(&dir()).unwrap();
+            let mut a = disk.open_append(&dir().join("a")).unwrap();
+            a.append(b"a").unwrap();
+            a.sync().unwrap();
+            disk.sync_dir(&dir()).unwrap();
+            let mut b = disk.open_append(&dir().join("b")).unwrap();
+            b.append(b"b").unwrap();
+            b.sync().unwrap();
+            disk.crash(seed);
+            assert_eq!(disk.read_file(&dir().join("a")).unwrap(), b"a");
+            if !disk.exists(&dir().join("b")) {
+                vanished += 1;
+            }
+        }
+        assert!(vanished > 0 && vanished < 32);
+    }
+
+    #[test]
+    fn removal_is_durable_only_after_dir_sync() {
+        let mut resurrected = 0;
+        for seed in 0..32 {
+            let disk = SimDisk::new();
+            disk.create_dir_all(&dir()).unwrap();
+            disk.write_atomic(&dir().join("x"), b"x").unwrap();
+            disk.write_atomic(&dir().join("y"), b"y").unwrap();
+            disk.remove_file(&dir().join("x")).unwrap();
+            disk.sync_dir(&dir()).unwrap();
+            disk.remove_file(&dir().join("y")).unwrap();
+            assert!(!disk.exists(&dir().join("y")));
+            disk.crash(seed);
+            assert!(!disk.exists(&dir().join("x")));
+            if disk.exists(&dir().join("y")) {
+                assert_eq!(disk.read_file(&dir().join("y")).unwrap(), b"y");
+                resurrected += 1;
+            }
+        }
+        assert!(resurrected > 0 && resurrected < 32);
+    }
+
+    #[test]
+    fn write_atomic_truncate_corrupt_list_and_faults() {
+        let disk = SimDisk::new();
+        disk.create_dir_all(&dir()).unwrap();
+        disk.write_atomic(&dir().join("m"), b"abcdef").unwrap();
+        disk.truncate(&dir().join("m"), 3).unwrap();
+        disk.corrupt(&dir().join("m"), 1).unwrap();
+        assert!(disk.corrupt(&dir().join("m"), 3).is_err());
+        disk.crash(1);
+        assert_eq!(
+            disk.read_file(&dir().join("m")).unwrap(),
+            [b'a', !b'b', b'c']
+        );
+        disk.create_dir_all(&dir().join("sub")).unwrap();
+        assert_eq!(disk.list_dir(&dir()).unwrap(), vec!["m", "sub"]);
+        assert!(disk.list_dir(Path::new("/nope")).is_err());
+        assert!(disk.open_append(Path::new("/nope/f")).is_err());
+
+        let mut f = disk.open_append(&dir().join("m")).unwrap();
+        disk.set_fail_writes(true);
+        assert!(f.append(b"z").is_err());
+        assert!(f.sync().is_err());
+        assert!(disk.write_atomic(&dir().join("m"), b"q").is_err());
+        assert!(disk.sync_dir(&dir()).is_err());
+        assert!(disk.remove_file(&dir().join("m")).is_err());
+        assert_eq!(disk.read_file(&dir().join("m")).unwrap().len(), 3);
+        disk.set_fail_writes(false);
+        f.append(b"z").unwrap();
+        f.sync().unwrap();
+        assert_eq!(disk.read_file(&dir().join("m")).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn real_disk_basic_operations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = RealDisk::new();
+        let d = tmp.path().join("a/b");
+        disk.create_dir_all(&d).unwrap();
+        let mut f = disk.open_append(&d.join("f")).unwrap();
+        f.append(b"hello").unwrap();
+        f.sync().unwrap();
+        assert_eq!(f.len_bytes(), 5);
+        drop(f);
+        let f = disk.open_append(&d.join("f")).unwrap();
+        assert_eq!(f.len_bytes(), 5);
+        disk.write_atomic(&d.join("meta"), b"m1").unwrap();
+        disk.write_atomic(&d.join("meta"), b"m2").unwrap();
+        assert_eq!(disk.read_file(&d.join("meta")).unwrap(), b"m2");
+        assert_eq!(disk.list_dir(&d).unwrap(), vec!["f", "meta"]);
+        disk.truncate(&d.join("f"), 2).unwrap();
+        assert_eq!(disk.read_file(&d.join("f")).unwrap(), b"he");
+        disk.remove_file(&d.join("f")).unwrap();
+        disk.sync_dir(&d).unwrap();
+        assert!(!disk.exists(&d.join("f")));
+        assert!(disk.exists(&d.join("meta")));
+    }
+}
