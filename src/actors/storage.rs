@@ -231,7 +231,7 @@ impl StorageActor {
                 // Leader no-ops and membership changes carry no MVCC request.
                 continue;
             }
-            let request = InternalRequest::decode(entry.data.as_slice()).map_err(|e| {
+            let request = InternalRequest::decode(&entry.data[..]).map_err(|e| {
                 StorageFatal(format!(
                     "apply: raft entry {} does not decode: {e}",
                     entry.index
