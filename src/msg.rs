@@ -26,8 +26,9 @@ pub type Waiter = oneshot::Sender<ApplyReply>;
 pub enum RaftMsg {
     /// Replicate a request through raft; `reply` receives the apply result.
     Propose {
-        /// The request; its header id is assigned by the raft actor.
-        request: InternalRequest,
+        /// The request; its header id is assigned by the raft actor. Boxed because
+        /// requests are large and most messages are small.
+        request: Box<InternalRequest>,
         /// Receives the applied response or the reason the proposal failed.
         reply: Waiter,
     },
@@ -42,6 +43,9 @@ pub enum RaftMsg {
         /// Receives the status.
         reply: oneshot::Sender<RaftStatus>,
     },
+    /// Stops the actor. Proposals still waiting are dropped, which their clients see as
+    /// "server stopped".
+    Shutdown,
 }
 
 /// What the raft actor reports about consensus.
@@ -86,6 +90,9 @@ pub enum StorageMsg {
         /// Receives the status.
         reply: oneshot::Sender<StorageStatus>,
     },
+    /// Stops the actor after everything queued before this message has been applied, and
+    /// syncs the backend.
+    Shutdown,
     /// Asks for the KV hash at a revision (0: current).
     HashKv {
         /// The revision.

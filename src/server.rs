@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, watch};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig};
 use crate::actors::storage::{self, StorageActor};
 use crate::gateway::{self, Handle, MemberInfo};
-use crate::msg::{RaftStatus, CHANNEL_BOUND};
-use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
+use crate::msg::{RaftMsg, RaftStatus, StorageMsg, CHANNEL_BOUND};
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
 use crate::raft::{ids, log};
 use crate::rt;
 use crate::storage::backend::{Backend, MemBackend, SledBackend};
@@ -27,6 +27,10 @@ use crate::storage::disk::Disk;
 /// gRPC framing allowance on top of `--max-request-bytes`, as etcd adds it to the
 /// server's receive limit so that the request-size check, not the transport, answers.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// How long a stopping member waits for in-flight client requests before it closes the
+/// remaining client connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Which MVCC backend a member uses.
 pub enum BackendChoice {
@@ -138,7 +142,10 @@ pub async fn run(
         "recovered the MVCC backend"
     );
 
-    let wal_dir = cfg.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));
+    let wal_dir = cfg
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| member_dir.join("wal"));
     let raft_log = log::open_or_create(
         cfg.disk.clone(),
         &wal_dir,
@@ -263,6 +270,8 @@ pub async fn run(
             "serving insecure client requests on {addr}, this is strongly discouraged!"
         );
     }
+    let raft_tx = handle.raft_tx.clone();
+    let storage_tx = handle.storage_tx.clone();
     drop(handle);
     if let Some(ready) = ready {
         let _ = ready.send(bound);
@@ -277,22 +286,32 @@ pub async fn run(
         r = &mut storage_task => Err(actor_exit("storage", r.map(|r| r.map_err(err)))),
     };
     let _ = stop_tx.send(true);
-    for s in servers {
-        match s.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "client listener stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "client listener task failed"),
+    // In-flight requests get a bounded grace period; idle client connections that stay
+    // open (clients keep HTTP/2 connections alive) must not hold the member up forever.
+    let grace_deadline = rt::now() + SHUTDOWN_GRACE;
+    for mut s in servers {
+        match tokio::time::timeout_at(grace_deadline, &mut s).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client listener stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "client listener task failed"),
+            Err(_) => {
+                tracing::info!("closing client connections still open after the grace period");
+                s.abort();
+            }
         }
     }
     if outcome.is_ok() {
-        // The gateway's handles are gone once the listeners stop, which closes the raft
-        // actor's inbox; it then drops its sender, which stops the storage actor after it
-        // has applied and synced everything.
+        // Connections that outlived the grace period may still hold handles to the actors,
+        // so they are stopped by message rather than by closing their channels. The raft
+        // actor stops first, so nothing new commits; the storage actor then applies what
+        // was queued before its stop message and syncs the backend.
+        let _ = raft_tx.send(RaftMsg::Shutdown).await;
         match raft_task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(err(e)),
             Err(e) => return Err(err(e)),
         }
+        let _ = storage_tx.send(StorageMsg::Shutdown).await;
         match storage_task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(err(e)),

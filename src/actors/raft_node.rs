@@ -72,6 +72,7 @@ pub struct RaftActor {
     pending_reads: HashMap<u64, oneshot::Sender<Result<u64, EtcdError>>>,
     next_request_id: u64,
     last_leader_id: u64,
+    stopping: bool,
 }
 
 fn raft_logger() -> slog::Logger {
@@ -87,8 +88,8 @@ impl RaftActor {
         storage_tx: mpsc::Sender<StorageMsg>,
         status_tx: watch::Sender<RaftStatus>,
     ) -> Result<RaftActor, RaftFatal> {
-        let election_tick = (config.election_timeout_ms / config.heartbeat_interval_ms.max(1))
-            .max(2) as usize;
+        let election_tick =
+            (config.election_timeout_ms / config.heartbeat_interval_ms.max(1)).max(2) as usize;
         let raft_config = raft::Config {
             id: config.member_id,
             election_tick,
@@ -108,8 +109,8 @@ impl RaftActor {
         // Request ids carry the member id's high bits so that ids proposed by different
         // members do not collide, and start from a random point so that a restarted member
         // does not reuse the ids of its previous life.
-        let next_request_id = (config.member_id & 0xffff_0000_0000_0000)
-            | (rt::random_u64() & 0x0000_ffff_0000_0000);
+        let next_request_id =
+            (config.member_id & 0xffff_0000_0000_0000) | (rt::random_u64() & 0x0000_ffff_0000_0000);
         Ok(RaftActor {
             node,
             wal: Some(log.wal),
@@ -121,6 +122,7 @@ impl RaftActor {
             pending_reads: HashMap::new(),
             next_request_id,
             last_leader_id: 0,
+            stopping: false,
         })
     }
 
@@ -128,13 +130,22 @@ impl RaftActor {
     pub async fn run(mut self) -> Result<(), RaftFatal> {
         // A member that is the only voter need not wait an election timeout to lead.
         let voters = self.node.raft.prs().conf().voters().ids().len();
-        if voters == 1 && self.node.raft.prs().conf().voters().contains(self.config.member_id) {
+        if voters == 1
+            && self
+                .node
+                .raft
+                .prs()
+                .conf()
+                .voters()
+                .contains(self.config.member_id)
+        {
             self.node
                 .campaign()
                 .map_err(|e| RaftFatal(format!("raft campaign: {e}")))?;
         }
-        let mut ticker =
-            tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms.max(1)));
+        let mut ticker = tokio::time::interval(Duration::from_millis(
+            self.config.heartbeat_interval_ms.max(1),
+        ));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -143,6 +154,7 @@ impl RaftActor {
                 }
                 msg = self.inbox.recv() => {
                     match msg {
+                        Some(RaftMsg::Shutdown) | None => return Ok(()),
                         Some(msg) => {
                             self.handle(msg);
                             for _ in 0..INBOX_BATCH {
@@ -152,7 +164,6 @@ impl RaftActor {
                                 }
                             }
                         }
-                        None => return Ok(()),
                     }
                 }
             }
@@ -160,6 +171,9 @@ impl RaftActor {
                 self.on_ready().await?;
             }
             self.publish_status();
+            if self.stopping {
+                return Ok(());
+            }
         }
     }
 
@@ -255,6 +269,10 @@ impl RaftActor {
             RaftMsg::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            // Taken in batches by `run`; the batch stops at the next turn of the loop.
+            RaftMsg::Shutdown => {
+                self.stopping = true;
+            }
         }
     }
 
@@ -282,7 +300,11 @@ impl RaftActor {
         }
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.node.mut_store().wl().mut_hard_state().set_commit(commit);
+            self.node
+                .mut_store()
+                .wl()
+                .mut_hard_state()
+                .set_commit(commit);
         }
         self.send_messages(light.take_messages());
         self.apply_committed(light.take_committed_entries()).await?;
@@ -292,7 +314,11 @@ impl RaftActor {
 
     /// Appends entries and the hard state to the WAL with one fsync, then to raft's cache.
     /// The write runs off the async workers so that the loop's clock keeps ticking.
-    async fn persist(&mut self, hs: Option<HardState>, entries: Vec<Entry>) -> Result<(), RaftFatal> {
+    async fn persist(
+        &mut self,
+        hs: Option<HardState>,
+        entries: Vec<Entry>,
+    ) -> Result<(), RaftFatal> {
         let mut wal = self
             .wal
             .take()

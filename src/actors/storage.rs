@@ -83,7 +83,9 @@ fn decode_u64(bytes: Option<Vec<u8>>, what: &str) -> Result<u64, StorageFatal> {
 pub fn recover(backend: &dyn Backend) -> Result<Recovered, StorageFatal> {
     let io = |e: std::io::Error| StorageFatal(format!("backend: {e}"));
     let applied_index = decode_u64(
-        backend.get(Bucket::Meta, CONSISTENT_INDEX_KEY).map_err(io)?,
+        backend
+            .get(Bucket::Meta, CONSISTENT_INDEX_KEY)
+            .map_err(io)?,
         "consistent index",
     )?;
     let term = decode_u64(backend.get(Bucket::Meta, TERM_KEY).map_err(io)?, "term")?;
@@ -121,6 +123,9 @@ impl StorageActor {
     /// Runs until the inbox closes (shutdown) or a fatal error.
     pub async fn run(mut self) -> Result<(), StorageFatal> {
         while let Some(msg) = self.inbox.recv().await {
+            if let StorageMsg::Shutdown = msg {
+                break;
+            }
             self.handle(msg)?;
         }
         self.backend
@@ -161,6 +166,7 @@ impl StorageActor {
                     });
                 }
             }
+            StorageMsg::Shutdown => {}
             StorageMsg::Status { reply } => {
                 let _ = reply.send(StorageStatus {
                     applied_index: self.applied_index,
@@ -171,14 +177,15 @@ impl StorageActor {
                 });
             }
             StorageMsg::HashKv { revision, reply } => {
-                let result = self.mvcc.hash_kv(revision).map(|(hash, compact_revision)| {
-                    HashKvResponse {
-                        header: Some(self.header()),
-                        hash,
-                        compact_revision,
-                        ..Default::default()
-                    }
-                });
+                let result =
+                    self.mvcc
+                        .hash_kv(revision)
+                        .map(|(hash, compact_revision)| HashKvResponse {
+                            header: Some(self.header()),
+                            hash,
+                            compact_revision,
+                            ..Default::default()
+                        });
                 let _ = reply.send(result);
             }
         }

@@ -52,8 +52,15 @@ impl Handle {
     /// Proposes a request through raft and waits for its applied result.
     pub async fn propose(&self, request: InternalRequest) -> Result<Response, EtcdError> {
         let (tx, rx) = oneshot::channel();
-        self.call(RaftMsg::Propose { request, reply: tx }, rx, &self.raft_tx)
-            .await?
+        self.call(
+            RaftMsg::Propose {
+                request: Box::new(request),
+                reply: tx,
+            },
+            rx,
+            &self.raft_tx,
+        )
+        .await?
     }
 
     /// Serves a range: linearizable (after a ReadIndex barrier) unless `serializable`.
