@@ -290,7 +290,7 @@ pub async fn run(
     // open (clients keep HTTP/2 connections alive) must not hold the member up forever.
     let grace_deadline = rt::now() + SHUTDOWN_GRACE;
     for mut s in servers {
-        match tokio::time::timeout_at(grace_deadline, &mut s).await {
+        match rt::timeout_at(grace_deadline, &mut s).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client listener stopped with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "client listener task failed"),

@@ -15,6 +15,7 @@ use crate::error::EtcdError;
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, StorageStatus};
 use crate::pb::detcdpb::InternalRequest;
 use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
+use crate::rt;
 
 /// What this member tells clients about itself (Cluster.MemberList, Status).
 #[derive(Debug, Clone, Default)]
@@ -111,13 +112,13 @@ impl Handle {
         rx: oneshot::Receiver<T>,
         to: &mpsc::Sender<M>,
     ) -> Result<T, EtcdError> {
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        match tokio::time::timeout_at(deadline, to.send(msg)).await {
+        let deadline = rt::now() + self.request_timeout;
+        match rt::timeout_at(deadline, to.send(msg)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(EtcdError::Stopped),
             Err(_) => return Err(EtcdError::Timeout),
         }
-        match tokio::time::timeout_at(deadline, rx).await {
+        match rt::timeout_at(deadline, rx).await {
             Ok(Ok(v)) => Ok(v),
             // The actor dropped the reply: it stopped, or lost track of the request when
             // leadership moved.

@@ -178,3 +178,12 @@ pub fn block_on_main<F: Future>(fut: F) -> std::io::Result<F::Output> {
         Ok(rt.block_on(fut))
     }
 }
+
+/// Awaits `fut` until `deadline`; `Err(Elapsed)` if the deadline passes first. (madsim's
+/// tokio has `timeout` but not `timeout_at`, so both worlds go through `timeout`.)
+pub async fn timeout_at<F: Future>(
+    deadline: Instant,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), fut).await
+}
