@@ -168,7 +168,7 @@ pub async fn run(
     for addr in &cfg.listen_client_addrs {
         let l = rt::bind(*addr)
             .await
-            .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {e}")))?;
+            .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {}", io_text(&e))))?;
         listeners.push(l);
     }
 
@@ -320,6 +320,16 @@ pub async fn run(
         tracing::info!("stopped detcd member");
     }
     outcome
+}
+
+/// An I/O error in the words Go's net package uses, which operators' scripts match on.
+fn io_text(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".into(),
+        std::io::ErrorKind::AddrNotAvailable => "cannot assign requested address".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
 }
 
 fn actor_exit<E: std::fmt::Display>(
