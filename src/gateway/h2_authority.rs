@@ -695,7 +695,8 @@ mod tests {
         decoder.set_max_allowed_table_size(HPACK_TABLE_SIZE);
         let mut events = Vec::new();
         let mut p = 24;
-        let mut pending: Option<(u32, bool, Option<[u8; 5]>, Vec<u8>)> = None;
+        // The header block being assembled: its event (headers still empty) and fragments.
+        let mut pending: Option<(Event, Vec<u8>)> = None;
         while p < bytes.len() {
             let h = &bytes[p..p + 9];
             let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
@@ -704,7 +705,7 @@ mod tests {
             assert!(len <= MAX_FRAME_PAYLOAD, "frame of {len} bytes");
             let payload = &bytes[p + 9..p + 9 + len];
             p += 9 + len;
-            if let Some((psid, ..)) = &pending {
+            if let Some((Event::Headers { sid: psid, .. }, _)) = &pending {
                 assert_eq!(kind, FRAME_CONTINUATION, "frame inside a header block");
                 assert_eq!(sid, *psid);
             }
@@ -722,10 +723,16 @@ mod tests {
                         start += 5;
                     }
                     let frag = payload[start..len - pad].to_vec();
-                    pending = Some((sid, flags & FLAG_END_STREAM != 0, priority, frag));
+                    let event = Event::Headers {
+                        sid,
+                        end_stream: flags & FLAG_END_STREAM != 0,
+                        priority,
+                        headers: Vec::new(),
+                    };
+                    pending = Some((event, frag));
                 }
                 FRAME_CONTINUATION => {
-                    pending.as_mut().unwrap().3.extend_from_slice(payload);
+                    pending.as_mut().unwrap().1.extend_from_slice(payload);
                 }
                 _ => events.push(Event::Frame {
                     kind,
@@ -735,14 +742,11 @@ mod tests {
                 }),
             }
             if matches!(kind, FRAME_HEADERS | FRAME_CONTINUATION) && flags & FLAG_END_HEADERS != 0 {
-                let (sid, end_stream, priority, block) = pending.take().unwrap();
-                let headers = decoder.decode(&block).expect("server-side HPACK decode");
-                events.push(Event::Headers {
-                    sid,
-                    end_stream,
-                    priority,
-                    headers,
-                });
+                let (mut event, block) = pending.take().unwrap();
+                if let Event::Headers { headers, .. } = &mut event {
+                    *headers = decoder.decode(&block).expect("server-side HPACK decode");
+                }
+                events.push(event);
             }
         }
         assert!(pending.is_none(), "stream ends inside a header block");
