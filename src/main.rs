@@ -23,11 +23,7 @@ fn main() -> ExitCode {
             println!("detcd Version: {}", detcd::DETCD_VERSION);
             println!("Git SHA: Not provided");
             println!("Go Version: not applicable (detcd is written in Rust)");
-            println!(
-                "Go OS/Arch: {}/{}",
-                std::env::consts::OS,
-                std::env::consts::ARCH
-            );
+            println!("Go OS/Arch: {}/{}", std::env::consts::OS, std::env::consts::ARCH);
             return ExitCode::SUCCESS;
         }
         Err(e) => return fail(&e),
@@ -110,9 +106,7 @@ fn listen_addr(url: &Url) -> Result<SocketAddr, String> {
 }
 
 fn server_config(config: &Config) -> Result<ServerConfig, String> {
-    let members = config
-        .initial_cluster_members()
-        .map_err(|e| e.to_string())?;
+    let members = config.initial_cluster_members().map_err(|e| e.to_string())?;
     if members.len() > 1 {
         return Err(
             "detcd: multi-member clusters are not supported yet; start a single member".into(),

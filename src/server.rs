@@ -17,8 +17,8 @@ use crate::actors::raft_node::{RaftActor, RaftActorConfig};
 use crate::actors::storage::{self, StorageActor};
 use crate::gateway::{self, Handle, MemberInfo};
 use crate::msg::{RaftStatus, CHANNEL_BOUND};
-use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::raft::{ids, log};
 use crate::rt;
 use crate::storage::backend::{Backend, MemBackend, SledBackend};
@@ -138,10 +138,7 @@ pub async fn run(
         "recovered the MVCC backend"
     );
 
-    let wal_dir = cfg
-        .wal_dir
-        .clone()
-        .unwrap_or_else(|| member_dir.join("wal"));
+    let wal_dir = cfg.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));
     let raft_log = log::open_or_create(
         cfg.disk.clone(),
         &wal_dir,

@@ -87,8 +87,8 @@ impl RaftActor {
         storage_tx: mpsc::Sender<StorageMsg>,
         status_tx: watch::Sender<RaftStatus>,
     ) -> Result<RaftActor, RaftFatal> {
-        let election_tick =
-            (config.election_timeout_ms / config.heartbeat_interval_ms.max(1)).max(2) as usize;
+        let election_tick = (config.election_timeout_ms / config.heartbeat_interval_ms.max(1))
+            .max(2) as usize;
         let raft_config = raft::Config {
             id: config.member_id,
             election_tick,
@@ -108,8 +108,8 @@ impl RaftActor {
         // Request ids carry the member id's high bits so that ids proposed by different
         // members do not collide, and start from a random point so that a restarted member
         // does not reuse the ids of its previous life.
-        let next_request_id =
-            (config.member_id & 0xffff_0000_0000_0000) | (rt::random_u64() & 0x0000_ffff_0000_0000);
+        let next_request_id = (config.member_id & 0xffff_0000_0000_0000)
+            | (rt::random_u64() & 0x0000_ffff_0000_0000);
         Ok(RaftActor {
             node,
             wal: Some(log.wal),
@@ -128,22 +128,13 @@ impl RaftActor {
     pub async fn run(mut self) -> Result<(), RaftFatal> {
         // A member that is the only voter need not wait an election timeout to lead.
         let voters = self.node.raft.prs().conf().voters().ids().len();
-        if voters == 1
-            && self
-                .node
-                .raft
-                .prs()
-                .conf()
-                .voters()
-                .contains(self.config.member_id)
-        {
+        if voters == 1 && self.node.raft.prs().conf().voters().contains(self.config.member_id) {
             self.node
                 .campaign()
                 .map_err(|e| RaftFatal(format!("raft campaign: {e}")))?;
         }
-        let mut ticker = tokio::time::interval(Duration::from_millis(
-            self.config.heartbeat_interval_ms.max(1),
-        ));
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -291,11 +282,7 @@ impl RaftActor {
         }
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.node
-                .mut_store()
-                .wl()
-                .mut_hard_state()
-                .set_commit(commit);
+            self.node.mut_store().wl().mut_hard_state().set_commit(commit);
         }
         self.send_messages(light.take_messages());
         self.apply_committed(light.take_committed_entries()).await?;
@@ -305,11 +292,7 @@ impl RaftActor {
 
     /// Appends entries and the hard state to the WAL with one fsync, then to raft's cache.
     /// The write runs off the async workers so that the loop's clock keeps ticking.
-    async fn persist(
-        &mut self,
-        hs: Option<HardState>,
-        entries: Vec<Entry>,
-    ) -> Result<(), RaftFatal> {
+    async fn persist(&mut self, hs: Option<HardState>, entries: Vec<Entry>) -> Result<(), RaftFatal> {
         let mut wal = self
             .wal
             .take()

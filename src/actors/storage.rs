@@ -83,9 +83,7 @@ fn decode_u64(bytes: Option<Vec<u8>>, what: &str) -> Result<u64, StorageFatal> {
 pub fn recover(backend: &dyn Backend) -> Result<Recovered, StorageFatal> {
     let io = |e: std::io::Error| StorageFatal(format!("backend: {e}"));
     let applied_index = decode_u64(
-        backend
-            .get(Bucket::Meta, CONSISTENT_INDEX_KEY)
-            .map_err(io)?,
+        backend.get(Bucket::Meta, CONSISTENT_INDEX_KEY).map_err(io)?,
         "consistent index",
     )?;
     let term = decode_u64(backend.get(Bucket::Meta, TERM_KEY).map_err(io)?, "term")?;
@@ -173,15 +171,14 @@ impl StorageActor {
                 });
             }
             StorageMsg::HashKv { revision, reply } => {
-                let result =
-                    self.mvcc
-                        .hash_kv(revision)
-                        .map(|(hash, compact_revision)| HashKvResponse {
-                            header: Some(self.header()),
-                            hash,
-                            compact_revision,
-                            ..Default::default()
-                        });
+                let result = self.mvcc.hash_kv(revision).map(|(hash, compact_revision)| {
+                    HashKvResponse {
+                        header: Some(self.header()),
+                        hash,
+                        compact_revision,
+                        ..Default::default()
+                    }
+                });
                 let _ = reply.send(result);
             }
         }

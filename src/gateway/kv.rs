@@ -112,9 +112,8 @@ impl Kv for KvService {
         reply(result)
     }
 
-    type RangeStreamStream = tokio_stream::wrappers::ReceiverStream<
-        Result<crate::pb::etcdserverpb::RangeStreamResponse, Status>,
-    >;
+    type RangeStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<crate::pb::etcdserverpb::RangeStreamResponse, Status>>;
 
     async fn range_stream(
         &self,

@@ -49,10 +49,7 @@ impl Maintenance for MaintenanceService {
         reply(result)
     }
 
-    async fn status(
-        &self,
-        _req: Request<StatusRequest>,
-    ) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let result = async {
             let storage = self.handle.storage_status().await?;
             let raft = self.handle.raft_status().await?;
@@ -90,28 +87,19 @@ impl Maintenance for MaintenanceService {
         Err(unimplemented("Maintenance.Hash"))
     }
 
-    async fn hash_kv(
-        &self,
-        req: Request<HashKvRequest>,
-    ) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let revision = req.into_inner().revision;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let result = self
             .handle
-            .call(
-                StorageMsg::HashKv {
-                    revision,
-                    reply: tx,
-                },
-                rx,
-                &self.handle.storage_tx,
-            )
+            .call(StorageMsg::HashKv { revision, reply: tx }, rx, &self.handle.storage_tx)
             .await
             .and_then(|r| r);
         reply(result)
     }
 
-    type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
+    type SnapshotStream =
+        tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
 
     async fn snapshot(
         &self,

@@ -146,10 +146,7 @@ pub fn open_or_create(
         }
         core.append(&contents.entries)
             .map_err(|e| LogError::Raft(e.to_string()))?;
-        let mut hs = contents
-            .hard_state
-            .clone()
-            .unwrap_or_else(HardState::default);
+        let mut hs = contents.hard_state.clone().unwrap_or_else(HardState::default);
         let last_index = contents
             .entries
             .last()
