@@ -3,6 +3,7 @@
 //! the storage actor, and waits (bounded by the request timeout) for the answer.
 
 pub mod cluster;
+pub mod h2_authority;
 pub mod kv;
 pub mod maintenance;
 
