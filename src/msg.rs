@@ -10,7 +10,9 @@ use tokio::sync::oneshot;
 use crate::core::apply::Response;
 use crate::error::EtcdError;
 use crate::pb::detcdpb::InternalRequest;
-use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse};
+use crate::pb::etcdserverpb::{
+    HashKvResponse, LeaseLeasesResponse, RangeRequest, RangeResponse, ResponseHeader,
+};
 
 /// The capacity of every inter-actor channel.
 pub const CHANNEL_BOUND: usize = 1024;
@@ -93,6 +95,23 @@ pub enum StorageMsg {
     /// Stops the actor after everything queued before this message has been applied, and
     /// syncs the backend.
     Shutdown,
+    /// Asks for a lease's granted TTL and keys (`None`: not granted), with a header.
+    LeaseInfo {
+        /// The lease id.
+        id: i64,
+        /// Receives the lease, if granted, and the current header.
+        reply: oneshot::Sender<(Option<LeaseInfo>, ResponseHeader)>,
+    },
+    /// Asks for every granted lease.
+    LeaseList {
+        /// Receives the list with its header.
+        reply: oneshot::Sender<LeaseLeasesResponse>,
+    },
+    /// Asks for a response header at the current revision.
+    Header {
+        /// Receives the header.
+        reply: oneshot::Sender<ResponseHeader>,
+    },
     /// Asks for the KV hash at a revision (0: current).
     HashKv {
         /// The revision.
@@ -100,6 +119,15 @@ pub enum StorageMsg {
         /// Receives the hash.
         reply: oneshot::Sender<Result<HashKvResponse, EtcdError>>,
     },
+}
+
+/// A granted lease as the replicated lease table knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The granted TTL in seconds.
+    pub granted_ttl_s: i64,
+    /// The attached keys, in key order.
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// What the storage actor reports about the state machine.

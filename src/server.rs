@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig};
 use crate::actors::storage::{self, StorageActor};
+use crate::core::lease;
 use crate::gateway::{self, Handle, MemberInfo};
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, CHANNEL_BOUND};
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
 use crate::raft::{ids, log};
@@ -134,11 +137,13 @@ pub async fn run(
         }
         BackendChoice::Memory(b) => Box::new(b),
     };
-    let recovered = storage::recover(backend.as_ref()).map_err(err)?;
+    let min_lease_ttl_s = lease::min_ttl_s(cfg.election_timeout_ms, cfg.heartbeat_interval_ms);
+    let recovered = storage::recover(backend.as_ref(), min_lease_ttl_s).map_err(err)?;
     let applied_index = recovered.applied_index;
     tracing::info!(
         applied_index,
-        revision = recovered.mvcc.current_revision(),
+        revision = recovered.state.mvcc.current_revision(),
+        leases = recovered.state.leases.len(),
         "recovered the MVCC backend"
     );
 
@@ -190,9 +195,29 @@ pub async fn run(
         status_tx,
     )
     .map_err(err)?;
-    let storage_actor = StorageActor::new(recovered, backend, member_id, cluster_id, storage_rx);
+    let (lease_tx, lease_rx) = mpsc::channel(CHANNEL_BOUND);
+    let lease_timer = LeaseTimer::new(
+        LeaseTimerConfig {
+            member_id,
+            election_timeout_ms: cfg.election_timeout_ms,
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+        },
+        recovered.state.leases.leases().collect::<Vec<_>>(),
+        lease_rx,
+        raft_tx.clone(),
+        status_rx.clone(),
+    );
+    let storage_actor = StorageActor::new(
+        recovered,
+        backend,
+        member_id,
+        cluster_id,
+        storage_rx,
+        lease_tx.clone(),
+    );
     let mut raft_task = rt::spawn("raft", raft_actor.run());
     let mut storage_task = rt::spawn("storage", storage_actor.run());
+    let lease_task = rt::spawn("lease-timer", lease_timer.run());
 
     let handle = Handle {
         raft_tx,
@@ -253,6 +278,14 @@ pub async fn run(
                 ClusterServer::new(gateway::cluster::ClusterService::new(handle.clone()))
                     .max_decoding_message_size(max_recv)
                     .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                LeaseServer::new(gateway::lease::LeaseService::new(
+                    handle.clone(),
+                    lease_tx.clone(),
+                ))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
             );
         let mut stop = stop_rx.clone();
         servers.push(rt::spawn("grpc", async move {
@@ -316,6 +349,10 @@ pub async fn run(
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(err(e)),
             Err(e) => return Err(err(e)),
+        }
+        let _ = lease_tx.send(LeaseMsg::Shutdown).await;
+        if let Err(e) = lease_task.await {
+            return Err(err(e));
         }
         tracing::info!("stopped detcd member");
     }

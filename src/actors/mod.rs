@@ -5,7 +5,8 @@
 //! - [`storage`]: the MVCC state machine and its backend; applies committed entries and
 //!   serves reads.
 //!
-//! The lease timer and the watch hub join them as their own actors.
+//! - [`lease_timer`]: the leader's lease expiry schedule; proposes revocations.
 
+pub mod lease_timer;
 pub mod raft_node;
 pub mod storage;

@@ -11,5 +11,7 @@
 
 pub mod apply;
 mod crc32c;
+pub mod lease;
 pub mod mvcc;
+pub mod state;
 pub mod validate;

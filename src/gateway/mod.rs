@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod h2_authority;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 
 use std::time::Duration;
