@@ -631,7 +631,7 @@ impl LeaseClock {
         // at u64::MAX cannot be handed out twice by one call.
         let due: Vec<(u64, i64)> = self
             .due
-            .range(..(now_ms, i64::MIN))
+            .range(..=(now_ms, i64::MAX))
             .take(max)
             .copied()
             .collect();
@@ -1337,7 +1337,11 @@ mod tests {
             let mut deadlines: BTreeMap<i64, u64> = BTreeMap::new();
             let mut now_ms = 0u64;
             let mut next_renew_ms = renew_every_ms.unwrap_or(u64::MAX);
+            let mut wakes = 0u32;
             loop {
+                // A clock that reported a due lease late would wake the timer forever.
+                wakes += 1;
+                prop_assert!(wakes < 10_000, "timer spins at {} ms", now_ms);
                 let next_grant = pending.first().map(|g| g.0);
                 let next_expiry = clock.next_expiry_ms();
                 let Some(wake_ms) = [next_grant, next_expiry, Some(next_renew_ms)]
