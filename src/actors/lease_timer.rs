@@ -40,6 +40,15 @@ pub enum LeaseMsg {
         /// Receives the remaining seconds.
         reply: oneshot::Sender<Option<i64>>,
     },
+    /// Orders lease ids as etcd's `Leases()` does: by expiry, earliest first (ties in the
+    /// order the leases were granted or last renewed); ids without a deadline here go last,
+    /// in the order given.
+    ExpiryOrder {
+        /// The granted lease ids.
+        ids: Vec<i64>,
+        /// Receives the same ids, reordered.
+        reply: oneshot::Sender<Vec<i64>>,
+    },
     /// Stops the actor.
     Shutdown,
 }
@@ -59,6 +68,11 @@ pub struct LeaseTimerConfig {
 pub struct LeaseTimer {
     clock: LeaseClock,
     ttls: BTreeMap<i64, i64>,
+    /// When each lease was last granted or renewed, as a sequence number: the tie-break of
+    /// [`LeaseMsg::ExpiryOrder`] for leases whose millisecond expiries coincide (etcd
+    /// compares nanosecond expiries, which in practice follow that order).
+    refreshed: BTreeMap<i64, u64>,
+    next_refresh: u64,
     config: LeaseTimerConfig,
     inbox: mpsc::Receiver<LeaseMsg>,
     raft_tx: mpsc::Sender<RaftMsg>,
@@ -80,6 +94,8 @@ impl LeaseTimer {
         LeaseTimer {
             clock: LeaseClock::new(retry_ms),
             ttls: leases.into_iter().collect(),
+            refreshed: BTreeMap::new(),
+            next_refresh: 0,
             config,
             inbox,
             raft_tx,
@@ -151,9 +167,11 @@ impl LeaseTimer {
                         LeaseChange::Granted { id, ttl_s } => {
                             self.ttls.insert(id, ttl_s);
                             self.clock.on_grant(id, ttl_s, now_ms);
+                            self.mark_refreshed(id);
                         }
                         LeaseChange::Revoked { id } => {
                             self.ttls.remove(&id);
+                            self.refreshed.remove(&id);
                             self.clock.on_revoke(id);
                         }
                     }
@@ -161,7 +179,19 @@ impl LeaseTimer {
             }
             LeaseMsg::KeepAlive { id, reply } => {
                 let now_ms = self.now_ms();
-                let _ = reply.send(self.clock.renew(id, now_ms).unwrap_or(0));
+                let ttl = self.clock.renew(id, now_ms);
+                if ttl.is_some() {
+                    self.mark_refreshed(id);
+                }
+                let _ = reply.send(ttl.unwrap_or(0));
+            }
+            LeaseMsg::ExpiryOrder { mut ids, reply } => {
+                // A stable sort: ids without a deadline keep the order they came in.
+                ids.sort_by_key(|id| match self.clock.expiry_ms(*id) {
+                    Some(expiry_ms) => (0, expiry_ms, self.refreshed.get(id).copied()),
+                    None => (1, 0, None),
+                });
+                let _ = reply.send(ids);
             }
             LeaseMsg::Remaining { id, reply } => {
                 let now_ms = self.now_ms();
@@ -169,6 +199,11 @@ impl LeaseTimer {
             }
             LeaseMsg::Shutdown => {}
         }
+    }
+
+    fn mark_refreshed(&mut self, id: i64) {
+        self.refreshed.insert(id, self.next_refresh);
+        self.next_refresh += 1;
     }
 
     /// Proposes the revocation of expired leases, at etcd's bounded rate. A proposal that
