@@ -135,8 +135,30 @@ async fn grant_with_explicit_id_and_errors() {
         grpc_err(&e),
         (NOT_FOUND, "etcdserver: requested lease not found".into())
     );
+    let e = within(
+        10,
+        "put",
+        c.put("k", "v", Some(PutOptions::new().with_lease(-1))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        grpc_err(&e),
+        (NOT_FOUND, "etcdserver: requested lease not found".into())
+    );
     let r = within(10, "get", c.get("k", None)).await.unwrap();
     assert_eq!(r.header().unwrap().revision(), 1);
+
+    // Lease id 0 means "no lease": revoking it is not found, its TTL is -1.
+    let e = within(10, "revoke 0", c.lease_revoke(0)).await.unwrap_err();
+    assert_eq!(
+        grpc_err(&e),
+        (NOT_FOUND, "etcdserver: requested lease not found".into())
+    );
+    let r = within(10, "ttl 0", c.lease_time_to_live(0, None))
+        .await
+        .unwrap();
+    assert_eq!((r.id(), r.ttl(), r.granted_ttl()), (0, -1, 0));
 }
 
 #[tokio::test]
@@ -568,4 +590,88 @@ async fn leases_survive_graceful_restart() {
     assert_eq!(r.ttl(), -1);
     let r = within(10, "get", c.get("p2", None)).await.unwrap();
     assert_eq!(r.kvs().len(), 1);
+}
+
+#[tokio::test]
+async fn leases_survive_kill_9() {
+    let mut s = Server::start();
+    {
+        let mut c = s.client().await;
+        grant(&mut c, 0x81, 600).await;
+        grant(&mut c, 0x82, 600).await;
+        grant(&mut c, 0x83, 5).await;
+        within(
+            10,
+            "put",
+            c.put("q1", "v", Some(PutOptions::new().with_lease(0x81))),
+        )
+        .await
+        .unwrap(); // 2
+        within(
+            10,
+            "put",
+            c.put("q2", "v", Some(PutOptions::new().with_lease(0x82))),
+        )
+        .await
+        .unwrap(); // 3
+        within(
+            10,
+            "put",
+            c.put("q3", "v", Some(PutOptions::new().with_lease(0x83))),
+        )
+        .await
+        .unwrap(); // 4
+        within(10, "revoke", c.lease_revoke(0x82)).await.unwrap(); // 5
+    }
+    s.kill_9();
+    // Longer than lease 0x83's TTL: the member was down, so it must not have expired.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    s.restart();
+    let mut c = s.client().await;
+    let r = within(10, "get", c.get("q", Some(GetOptions::new().with_prefix())))
+        .await
+        .unwrap();
+    assert_eq!(key_names(&r), ["q1", "q3"]);
+    assert_eq!(r.header().unwrap().revision(), 5);
+    let ids: Vec<i64> = within(10, "leases", c.leases())
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    // By expiry after the restart: 0x83 (5 s) before 0x81 (600 s).
+    assert_eq!(ids, [0x83, 0x81]);
+    let r = within(
+        10,
+        "ttl",
+        c.lease_time_to_live(0x83, Some(LeaseTimeToLiveOptions::new().with_keys())),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.granted_ttl(), keys_of(&r)), (5, vec!["q3".to_string()]));
+    assert!((4..=6).contains(&r.ttl()), "remaining TTL {}", r.ttl());
+    let r = within(10, "ttl", c.lease_time_to_live(0x82, None))
+        .await
+        .unwrap();
+    assert_eq!(r.ttl(), -1);
+    let e = within(
+        10,
+        "dup grant",
+        c.lease_grant(30, Some(LeaseGrantOptions::new().with_id(0x81))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        grpc_err(&e),
+        (
+            FAILED_PRECONDITION,
+            "etcdserver: lease already exists".into()
+        )
+    );
+    // Revoking after recovery still deletes the recovered attachment, in one revision.
+    let r = within(10, "revoke", c.lease_revoke(0x81)).await.unwrap();
+    assert_eq!(r.header().unwrap().revision(), 6);
+    let r = within(10, "get", c.get("q1", None)).await.unwrap();
+    assert!(r.kvs().is_empty());
 }
