@@ -675,3 +675,64 @@ async fn leases_survive_kill_9() {
     let r = within(10, "get", c.get("q1", None)).await.unwrap();
     assert!(r.kvs().is_empty());
 }
+
+/// A keep-alive for a lease whose TTL has run out but whose revocation has not been
+/// applied yet is answered only once the revocation is done (etcd's `lessor.Renew` waits
+/// on the lease's `revokec`), so after a TTL-0 answer the keys are already gone.
+#[tokio::test]
+async fn keep_alive_after_expiry_answers_after_revocation() {
+    let s = Server::start();
+    let mut c = s.client().await;
+    let channel = tonic::transport::Endpoint::from_shared(s.client_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = RawLeaseClient::new(channel);
+    // Three rounds make hitting the window between expiry and revocation (up to the
+    // 500 ms expiry check plus a raft round) near certain.
+    for round in 0..3i64 {
+        let id = 0x900 + round;
+        grant(&mut c, id, 2).await;
+        let granted = Instant::now();
+        within(
+            10,
+            "put",
+            c.put(
+                format!("ka{round}"),
+                "v",
+                Some(PutOptions::new().with_lease(id)),
+            ),
+        )
+        .await
+        .unwrap();
+        // Just past the expiry (the grant was applied before its response arrived), with
+        // a different offset each round.
+        let wait = Duration::from_millis(2_010 + 150 * round as u64);
+        tokio::time::sleep(wait.saturating_sub(granted.elapsed())).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+        let mut responses = within(
+            10,
+            "raw keep-alive",
+            raw.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        let r = within(10, "raw recv", responses.message())
+            .await
+            .unwrap()
+            .expect("response");
+        assert_eq!((r.id, r.ttl), (id, 0), "round {round}: lease expired");
+        let g = within(10, "get", c.get(format!("ka{round}"), None))
+            .await
+            .unwrap();
+        assert!(
+            g.kvs().is_empty(),
+            "round {round}: keep-alive answered TTL 0 {:?} after the grant, but the \
+             lease's key is still there (revocation not yet applied)",
+            granted.elapsed()
+        );
+    }
+}
