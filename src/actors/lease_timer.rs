@@ -26,7 +26,8 @@ pub enum LeaseMsg {
     /// Leases granted or revoked by applied entries, in apply order.
     Applied(Vec<LeaseChange>),
     /// A keep-alive: `reply` receives the lease's TTL, or 0 if it is unknown or expired
-    /// (etcd's answer for a lease it no longer has).
+    /// (etcd's answer for a lease it no longer has). For a lease that has expired but is
+    /// not revoked yet, the 0 comes once the revocation is applied, as in etcd.
     KeepAlive {
         /// The lease id.
         id: i64,
@@ -73,6 +74,10 @@ pub struct LeaseTimer {
     /// compares nanosecond expiries, which in practice follow that order).
     refreshed: BTreeMap<i64, u64>,
     next_refresh: u64,
+    /// Keep-alives for leases that have expired but whose revocation is not applied yet,
+    /// answered (TTL 0) once it is: etcd's `Renew` waits for the revocation, so a client
+    /// told TTL 0 never finds the lease's keys still there.
+    waiting: BTreeMap<i64, Vec<oneshot::Sender<i64>>>,
     config: LeaseTimerConfig,
     inbox: mpsc::Receiver<LeaseMsg>,
     raft_tx: mpsc::Sender<RaftMsg>,
@@ -96,6 +101,7 @@ impl LeaseTimer {
             ttls: leases.into_iter().collect(),
             refreshed: BTreeMap::new(),
             next_refresh: 0,
+            waiting: BTreeMap::new(),
             config,
             inbox,
             raft_tx,
@@ -154,6 +160,10 @@ impl LeaseTimer {
             tracing::debug!(leases = self.ttls.len(), "lease timer: promoted");
         } else if !leading && self.clock.is_primary() {
             self.clock.demote();
+            // No longer the member that revokes: answer waiting keep-alives now.
+            for reply in std::mem::take(&mut self.waiting).into_values().flatten() {
+                let _ = reply.send(0);
+            }
             tracing::debug!("lease timer: demoted");
         }
     }
@@ -173,17 +183,28 @@ impl LeaseTimer {
                             self.ttls.remove(&id);
                             self.refreshed.remove(&id);
                             self.clock.on_revoke(id);
+                            for reply in self.waiting.remove(&id).unwrap_or_default() {
+                                let _ = reply.send(0);
+                            }
                         }
                     }
                 }
             }
             LeaseMsg::KeepAlive { id, reply } => {
                 let now_ms = self.now_ms();
-                let ttl = self.clock.renew(id, now_ms);
-                if ttl.is_some() {
-                    self.mark_refreshed(id);
+                match self.clock.renew(id, now_ms) {
+                    Some(ttl) => {
+                        self.mark_refreshed(id);
+                        let _ = reply.send(ttl);
+                    }
+                    // Expired, revocation pending: answer once it is applied.
+                    None if self.clock.is_primary() && self.clock.expiry_ms(id).is_some() => {
+                        self.waiting.entry(id).or_default().push(reply);
+                    }
+                    None => {
+                        let _ = reply.send(0);
+                    }
                 }
-                let _ = reply.send(ttl.unwrap_or(0));
             }
             LeaseMsg::ExpiryOrder { mut ids, reply } => {
                 // A stable sort: ids without a deadline keep the order they came in.
