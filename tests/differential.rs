@@ -2,9 +2,15 @@
 //!
 //! For a handful of fixed seeds a random operation sequence (puts, deletes,
 //! ranges with every option, txns with random compares and nested txns,
-//! compactions) is sent to both servers through `etcd-client`, and the full
-//! responses (or gRPC errors, code + message) are compared. Only cluster_id,
-//! member_id and raft_term are ignored.
+//! compactions, and lease operations) is sent to both servers through `etcd-client`,
+//! and the full responses (or gRPC errors, code + message) are compared. Only
+//! cluster_id, member_id and raft_term are ignored.
+//!
+//! Leases use client-chosen ids from a small set (so duplicate grants, unknown
+//! leases and re-grants after revocation all happen) and long TTLs, so nothing
+//! expires during a run. Remaining TTLs depend on each server's clock, so
+//! TimeToLive compares only whether the TTL is -1; attached keys are compared as a
+//! set, because etcd returns them in Go map order.
 //!
 //! The key space is kept at 12 keys: etcd sorts ranges with Go's `sort.Sort`,
 //! which is an insertion sort (stable) for at most 12 elements, so ties under
@@ -18,8 +24,8 @@ mod common;
 
 use common::{within, Server};
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, LeaseGrantOptions,
+    LeaseTimeToLiveOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -32,6 +38,12 @@ const KEYS: [&str; 12] = [
 /// Extra keys that are never written, used as range bounds / missing keys.
 const BOUNDS: [&str; 7] = ["", "a/", "b/", "0", "aa", "c0", "z"];
 const VALUES: [&str; 6] = ["", "v", "w", "x1", "x2", "zz"];
+/// Lease ids the generator grants, attaches and revokes; 99 is never granted.
+const LEASE_IDS: [i64; 4] = [1, 2, 3, 0x7fff_ffff_ffff];
+const UNKNOWN_LEASE: i64 = 99;
+/// Lease TTLs: all far longer than a run, different so that expiry order is neither
+/// id order nor grant order.
+const LEASE_TTLS: [i64; 3] = [600, 900, 1200];
 
 #[derive(Debug, Clone)]
 enum RangeSpec {
@@ -81,6 +93,8 @@ enum Op {
         value: String,
         prev_kv: bool,
         ignore_value: bool,
+        lease: i64,
+        ignore_lease: bool,
     },
     Delete {
         key: String,
@@ -93,6 +107,18 @@ enum Op {
         revision: i64,
         physical: bool,
     },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
+    LeaseTtl {
+        id: i64,
+        keys: bool,
+    },
+    LeaseList,
 }
 
 #[derive(Debug, Clone)]
@@ -199,7 +225,44 @@ impl Gen {
         }
     }
 
+    fn lease_id(&mut self) -> i64 {
+        if self.rng.gen_bool(0.9) {
+            *LEASE_IDS.choose(&mut self.rng).unwrap()
+        } else {
+            UNKNOWN_LEASE
+        }
+    }
+
+    fn lease_op(&mut self) -> Op {
+        match self.rng.gen_range(0..10) {
+            0..=3 => Op::LeaseGrant {
+                id: *LEASE_IDS.choose(&mut self.rng).unwrap(),
+                ttl: if self.rng.gen_bool(0.05) {
+                    9_000_000_001
+                } else {
+                    *LEASE_TTLS.choose(&mut self.rng).unwrap()
+                },
+            },
+            4 | 5 => Op::LeaseRevoke {
+                id: self.lease_id(),
+            },
+            6..=8 => Op::LeaseTtl {
+                id: self.lease_id(),
+                keys: self.rng.gen_bool(0.7),
+            },
+            _ => Op::LeaseList,
+        }
+    }
+
+    /// A put outside a txn.
     fn put(&mut self) -> Op {
+        self.put_op(false)
+    }
+
+    /// A put; inside a txn without `ignore_lease`: etcd 3.4.23 panics ("unexpected error
+    /// during txn: etcdserver: key not found") when a txn deletes a key and then puts it
+    /// with `ignore_lease`, because it checks the key's existence before the txn runs.
+    fn put_op(&mut self, in_txn: bool) -> Op {
         let ignore_value = self.rng.gen_bool(0.1);
         let value = if ignore_value && self.rng.gen_bool(0.8) {
             String::new()
@@ -211,11 +274,20 @@ impl Gen {
         } else {
             String::new()
         };
+        let lease = if self.rng.gen_bool(0.35) {
+            self.lease_id()
+        } else {
+            0
+        };
+        // Mostly alone; sometimes together with a lease (an error).
+        let ignore_lease = !in_txn && self.rng.gen_bool(if lease == 0 { 0.12 } else { 0.03 });
         Op::Put {
             key,
             value,
             prev_kv: self.rng.gen_bool(0.4),
             ignore_value,
+            lease,
+            ignore_lease,
         }
     }
 
@@ -254,7 +326,11 @@ impl Gen {
             1 => CmpTarget::Version(self.rng.gen_range(0..4)),
             2 => CmpTarget::Create(self.small_rev()),
             3 => CmpTarget::Mod(self.small_rev()),
-            _ => CmpTarget::Lease(self.rng.gen_range(0..2)),
+            _ => CmpTarget::Lease(if self.rng.gen_bool(0.3) {
+                0
+            } else {
+                self.lease_id()
+            }),
         };
         CmpSpec {
             key,
@@ -266,7 +342,7 @@ impl Gen {
 
     fn txn_op(&mut self, depth: u32) -> Op {
         match self.rng.gen_range(0..10) {
-            0..=3 => self.put(),
+            0..=3 => self.put_op(true),
             4..=6 => Op::Range(self.range_op()),
             7 | 8 => self.delete(),
             _ if depth < 2 => Op::Txn(self.txn(depth + 1)),
@@ -290,10 +366,11 @@ impl Gen {
 
     fn op(&mut self) -> Op {
         match self.rng.gen_range(0..100) {
-            0..=34 => self.put(),
-            35..=46 => self.delete(),
-            47..=71 => Op::Range(self.range_op()),
-            72..=96 => Op::Txn(self.txn(0)),
+            0..=29 => self.put(),
+            30..=40 => self.delete(),
+            41..=61 => Op::Range(self.range_op()),
+            62..=81 => Op::Txn(self.txn(0)),
+            82..=96 => self.lease_op(),
             _ => {
                 let lo = (self.compacted - 2).max(0);
                 Op::Compact {
@@ -346,13 +423,16 @@ fn delete_options(range: &RangeSpec, prev_kv: bool) -> DeleteOptions {
     o
 }
 
-fn put_options(prev_kv: bool, ignore_value: bool) -> PutOptions {
-    let mut o = PutOptions::new();
+fn put_options(prev_kv: bool, ignore_value: bool, lease: i64, ignore_lease: bool) -> PutOptions {
+    let mut o = PutOptions::new().with_lease(lease);
     if prev_kv {
         o = o.with_prev_key();
     }
     if ignore_value {
         o = o.with_ignore_value();
+    }
+    if ignore_lease {
+        o = o.with_ignore_lease();
     }
     o
 }
@@ -382,10 +462,12 @@ fn txn_op(op: &Op) -> TxnOp {
             value,
             prev_kv,
             ignore_value,
+            lease,
+            ignore_lease,
         } => TxnOp::put(
             key.clone(),
             value.clone(),
-            Some(put_options(*prev_kv, *ignore_value)),
+            Some(put_options(*prev_kv, *ignore_value, *lease, *ignore_lease)),
         ),
         Op::Delete {
             key,
@@ -394,7 +476,11 @@ fn txn_op(op: &Op) -> TxnOp {
         } => TxnOp::delete(key.clone(), Some(delete_options(range, *prev_kv))),
         Op::Range(r) => TxnOp::get(r.key.clone(), Some(get_options(r))),
         Op::Txn(t) => TxnOp::txn(txn(t)),
-        Op::Compact { .. } => unreachable!("no compaction inside txn"),
+        Op::Compact { .. }
+        | Op::LeaseGrant { .. }
+        | Op::LeaseRevoke { .. }
+        | Op::LeaseTtl { .. }
+        | Op::LeaseList => unreachable!("no compaction or lease op inside txn"),
     }
 }
 
@@ -472,11 +558,13 @@ async fn exec(c: &mut Client, op: &Op) -> Value {
                 value,
                 prev_kv,
                 ignore_value,
+                lease,
+                ignore_lease,
             } => norm(
                 c.put(
                     key.clone(),
                     value.clone(),
-                    Some(put_options(*prev_kv, *ignore_value)),
+                    Some(put_options(*prev_kv, *ignore_value, *lease, *ignore_lease)),
                 )
                 .await,
                 norm_put,
@@ -503,6 +591,39 @@ async fn exec(c: &mut Client, op: &Op) -> Value {
                     |r| json!({ "header": hdr(r.header()) }),
                 )
             }
+            Op::LeaseGrant { id, ttl } => norm(
+                c.lease_grant(*ttl, Some(LeaseGrantOptions::new().with_id(*id)))
+                    .await,
+                |r| json!({ "header": hdr(r.header()), "id": r.id(), "ttl": r.ttl(), "error": r.error() }),
+            ),
+            Op::LeaseRevoke { id } => norm(
+                c.lease_revoke(*id).await,
+                |r| json!({ "header": hdr(r.header()) }),
+            ),
+            Op::LeaseTtl { id, keys } => {
+                let o = keys.then(|| LeaseTimeToLiveOptions::new().with_keys());
+                norm(c.lease_time_to_live(*id, o).await, |r| {
+                    let mut keys: Vec<String> = r
+                        .keys()
+                        .iter()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .collect();
+                    keys.sort();
+                    json!({
+                        "header": hdr(r.header()),
+                        "id": r.id(),
+                        "ttl_is_minus_1": r.ttl() == -1,
+                        "granted_ttl": r.granted_ttl(),
+                        "keys": keys,
+                    })
+                })
+            }
+            Op::LeaseList => norm(c.leases().await, |r| {
+                json!({
+                    "header": hdr(r.header()),
+                    "leases": r.leases().iter().map(|l| l.id()).collect::<Vec<_>>(),
+                })
+            }),
         }
     };
     within(30, &format!("{op:?}"), fut).await
@@ -567,6 +688,16 @@ async fn run_seed(seed: u64) {
     let want = exec(&mut rc, &all).await;
     let got = exec(&mut sc, &all).await;
     assert_eq!(want, got, "final state differs (seed {seed})");
+    let mut finals = vec![Op::LeaseList];
+    finals.extend(LEASE_IDS.iter().map(|&id| Op::LeaseTtl { id, keys: true }));
+    for op in &finals {
+        let want_l = exec(&mut rc, op).await;
+        let got_l = exec(&mut sc, op).await;
+        assert_eq!(
+            want_l, got_l,
+            "final lease state differs (seed {seed}): {op:?}"
+        );
+    }
     println!(
         "differential seed {seed}: {n} ops compared ({errors} errors agreed), final revision {}, {} keys, \
          compacted at {}",

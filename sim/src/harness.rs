@@ -96,3 +96,23 @@ pub async fn connect_kv(url: &str) -> KvClient<tonic::transport::Channel> {
     }
     panic!("could not connect to {url} within 10 s of simulated time");
 }
+
+/// Connects a gRPC channel to `url`, retrying while the member starts (bounded).
+pub async fn connect_channel(url: &str) -> tonic::transport::Channel {
+    for _ in 0..100 {
+        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string()) {
+            if let Ok(channel) = endpoint.connect().await {
+                return channel;
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not connect to {url} within 10 s of simulated time");
+}
+
+/// Connects a Lease client to `url`, retrying while the member starts (bounded).
+pub async fn connect_lease(
+    url: &str,
+) -> detcd::pb::etcdserverpb::lease_client::LeaseClient<tonic::transport::Channel> {
+    detcd::pb::etcdserverpb::lease_client::LeaseClient::new(connect_channel(url).await)
+}

@@ -26,7 +26,8 @@ pub enum LeaseMsg {
     /// Leases granted or revoked by applied entries, in apply order.
     Applied(Vec<LeaseChange>),
     /// A keep-alive: `reply` receives the lease's TTL, or 0 if it is unknown or expired
-    /// (etcd's answer for a lease it no longer has).
+    /// (etcd's answer for a lease it no longer has). For a lease that has expired but is
+    /// not revoked yet, the 0 comes once the revocation is applied, as in etcd.
     KeepAlive {
         /// The lease id.
         id: i64,
@@ -39,6 +40,15 @@ pub enum LeaseMsg {
         id: i64,
         /// Receives the remaining seconds.
         reply: oneshot::Sender<Option<i64>>,
+    },
+    /// Orders lease ids as etcd's `Leases()` does: by expiry, earliest first (ties in the
+    /// order the leases were granted or last renewed); ids without a deadline here go last,
+    /// in the order given.
+    ExpiryOrder {
+        /// The granted lease ids.
+        ids: Vec<i64>,
+        /// Receives the same ids, reordered.
+        reply: oneshot::Sender<Vec<i64>>,
     },
     /// Stops the actor.
     Shutdown,
@@ -59,6 +69,15 @@ pub struct LeaseTimerConfig {
 pub struct LeaseTimer {
     clock: LeaseClock,
     ttls: BTreeMap<i64, i64>,
+    /// When each lease was last granted or renewed, as a sequence number: the tie-break of
+    /// [`LeaseMsg::ExpiryOrder`] for leases whose millisecond expiries coincide (etcd
+    /// compares nanosecond expiries, which in practice follow that order).
+    refreshed: BTreeMap<i64, u64>,
+    next_refresh: u64,
+    /// Keep-alives for leases that have expired but whose revocation is not applied yet,
+    /// answered (TTL 0) once it is: etcd's `Renew` waits for the revocation, so a client
+    /// told TTL 0 never finds the lease's keys still there.
+    waiting: BTreeMap<i64, Vec<oneshot::Sender<i64>>>,
     config: LeaseTimerConfig,
     inbox: mpsc::Receiver<LeaseMsg>,
     raft_tx: mpsc::Sender<RaftMsg>,
@@ -80,6 +99,9 @@ impl LeaseTimer {
         LeaseTimer {
             clock: LeaseClock::new(retry_ms),
             ttls: leases.into_iter().collect(),
+            refreshed: BTreeMap::new(),
+            next_refresh: 0,
+            waiting: BTreeMap::new(),
             config,
             inbox,
             raft_tx,
@@ -138,6 +160,10 @@ impl LeaseTimer {
             tracing::debug!(leases = self.ttls.len(), "lease timer: promoted");
         } else if !leading && self.clock.is_primary() {
             self.clock.demote();
+            // No longer the member that revokes: answer waiting keep-alives now.
+            for reply in std::mem::take(&mut self.waiting).into_values().flatten() {
+                let _ = reply.send(0);
+            }
             tracing::debug!("lease timer: demoted");
         }
     }
@@ -151,17 +177,42 @@ impl LeaseTimer {
                         LeaseChange::Granted { id, ttl_s } => {
                             self.ttls.insert(id, ttl_s);
                             self.clock.on_grant(id, ttl_s, now_ms);
+                            self.mark_refreshed(id);
                         }
                         LeaseChange::Revoked { id } => {
                             self.ttls.remove(&id);
+                            self.refreshed.remove(&id);
                             self.clock.on_revoke(id);
+                            for reply in self.waiting.remove(&id).unwrap_or_default() {
+                                let _ = reply.send(0);
+                            }
                         }
                     }
                 }
             }
             LeaseMsg::KeepAlive { id, reply } => {
                 let now_ms = self.now_ms();
-                let _ = reply.send(self.clock.renew(id, now_ms).unwrap_or(0));
+                match self.clock.renew(id, now_ms) {
+                    Some(ttl) => {
+                        self.mark_refreshed(id);
+                        let _ = reply.send(ttl);
+                    }
+                    // Expired, revocation pending: answer once it is applied.
+                    None if self.clock.is_primary() && self.clock.expiry_ms(id).is_some() => {
+                        self.waiting.entry(id).or_default().push(reply);
+                    }
+                    None => {
+                        let _ = reply.send(0);
+                    }
+                }
+            }
+            LeaseMsg::ExpiryOrder { mut ids, reply } => {
+                // A stable sort: ids without a deadline keep the order they came in.
+                ids.sort_by_key(|id| match self.clock.expiry_ms(*id) {
+                    Some(expiry_ms) => (0, expiry_ms, self.refreshed.get(id).copied()),
+                    None => (1, 0, None),
+                });
+                let _ = reply.send(ids);
             }
             LeaseMsg::Remaining { id, reply } => {
                 let now_ms = self.now_ms();
@@ -169,6 +220,11 @@ impl LeaseTimer {
             }
             LeaseMsg::Shutdown => {}
         }
+    }
+
+    fn mark_refreshed(&mut self, id: i64) {
+        self.refreshed.insert(id, self.next_refresh);
+        self.next_refresh += 1;
     }
 
     /// Proposes the revocation of expired leases, at etcd's bounded rate. A proposal that

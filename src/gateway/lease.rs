@@ -194,15 +194,28 @@ impl Lease for LeaseService {
         &self,
         _req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let (tx, rx) = oneshot::channel();
-        reply(
-            self.handle
+        let result = async {
+            let (tx, rx) = oneshot::channel();
+            let mut resp = self
+                .handle
                 .call(
                     StorageMsg::LeaseList { reply: tx },
                     rx,
                     &self.handle.storage_tx,
                 )
-                .await,
-        )
+                .await?;
+            // etcd lists leases by expiry (`lessor.Leases` sorts by expiry), which only the
+            // lease timer knows.
+            let ids = resp.leases.iter().map(|l| l.id).collect();
+            let (tx, rx) = oneshot::channel();
+            let ids = self
+                .handle
+                .call(LeaseMsg::ExpiryOrder { ids, reply: tx }, rx, &self.lease_tx)
+                .await?;
+            resp.leases = ids.into_iter().map(|id| LeaseStatus { id }).collect();
+            Ok(resp)
+        }
+        .await;
+        reply(result)
     }
 }
