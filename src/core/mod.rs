@@ -3,6 +3,7 @@
 //! - [`mvcc`]: etcd's multi-version key-value store, in memory, persisted through
 //!   [`WriteBatch`](crate::storage::backend::WriteBatch)es in etcd's bbolt layout.
 //! - [`validate`]: the request checks etcd's gRPC layer runs before proposing a request.
+//! - [`watch`]: the watch hub: streams, watchers, synced and unsynced groups.
 //! - [`apply`]: the apply step that runs one committed
 //!   [`InternalRequest`](crate::pb::detcdpb::InternalRequest) against the store.
 //!
@@ -13,3 +14,4 @@ pub mod apply;
 mod crc32c;
 pub mod mvcc;
 pub mod validate;
+pub mod watch;
