@@ -66,6 +66,7 @@ pub fn start_single_member(handle: &Handle, name: &str) -> SimMember {
                 election_timeout_ms: 1000,
                 max_request_bytes: 1536 * 1024,
                 max_txn_ops: 128,
+                watch_progress_notify_interval: Duration::from_secs(600),
                 disk: Arc::new(node_disk.clone()),
                 backend: BackendChoice::Memory(backend.clone()),
             };

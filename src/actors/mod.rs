@@ -5,7 +5,10 @@
 //! - [`storage`]: the MVCC state machine and its backend; applies committed entries and
 //!   serves reads.
 //!
-//! The lease timer and the watch hub join them as their own actors.
+//! - [`watch_hub`]: the watch hub; turns applied events into watch responses.
+//!
+//! The lease timer joins them as its own actor.
 
 pub mod raft_node;
 pub mod storage;
+pub mod watch_hub;
