@@ -127,6 +127,10 @@ pub struct StorageStatus {
 /// into the gRPC stream.
 pub type WatchStreamSender = mpsc::Sender<Result<WatchResponse, tonic::Status>>;
 
+/// The bytes of encoded responses in one stream's queue: the watch hub adds what it
+/// queues, the gateway subtracts what it hands to gRPC.
+pub type QueuedBytes = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
 /// Messages to the watch hub actor.
 ///
 /// The storage actor sends [`WatchMsg::Applied`] after each applied batch and
@@ -150,6 +154,8 @@ pub enum WatchMsg {
         stream: StreamId,
         /// Where its responses go.
         tx: WatchStreamSender,
+        /// The bytes waiting in that queue.
+        queued_bytes: QueuedBytes,
     },
     /// A create request on a stream.
     Create {

@@ -223,6 +223,7 @@ impl StorageActor {
                     fetch.from_revision,
                     i64::MAX,
                     fetch.max_events,
+                    fetch.max_bytes,
                 );
                 if self.watch_tx.is_some() {
                     self.to_watch.push(WatchMsg::History(HistoryAnswer {

@@ -12,23 +12,30 @@
 //! watchers.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use prost::Message as _;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::core::watch::{Output, StreamId, WatchConfig, WatchHub};
-use crate::msg::{RaftStatus, StorageMsg, WatchMsg, WatchStreamSender};
+use crate::core::watch::{Output, Room, StreamId, WatchConfig, WatchHub};
+use crate::msg::{QueuedBytes, RaftStatus, StorageMsg, WatchMsg, WatchStreamSender};
 use crate::rt;
 
 /// How often catch-up is retried (etcd's watchable store syncs every 100 ms).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes of responses one stream's queue may hold (besides its bound in responses), so
+/// that a client that does not read holds a bounded amount of memory however large its
+/// catch-up responses are. One larger response is accepted into an empty queue.
+pub const STREAM_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The watch hub actor's state.
 pub struct WatchHubActor {
     hub: WatchHub,
     inbox: mpsc::Receiver<WatchMsg>,
     storage_tx: mpsc::Sender<StorageMsg>,
-    streams: BTreeMap<StreamId, WatchStreamSender>,
+    streams: BTreeMap<StreamId, (WatchStreamSender, QueuedBytes)>,
     raft_status: watch::Receiver<RaftStatus>,
     member_id: u64,
     cluster_id: u64,
@@ -89,8 +96,12 @@ impl WatchHubActor {
                 self.hub.on_events(revision, &events, &mut room(streams))
             }
             WatchMsg::History(answer) => self.hub.on_history(answer, &mut room(streams)),
-            WatchMsg::OpenStream { stream, tx } => {
-                self.streams.insert(stream, tx);
+            WatchMsg::OpenStream {
+                stream,
+                tx,
+                queued_bytes,
+            } => {
+                self.streams.insert(stream, (tx, queued_bytes));
                 self.hub.open_stream(stream);
                 Vec::new()
             }
@@ -118,9 +129,10 @@ impl WatchHubActor {
                     stream,
                     mut response,
                 } => {
-                    let Some(tx) = self.streams.get(&stream) else {
+                    let Some((tx, queued_bytes)) = self.streams.get(&stream) else {
                         continue;
                     };
+                    let size = response.encoded_len();
                     if let Some(h) = response.header.as_mut() {
                         let status = self.raft_status.borrow();
                         h.cluster_id = self.cluster_id;
@@ -128,7 +140,9 @@ impl WatchHubActor {
                         h.raft_term = status.term;
                     }
                     match tx.try_send(Ok(response)) {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            queued_bytes.fetch_add(size, Ordering::Relaxed);
+                        }
                         Err(mpsc::error::TrySendError::Closed(_)) => {
                             // The client went away; its gateway task reports it too.
                             self.hub.close_stream(stream);
@@ -155,7 +169,7 @@ impl WatchHubActor {
                     }
                 }
                 Output::Close { stream, error } => {
-                    if let Some(tx) = self.streams.remove(&stream) {
+                    if let Some((tx, _)) = self.streams.remove(&stream) {
                         let _ = tx.try_send(Err(error.to_status()));
                     }
                 }
@@ -165,6 +179,18 @@ impl WatchHubActor {
 }
 
 /// The free room of each stream's queue, as the hub asks for it.
-fn room(streams: &BTreeMap<StreamId, WatchStreamSender>) -> impl FnMut(StreamId) -> usize + '_ {
-    move |s| streams.get(&s).map_or(0, |tx| tx.capacity())
+fn room(
+    streams: &BTreeMap<StreamId, (WatchStreamSender, QueuedBytes)>,
+) -> impl FnMut(StreamId) -> Room + '_ {
+    move |s| match streams.get(&s) {
+        None => Room::count(0),
+        Some((tx, queued)) => {
+            let queued = queued.load(Ordering::Relaxed);
+            Room {
+                responses: tx.capacity(),
+                bytes: STREAM_QUEUE_BYTES.saturating_sub(queued),
+                empty: tx.capacity() == tx.max_capacity(),
+            }
+        }
+    }
 }

@@ -288,9 +288,9 @@ impl Mvcc {
     /// revision order, each with its `prev_kv` (the key's value at the revision before the
     /// event, if that revision is not compacted), exactly as the live events of
     /// [`Mvcc::put`], [`Mvcc::delete_range`] and [`Mvcc::txn`] were. `to` is clamped to the
-    /// current revision. At most about `max_events` events are returned, cut at a revision
-    /// boundary so that a revision's events are never split (a single revision with more
-    /// events is returned whole); [`History::through_revision`] says how far the answer
+    /// current revision. At most `max_events` events and `max_bytes` bytes of encoded
+    /// events are returned, cut at a revision boundary so that a revision's events are
+    /// never split (the first revision is returned whole even if it is larger); [`History::through_revision`] says how far the answer
     /// reaches. `Compacted` if `from` is below the compact revision, as etcd cancels such
     /// watchers.
     pub fn history(
@@ -300,6 +300,7 @@ impl Mvcc {
         from: i64,
         to: i64,
         max_events: usize,
+        max_bytes: usize,
     ) -> Result<History, EtcdError> {
         let from = from.max(1);
         if from < self.compact_revision {
@@ -365,12 +366,18 @@ impl Mvcc {
         found.sort_by_key(|(r, _)| *r);
         let mut through_revision = to;
         let mut cut = found.len();
-        if found.len() > max_events {
+        // The first event that does not fit, by count or by size.
+        let mut bytes = 0usize;
+        let limit = found.iter().enumerate().position(|(i, (_, e))| {
+            bytes = bytes.saturating_add(e.encoded_len());
+            i >= max_events || bytes > max_bytes
+        });
+        if let Some(limit) = limit {
             // Keep whole revisions only: stop before the revision of the first event that
             // does not fit, except that the first revision is always kept whole. No event
             // of the range lies strictly between the kept ones and that revision.
             let first_main = found[0].0.main;
-            let boundary_main = found[max_events.max(1)].0.main;
+            let boundary_main = found[limit].0.main;
             let keep_main = if boundary_main == first_main {
                 first_main
             } else {

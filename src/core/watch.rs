@@ -12,7 +12,8 @@
 //! the history reaches the current revision.
 //!
 //! The hub never blocks and never queues events: every call takes a `room` function that
-//! says how many more responses a stream's bounded outbound queue accepts right now. When
+//! says how many more responses, and how many more bytes, a stream's bounded outbound
+//! queue accepts right now ([`Room`]). When
 //! a watcher's events do not fit, it is moved to the unsynced group at the first revision
 //! it has not received, and history later delivers what it missed, in order. Control
 //! responses (created, canceled, progress) are queued per stream instead, up to
@@ -51,6 +52,30 @@ pub const EMPTY_RANGE_REASON: &str = "mvcc: watcher range is empty";
 /// etcd's message for a create that reuses a watch id of its stream.
 pub const DUPLICATE_ID_REASON: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
+/// What a stream's outbound queue accepts right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// How many more responses fit.
+    pub responses: usize,
+    /// How many more bytes (of encoded responses) fit.
+    pub bytes: usize,
+    /// Whether the queue is empty: then one response larger than `bytes` is accepted,
+    /// so that a revision larger than the byte budget can still be delivered.
+    pub empty: bool,
+}
+
+impl Room {
+    /// Room for `responses` responses of any size (tests, and queues bounded by count
+    /// only).
+    pub fn count(responses: usize) -> Room {
+        Room {
+            responses,
+            bytes: usize::MAX,
+            empty: false,
+        }
+    }
+}
+
 /// The hub's limits.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -61,6 +86,8 @@ pub struct WatchConfig {
     pub progress_notify_interval_ms: u64,
     /// The most events one history read returns (it is cut at a revision boundary).
     pub max_history_events: usize,
+    /// The most bytes of events one history read returns (likewise cut).
+    pub max_history_bytes: usize,
     /// The most history reads outstanding at once.
     pub max_fetches_in_flight: usize,
 }
@@ -71,6 +98,7 @@ impl Default for WatchConfig {
             max_request_bytes: 1536 * 1024,
             progress_notify_interval_ms: 10 * 60 * 1000,
             max_history_events: 1000,
+            max_history_bytes: 1024 * 1024,
             max_fetches_in_flight: 64,
         }
     }
@@ -91,6 +119,8 @@ pub struct HistoryFetch {
     pub from_revision: i64,
     /// The most events to return.
     pub max_events: usize,
+    /// The most bytes of events to return.
+    pub max_bytes: usize,
 }
 
 /// The answer to a [`HistoryFetch`].
@@ -167,6 +197,9 @@ struct Watcher {
     synced: bool,
     /// The history read in flight for it, if any.
     fetch: Option<u64>,
+    /// Its last history answer did not fit in its stream's queue: no new read until the
+    /// next tick, so a full queue does not turn into a storm of reads.
+    blocked: bool,
     no_put: bool,
     no_delete: bool,
     prev_kv: bool,
@@ -213,8 +246,9 @@ pub struct WatchHub {
     next_fetch_id: u64,
     /// When the next progress notification round is due.
     next_progress_ms: Option<u64>,
-    /// Responses handed to each stream during the current call (room accounting).
-    used: BTreeMap<StreamId, usize>,
+    /// Responses and bytes handed to each stream during the current call (room
+    /// accounting).
+    used: BTreeMap<StreamId, (usize, usize)>,
     out: Vec<Output>,
 }
 
@@ -279,7 +313,7 @@ impl WatchHub {
         &mut self,
         stream: StreamId,
         req: &WatchCreateRequest,
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) -> Vec<Output> {
         self.begin();
         if self.streams.contains_key(&stream) {
@@ -292,7 +326,7 @@ impl WatchHub {
         &mut self,
         stream: StreamId,
         req: &WatchCreateRequest,
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) {
         // etcd: an empty key is "\0", the smallest key; a range end of "\0" means every
         // key from `key` on.
@@ -355,6 +389,7 @@ impl WatchHub {
             next_revision: start,
             synced: false,
             fetch: None,
+            blocked: false,
             no_put: req.filters.contains(&(FilterType::Noput as i32)),
             no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: req.prev_kv,
@@ -388,7 +423,7 @@ impl WatchHub {
         &mut self,
         stream: StreamId,
         watch_id: i64,
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) -> Vec<Output> {
         self.begin();
         let serial = self
@@ -414,7 +449,7 @@ impl WatchHub {
     pub fn progress(
         &mut self,
         stream: StreamId,
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) -> Vec<Output> {
         self.begin();
         if let Some(s) = self.streams.get_mut(&stream) {
@@ -430,7 +465,7 @@ impl WatchHub {
         &mut self,
         revision: i64,
         events: &[Event],
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) -> Vec<Output> {
         self.begin();
         self.flush_all_control(room);
@@ -452,7 +487,7 @@ impl WatchHub {
     pub fn on_history(
         &mut self,
         answer: HistoryAnswer,
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) -> Vec<Output> {
         self.begin();
         self.flush_all_control(room);
@@ -475,7 +510,7 @@ impl WatchHub {
 
     /// The periodic step (every ~100 ms, as etcd's sync loop): flushes waiting control
     /// responses, retries catch-up, and sends due progress notifications.
-    pub fn tick(&mut self, now_ms: u64, room: &mut dyn FnMut(StreamId) -> usize) -> Vec<Output> {
+    pub fn tick(&mut self, now_ms: u64, room: &mut dyn FnMut(StreamId) -> Room) -> Vec<Output> {
         self.begin();
         self.flush_all_control(room);
         let due = *self
@@ -484,6 +519,11 @@ impl WatchHub {
         if now_ms >= due {
             self.next_progress_ms = Some(now_ms + self.config.progress_notify_interval_ms);
             self.progress_round(room);
+        }
+        for serial in &self.unsynced {
+            if let Some(w) = self.watchers.get_mut(serial) {
+                w.blocked = false;
+            }
         }
         self.sync_unsynced(room);
         let streams: Vec<StreamId> = self
@@ -508,13 +548,21 @@ impl WatchHub {
         std::mem::take(&mut self.out)
     }
 
-    /// How many more responses `stream` accepts in this call.
-    fn free(&self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> usize) -> usize {
-        room(stream).saturating_sub(self.used.get(&stream).copied().unwrap_or(0))
+    /// What `stream` still accepts in this call.
+    fn free(&self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> Room) -> Room {
+        let r = room(stream);
+        let (n, bytes) = self.used.get(&stream).copied().unwrap_or((0, 0));
+        Room {
+            responses: r.responses.saturating_sub(n),
+            bytes: r.bytes.saturating_sub(bytes),
+            empty: r.empty && n == 0,
+        }
     }
 
     fn emit(&mut self, stream: StreamId, response: WatchResponse) {
-        *self.used.entry(stream).or_default() += 1;
+        let used = self.used.entry(stream).or_default();
+        used.0 += 1;
+        used.1 = used.1.saturating_add(response.encoded_len());
         self.out.push(Output::Send { stream, response });
     }
 
@@ -522,7 +570,7 @@ impl WatchHub {
         &mut self,
         stream: StreamId,
         resp: WatchResponse,
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) {
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
@@ -540,13 +588,14 @@ impl WatchHub {
         self.flush_control(stream, room);
     }
 
-    fn flush_control(&mut self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> usize) {
+    fn flush_control(&mut self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> Room) {
         loop {
             let free = self.free(stream, room);
             let Some(s) = self.streams.get_mut(&stream) else {
                 return;
             };
-            if free == 0 {
+            // Control responses are small: only the count bounds them.
+            if free.responses == 0 {
                 return;
             }
             let Some(resp) = s.control.pop_front() else {
@@ -556,7 +605,7 @@ impl WatchHub {
         }
     }
 
-    fn flush_all_control(&mut self, room: &mut dyn FnMut(StreamId) -> usize) {
+    fn flush_all_control(&mut self, room: &mut dyn FnMut(StreamId) -> Room) {
         let waiting: Vec<StreamId> = self
             .streams
             .iter()
@@ -569,18 +618,24 @@ impl WatchHub {
     }
 
     /// Emits `responses` on `stream` if all of them fit after its waiting control
-    /// responses; otherwise emits nothing and returns false.
+    /// responses (by count, and by size unless the queue is empty); otherwise emits
+    /// nothing and returns false.
     fn try_emit_all(
         &mut self,
         stream: StreamId,
         responses: Vec<WatchResponse>,
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) -> bool {
         let control_empty = self
             .streams
             .get(&stream)
             .is_some_and(|s| s.control.is_empty());
-        if !control_empty || self.free(stream, room) < responses.len() {
+        let free = self.free(stream, room);
+        let bytes: usize = responses.iter().map(|r| r.encoded_len()).sum();
+        if !control_empty
+            || free.responses < responses.len()
+            || (bytes > free.bytes && !free.empty)
+        {
             return false;
         }
         for r in responses {
@@ -594,7 +649,7 @@ impl WatchHub {
         &mut self,
         rev: i64,
         events: &[Event],
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) {
         let mut matched: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
         for ev in events {
@@ -741,7 +796,7 @@ impl WatchHub {
 
     /// Asks for history for unsynced watchers whose stream has room, within the limit of
     /// reads in flight.
-    fn sync_unsynced(&mut self, room: &mut dyn FnMut(StreamId) -> usize) {
+    fn sync_unsynced(&mut self, room: &mut dyn FnMut(StreamId) -> Room) {
         let candidates: Vec<u64> = self.unsynced.iter().copied().collect();
         for serial in candidates {
             if self.fetches.len() >= self.config.max_fetches_in_flight {
@@ -750,7 +805,7 @@ impl WatchHub {
             let Some(w) = self.watchers.get(&serial) else {
                 continue;
             };
-            if w.fetch.is_some() {
+            if w.fetch.is_some() || w.blocked {
                 continue;
             }
             let stream = w.stream;
@@ -758,7 +813,8 @@ impl WatchHub {
                 .streams
                 .get(&stream)
                 .is_some_and(|s| s.control.is_empty());
-            if !control_empty || self.free(stream, room) == 0 {
+            let free = self.free(stream, room);
+            if !control_empty || free.responses == 0 || (free.bytes == 0 && !free.empty) {
                 continue;
             }
             let (key, range_end) = w.range.to_etcd();
@@ -775,6 +831,7 @@ impl WatchHub {
                 range_end,
                 from_revision,
                 max_events: self.config.max_history_events,
+                max_bytes: self.config.max_history_bytes,
             }));
         }
     }
@@ -783,7 +840,7 @@ impl WatchHub {
         &mut self,
         serial: u64,
         answer: HistoryAnswer,
-        room: &mut dyn FnMut(StreamId) -> usize,
+        room: &mut dyn FnMut(StreamId) -> Room,
     ) {
         let Some(w) = self.watchers.get_mut(&serial) else {
             return;
@@ -833,6 +890,9 @@ impl WatchHub {
             let responses = self.event_responses(w, self.current_revision, events);
             if !self.try_emit_all(stream, responses, room) {
                 // No room now: a later tick reads again.
+                if let Some(w) = self.watchers.get_mut(&serial) {
+                    w.blocked = true;
+                }
                 return;
             }
         }
@@ -848,7 +908,7 @@ impl WatchHub {
     }
 
     /// Sends a stream's deferred progress response if all its watchers are synced.
-    fn answer_deferred_progress(&mut self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> usize) {
+    fn answer_deferred_progress(&mut self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> Room) {
         let Some(s) = self.streams.get(&stream) else {
             return;
         };
@@ -875,7 +935,7 @@ impl WatchHub {
 
     /// Progress notifications for synced watchers that asked for them and got nothing
     /// since the last round.
-    fn progress_round(&mut self, room: &mut dyn FnMut(StreamId) -> usize) {
+    fn progress_round(&mut self, room: &mut dyn FnMut(StreamId) -> Room) {
         let due: Vec<u64> = self
             .watchers
             .iter()

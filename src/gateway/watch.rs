@@ -5,9 +5,12 @@
 //! hub answers everything (created, canceled, events, progress); this file only moves
 //! messages and notices when the client goes away.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -54,7 +57,7 @@ fn to_hub(stream: u64, req: WatchRequest) -> Option<WatchMsg> {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
     async fn watch(
         &self,
@@ -63,10 +66,12 @@ impl Watch for WatchService {
         let mut inbound = req.into_inner();
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_BOUND);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         self.watch_tx
             .send(WatchMsg::OpenStream {
                 stream,
                 tx: tx.clone(),
+                queued_bytes: queued_bytes.clone(),
             })
             .await
             .map_err(|_| EtcdError::Stopped.to_status())?;
@@ -95,6 +100,13 @@ impl Watch for WatchService {
             }
             let _ = hub.send(WatchMsg::CloseStream { stream }).await;
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        // Whatever gRPC takes leaves the queue's byte count, so the hub sees the room.
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+            if let Ok(r) = &item {
+                queued_bytes.fetch_sub(r.encoded_len(), Ordering::Relaxed);
+            }
+            item
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 }

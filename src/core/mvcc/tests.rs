@@ -935,7 +935,7 @@ fn del_ev(k: &str, rev: i64, prev: Option<KeyValue>) -> Event {
 fn history_matches_etcd_watch() {
     let m = watch_probe_store();
     // `etcdctl watch a --rev 4 --prev-kv` against etcd 3.4.23.
-    let h = m.history(b"a", b"", 4, 6, usize::MAX).unwrap();
+    let h = m.history(b"a", b"", 4, 6, usize::MAX, usize::MAX).unwrap();
     assert_eq!(
         h.events,
         vec![
@@ -946,7 +946,7 @@ fn history_matches_etcd_watch() {
     assert_eq!(h.through_revision, 6);
     // `etcdctl watch --prefix '' --rev 3`: from the compact revision on is readable; the
     // prev_kv of the event at the compact revision is gone with the compaction.
-    let h = m.history(&[0], &[0], 3, 100, usize::MAX).unwrap();
+    let h = m.history(&[0], &[0], 3, 100, usize::MAX, usize::MAX).unwrap();
     assert_eq!(
         h.events,
         vec![
@@ -959,20 +959,20 @@ fn history_matches_etcd_watch() {
     assert_eq!(h.through_revision, 6, "clamped to the current revision");
     // `etcdctl watch a --rev 1`: compacted.
     assert_eq!(
-        m.history(b"a", b"", 1, 6, usize::MAX),
+        m.history(b"a", b"", 1, 6, usize::MAX, usize::MAX),
         Err(EtcdError::Compacted)
     );
     assert_eq!(
-        m.history(b"a", b"", 2, 6, usize::MAX),
+        m.history(b"a", b"", 2, 6, usize::MAX, usize::MAX),
         Err(EtcdError::Compacted)
     );
     // Nothing to read: an empty answer through the end.
-    let h = m.history(b"a", b"", 7, 6, 10).unwrap();
+    let h = m.history(b"a", b"", 7, 6, 10, usize::MAX).unwrap();
     assert_eq!((h.events.len(), h.through_revision), (0, 6));
     // Ranges: [b, c) and an inverted range.
-    let h = m.history(b"b", b"c", 3, 6, 10).unwrap();
+    let h = m.history(b"b", b"c", 3, 6, 10, usize::MAX).unwrap();
     assert_eq!(h.events, vec![put_ev(kv("b", "1", 4, 4, 1), None)]);
-    assert!(m.history(b"c", b"b", 3, 6, 10).unwrap().events.is_empty());
+    assert!(m.history(b"c", b"b", 3, 6, 10, usize::MAX).unwrap().events.is_empty());
 }
 
 #[test]
@@ -987,7 +987,7 @@ fn history_limit_keeps_revisions_whole() {
     txn(&mut m, &t).unwrap();
     put(&mut m, "x", "2");
     put(&mut m, "y", "2");
-    let all = |from, max| m.history(&[0], &[0], from, 4, max).unwrap();
+    let all = |from, max| m.history(&[0], &[0], from, 4, max, usize::MAX).unwrap();
     // The first revision is returned whole even above the limit.
     let h = all(2, 1);
     assert_eq!((h.events.len(), h.through_revision), (3, 2));
@@ -998,6 +998,12 @@ fn history_limit_keeps_revisions_whole() {
     assert_eq!((h.events.len(), h.through_revision), (1, 3));
     let h = all(2, 100);
     assert_eq!((h.events.len(), h.through_revision), (5, 4));
+    // A byte limit cuts the same way: the first revision whole, then whatever fits.
+    let one = h.events[0].encoded_len();
+    let h2 = m.history(&[0], &[0], 2, 4, 100, one).unwrap();
+    assert_eq!((h2.events.len(), h2.through_revision), (3, 2));
+    let h2 = m.history(&[0], &[0], 2, 4, 100, 3 * one + h.events[3].encoded_len()).unwrap();
+    assert_eq!((h2.events.len(), h2.through_revision), (4, 3));
     // Live events of the txn carry prev_kv from before the txn (none: all created).
     assert!(h.events[..3].iter().all(|e| e.prev_kv.is_none()));
     assert_eq!(h.events[3].prev_kv, Some(kv("x", "1", 2, 2, 1)));

@@ -23,6 +23,8 @@ struct Rig {
     /// What the storage side sent to the hub, in order.
     hub_inbox: VecDeque<HubInput>,
     closed: Vec<StreamId>,
+    /// Bytes each stream queue holds at most (a larger response only into an empty one).
+    byte_budget: usize,
 }
 
 enum HubInput {
@@ -40,6 +42,7 @@ impl Rig {
             fetches: VecDeque::new(),
             hub_inbox: VecDeque::new(),
             closed: Vec::new(),
+            byte_budget: usize::MAX,
         }
     }
 
@@ -48,15 +51,29 @@ impl Rig {
         self.hub.open_stream(stream);
     }
 
-    fn run(&mut self, f: impl FnOnce(&mut WatchHub, &mut dyn FnMut(StreamId) -> usize) -> Vec<Output>) {
+    fn run(&mut self, f: impl FnOnce(&mut WatchHub, &mut dyn FnMut(StreamId) -> Room) -> Vec<Output>) {
         let queues = &self.queues;
-        let mut room = |s: StreamId| queues.get(&s).map_or(0, |(cap, q)| cap - q.len());
+        let budget = self.byte_budget;
+        let mut room = |s: StreamId| match queues.get(&s) {
+            None => Room::count(0),
+            Some((cap, q)) => Room {
+                responses: cap - q.len(),
+                bytes: budget.saturating_sub(q.iter().map(|r| r.encoded_len()).sum()),
+                empty: q.is_empty(),
+            },
+        };
         let out = f(&mut self.hub, &mut room);
         for o in out {
             match o {
                 Output::Send { stream, response } => {
                     let (cap, q) = self.queues.get_mut(&stream).expect("known stream");
                     assert!(q.len() < *cap, "the hub sent without room");
+                    let queued: usize = q.iter().map(|r| r.encoded_len()).sum();
+                    let small = response.events.is_empty();
+                    assert!(
+                        small || q.is_empty() || queued + response.encoded_len() <= self.byte_budget,
+                        "the hub exceeded the byte budget"
+                    );
                     q.push_back(response);
                 }
                 Output::Fetch(f) => self.fetches.push_back(f),
@@ -146,6 +163,7 @@ impl Rig {
                 f.from_revision,
                 i64::MAX,
                 f.max_events,
+                f.max_bytes,
             );
             self.hub_inbox.push_back(HubInput::History(HistoryAnswer {
                 fetch_id: f.fetch_id,
@@ -579,13 +597,16 @@ proptest! {
     fn watchers_get_exactly_their_events(
         steps in prop::collection::vec(step(), 1..120),
         caps in prop::collection::vec(1usize..4, 3),
+        byte_budget in prop::sample::select(vec![usize::MAX, 150, 400]),
     ) {
         let mut r = Rig::new(WatchConfig {
             max_history_events: 3,
             max_fetches_in_flight: 2,
             progress_notify_interval_ms: 300,
+            max_history_bytes: 120,
             ..WatchConfig::default()
         });
+        r.byte_budget = byte_budget;
         for (s, cap) in caps.iter().enumerate() {
             r.open(s as StreamId, *cap);
         }
@@ -652,7 +673,7 @@ proptest! {
                     // A progress response: every live watcher has all events up to it.
                     for &i in by_id.values() {
                         let w = &ws[i];
-                        let want = r.mvcc.history(&w.req.key, &w.req.range_end, w.start, resp.header.unwrap().revision, usize::MAX);
+                        let want = r.mvcc.history(&w.req.key, &w.req.range_end, w.start, resp.header.unwrap().revision, usize::MAX, usize::MAX);
                         if let Ok(h) = want {
                             let want_n = h.events.iter().filter(|e| passes(&w.req, e)).count();
                             prop_assert_eq!(w.events.len(), want_n, "progress ran ahead on stream {}", s);
@@ -673,7 +694,7 @@ proptest! {
                 let h = resp.header.unwrap().revision;
                 if resp.events.is_empty() {
                     // A progress notification: nothing up to h is still owed.
-                    let want = r.mvcc.history(&w.req.key, &w.req.range_end, w.start, h, usize::MAX).unwrap();
+                    let want = r.mvcc.history(&w.req.key, &w.req.range_end, w.start, h, usize::MAX, usize::MAX).unwrap();
                     let want_n = want.events.iter().filter(|e| passes(&w.req, e)).count();
                     prop_assert_eq!(w.events.len(), want_n, "progress notify ran ahead");
                     continue;
@@ -695,7 +716,7 @@ proptest! {
                 if w.id.is_none() || w.canceled {
                     continue;
                 }
-                let want: Vec<Event> = r.mvcc.history(&w.req.key, &w.req.range_end, w.start, cur, usize::MAX)
+                let want: Vec<Event> = r.mvcc.history(&w.req.key, &w.req.range_end, w.start, cur, usize::MAX, usize::MAX)
                     .unwrap()
                     .events
                     .into_iter()

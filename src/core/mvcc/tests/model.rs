@@ -566,14 +566,14 @@ proptest! {
         let cur = m.current_revision();
         for from in (m.compact_revision() + 1).max(1)..=cur + 1 {
             let want: Vec<_> = live_events.iter().filter(|e| e.kv.as_ref().unwrap().mod_revision >= from).cloned().collect();
-            let h = m.history(&[0], &[0], from, cur, usize::MAX).unwrap();
+            let h = m.history(&[0], &[0], from, cur, usize::MAX, usize::MAX).unwrap();
             prop_assert_eq!(&h.events, &want);
             prop_assert_eq!(h.through_revision, cur);
-            prop_assert_eq!(&restored.history(&[0], &[0], from, cur, usize::MAX).unwrap(), &h);
+            prop_assert_eq!(&restored.history(&[0], &[0], from, cur, usize::MAX, usize::MAX).unwrap(), &h);
             let mut pieces = Vec::new();
             let mut next = from;
             while next <= cur {
-                let part = m.history(&[0], &[0], next, cur, 2).unwrap();
+                let part = m.history(&[0], &[0], next, cur, 3, 60).unwrap();
                 prop_assert!(part.through_revision >= next, "no progress from {}", next);
                 pieces.extend(part.events);
                 next = part.through_revision + 1;
@@ -581,7 +581,7 @@ proptest! {
             prop_assert_eq!(&pieces, &want);
         }
         if m.compact_revision() > 1 {
-            prop_assert_eq!(m.history(&[0], &[0], m.compact_revision() - 1, cur, 10), Err(EtcdError::Compacted));
+            prop_assert_eq!(m.history(&[0], &[0], m.compact_revision() - 1, cur, 10, usize::MAX), Err(EtcdError::Compacted));
         }
     }
 }
