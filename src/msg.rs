@@ -8,9 +8,9 @@
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::apply::Response;
+use crate::core::watch::{HistoryAnswer, HistoryFetch, StreamId};
 use crate::error::EtcdError;
 use crate::pb::detcdpb::InternalRequest;
-use crate::core::watch::{HistoryAnswer, HistoryFetch, StreamId};
 use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse};
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use crate::pb::mvccpb::Event;

@@ -146,7 +146,13 @@ async fn progress_request_answers_with_current_revision() {
     w.request_progress().await.unwrap();
     let r = next(&mut w).await;
     assert_eq!(
-        (r.watch_id(), r.created(), r.canceled(), rev(&r), r.events().len()),
+        (
+            r.watch_id(),
+            r.created(),
+            r.canceled(),
+            rev(&r),
+            r.events().len()
+        ),
         (-1, false, false, 3, 0)
     );
 }
@@ -207,12 +213,12 @@ async fn history_prev_kv_and_filters() {
     let prev: Vec<Option<String>> = r
         .events()
         .iter()
-        .map(|e| e.prev_kv().map(|p| String::from_utf8_lossy(p.value()).into_owned()))
+        .map(|e| {
+            e.prev_kv()
+                .map(|p| String::from_utf8_lossy(p.value()).into_owned())
+        })
         .collect();
-    assert_eq!(
-        prev,
-        vec![None, Some("1".into()), Some("2".into()), None]
-    );
+    assert_eq!(prev, vec![None, Some("1".into()), Some("2".into()), None]);
     // Filters: NOPUT sees only deletes, NODELETE only puts.
     w.watch(
         "k",
@@ -309,13 +315,9 @@ async fn fragment_splits_large_responses() {
     next(&mut w).await;
     assert_eq!(next(&mut w).await.events().len(), 3);
     // With fragment: split below --max-request-bytes (1.5 MiB): two events, then one.
-    let mut w = within(
-        10,
-        "watch",
-        c.watch("f", Some(opts.with_fragment())),
-    )
-    .await
-    .unwrap();
+    let mut w = within(10, "watch", c.watch("f", Some(opts.with_fragment())))
+        .await
+        .unwrap();
     next(&mut w).await;
     assert_eq!(next(&mut w).await.events().len(), 2);
     assert_eq!(next(&mut w).await.events().len(), 1);
@@ -339,7 +341,10 @@ async fn collect_events(w: &mut WatchStream, n: usize) -> Vec<(String, i64)> {
         for e in r.events() {
             let kv = e.kv().unwrap();
             assert!(kv.mod_revision() <= rev(&r), "header behind its events");
-            out.push((String::from_utf8_lossy(kv.key()).into_owned(), kv.mod_revision()));
+            out.push((
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.mod_revision(),
+            ));
         }
     }
     out
@@ -349,9 +354,13 @@ async fn collect_events(w: &mut WatchStream, n: usize) -> Vec<(String, i64)> {
 async fn txn_events_arrive_atomically_and_resume_exactly() {
     let s = Server::start();
     let mut c = s.client().await;
-    let mut w = within(10, "watch", c.watch("t/", Some(WatchOptions::new().with_prefix())))
-        .await
-        .unwrap();
+    let mut w = within(
+        10,
+        "watch",
+        c.watch("t/", Some(WatchOptions::new().with_prefix())),
+    )
+    .await
+    .unwrap();
     next(&mut w).await;
     // 50 txns of three puts each, from 4 writers at once.
     let mut tasks = Vec::new();
@@ -378,7 +387,10 @@ async fn txn_events_arrive_atomically_and_resume_exactly() {
     for (_, r) in &got {
         *per_rev.entry(*r).or_default() += 1;
     }
-    assert_eq!(per_rev.keys().copied().collect::<Vec<_>>(), (2..=51).collect::<Vec<_>>());
+    assert_eq!(
+        per_rev.keys().copied().collect::<Vec<_>>(),
+        (2..=51).collect::<Vec<_>>()
+    );
     assert!(per_rev.values().all(|n| *n == 3));
     // Resumable: from the 100th event's revision + 1, exactly the rest.
     let cut = got[98].1;
@@ -387,7 +399,11 @@ async fn txn_events_arrive_atomically_and_resume_exactly() {
         "watch",
         c.watch(
             "t/",
-            Some(WatchOptions::new().with_prefix().with_start_revision(cut + 1)),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(cut + 1),
+            ),
         ),
     )
     .await
@@ -404,13 +420,21 @@ async fn slow_watcher_gets_all_10000_writes_in_order() {
     // One watcher that does not read while the writes happen, one that reads; the slow
     // one on its own connection (HTTP/2 flow control is per connection too).
     let mut sc = s.client().await;
-    let mut slow = within(10, "watch", sc.watch("s/", Some(WatchOptions::new().with_prefix())))
-        .await
-        .unwrap();
+    let mut slow = within(
+        10,
+        "watch",
+        sc.watch("s/", Some(WatchOptions::new().with_prefix())),
+    )
+    .await
+    .unwrap();
     next(&mut slow).await;
-    let mut fast = within(10, "watch", c.watch("s/", Some(WatchOptions::new().with_prefix())))
-        .await
-        .unwrap();
+    let mut fast = within(
+        10,
+        "watch",
+        c.watch("s/", Some(WatchOptions::new().with_prefix())),
+    )
+    .await
+    .unwrap();
     next(&mut fast).await;
     let reader = tokio::spawn(async move { collect_events(&mut fast, 10_000).await });
     let mut tasks = Vec::new();
@@ -458,9 +482,13 @@ async fn ten_thousand_unread_watchers_keep_memory_bounded() {
     let mut streams = Vec::new();
     for i in 0..100 {
         let client = if i == 0 { &mut rc } else { &mut wc };
-        let mut w = within(10, "watch", client.watch("m/", Some(WatchOptions::new().with_prefix())))
-            .await
-            .unwrap();
+        let mut w = within(
+            10,
+            "watch",
+            client.watch("m/", Some(WatchOptions::new().with_prefix())),
+        )
+        .await
+        .unwrap();
         for _ in 1..100 {
             w.watch("m/", Some(WatchOptions::new().with_prefix()))
                 .await

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use detcd::pb::etcdserverpb::kv_client::KvClient;
+use detcd::pb::etcdserverpb::watch_client::WatchClient;
 use detcd::server::{BackendChoice, ServerConfig};
 use detcd::storage::backend::MemBackend;
 use detcd::storage::disk::SimDisk;
@@ -91,6 +92,19 @@ pub async fn connect_kv(url: &str) -> KvClient<tonic::transport::Channel> {
         if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string()) {
             if let Ok(channel) = endpoint.connect().await {
                 return KvClient::new(channel);
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not connect to {url} within 10 s of simulated time");
+}
+
+/// Connects a Watch client to `url`, retrying while the member starts (bounded).
+pub async fn connect_watch(url: &str) -> WatchClient<tonic::transport::Channel> {
+    for _ in 0..100 {
+        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string()) {
+            if let Ok(channel) = endpoint.connect().await {
+                return WatchClient::new(channel);
             }
         }
         madsim::time::sleep(Duration::from_millis(100)).await;

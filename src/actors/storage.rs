@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::apply::{self, Response};
 use crate::core::mvcc::Mvcc;
-use crate::error::EtcdError;
 use crate::core::watch::HistoryAnswer;
+use crate::error::EtcdError;
 use crate::msg::{ApplyReply, StorageMsg, StorageStatus, Waiter, WatchMsg};
 use crate::pb::detcdpb::InternalRequest;
 use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse, ResponseHeader};

@@ -152,7 +152,10 @@ impl WatchHubActor {
                             // The hub only sends when it saw room, and only this actor
                             // sends on the queue, so this cannot happen; if it did, the
                             // stream's state could no longer be trusted.
-                            tracing::error!(stream, "watch stream queue full unexpectedly; closing it");
+                            tracing::error!(
+                                stream,
+                                "watch stream queue full unexpectedly; closing it"
+                            );
                             self.hub.close_stream(stream);
                             self.streams.remove(&stream);
                         }

@@ -632,9 +632,7 @@ impl WatchHub {
             .is_some_and(|s| s.control.is_empty());
         let free = self.free(stream, room);
         let bytes: usize = responses.iter().map(|r| r.encoded_len()).sum();
-        if !control_empty
-            || free.responses < responses.len()
-            || (bytes > free.bytes && !free.empty)
+        if !control_empty || free.responses < responses.len() || (bytes > free.bytes && !free.empty)
         {
             return false;
         }
@@ -704,7 +702,12 @@ impl WatchHub {
     /// The response(s) carrying `events` to `w`: one, or several fragments if the
     /// watcher asked for fragmentation and the response is too large (etcd's
     /// `sendFragments`).
-    fn event_responses(&self, w: &Watcher, revision: i64, events: Vec<Event>) -> Vec<WatchResponse> {
+    fn event_responses(
+        &self,
+        w: &Watcher,
+        revision: i64,
+        events: Vec<Event>,
+    ) -> Vec<WatchResponse> {
         let whole = WatchResponse {
             header: header(revision),
             watch_id: w.id,
@@ -748,7 +751,10 @@ impl WatchHub {
         w.synced = true;
         match &w.range {
             Range::Single(k) => {
-                self.synced_keys.entry(k.clone()).or_default().insert(serial);
+                self.synced_keys
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(serial);
             }
             Range::Interval(..) => {
                 self.synced_ranges.insert(serial);
@@ -908,7 +914,11 @@ impl WatchHub {
     }
 
     /// Sends a stream's deferred progress response if all its watchers are synced.
-    fn answer_deferred_progress(&mut self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> Room) {
+    fn answer_deferred_progress(
+        &mut self,
+        stream: StreamId,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) {
         let Some(s) = self.streams.get(&stream) else {
             return;
         };

@@ -488,7 +488,10 @@ fn delete_events_and_batch() {
     };
     assert_eq!(
         ev,
-        vec![dev("t2", kv("t2", "a", 3, 7, 2)), dev("t3", kv("t3", "vt3", 4, 4, 1))]
+        vec![
+            dev("t2", kv("t2", "a", 3, 7, 2)),
+            dev("t3", kv("t3", "vt3", 4, 4, 1))
+        ]
     );
     assert_eq!(m.key_count(), 3);
 }
@@ -946,7 +949,9 @@ fn history_matches_etcd_watch() {
     assert_eq!(h.through_revision, 6);
     // `etcdctl watch --prefix '' --rev 3`: from the compact revision on is readable; the
     // prev_kv of the event at the compact revision is gone with the compaction.
-    let h = m.history(&[0], &[0], 3, 100, usize::MAX, usize::MAX).unwrap();
+    let h = m
+        .history(&[0], &[0], 3, 100, usize::MAX, usize::MAX)
+        .unwrap();
     assert_eq!(
         h.events,
         vec![
@@ -972,7 +977,11 @@ fn history_matches_etcd_watch() {
     // Ranges: [b, c) and an inverted range.
     let h = m.history(b"b", b"c", 3, 6, 10, usize::MAX).unwrap();
     assert_eq!(h.events, vec![put_ev(kv("b", "1", 4, 4, 1), None)]);
-    assert!(m.history(b"c", b"b", 3, 6, 10, usize::MAX).unwrap().events.is_empty());
+    assert!(m
+        .history(b"c", b"b", 3, 6, 10, usize::MAX)
+        .unwrap()
+        .events
+        .is_empty());
 }
 
 #[test]
@@ -1002,7 +1011,9 @@ fn history_limit_keeps_revisions_whole() {
     let one = h.events[0].encoded_len();
     let h2 = m.history(&[0], &[0], 2, 4, 100, one).unwrap();
     assert_eq!((h2.events.len(), h2.through_revision), (3, 2));
-    let h2 = m.history(&[0], &[0], 2, 4, 100, 3 * one + h.events[3].encoded_len()).unwrap();
+    let h2 = m
+        .history(&[0], &[0], 2, 4, 100, 3 * one + h.events[3].encoded_len())
+        .unwrap();
     assert_eq!((h2.events.len(), h2.through_revision), (4, 3));
     // Live events of the txn carry prev_kv from before the txn (none: all created).
     assert!(h.events[..3].iter().all(|e| e.prev_kv.is_none()));

@@ -51,7 +51,10 @@ impl Rig {
         self.hub.open_stream(stream);
     }
 
-    fn run(&mut self, f: impl FnOnce(&mut WatchHub, &mut dyn FnMut(StreamId) -> Room) -> Vec<Output>) {
+    fn run(
+        &mut self,
+        f: impl FnOnce(&mut WatchHub, &mut dyn FnMut(StreamId) -> Room) -> Vec<Output>,
+    ) {
         let queues = &self.queues;
         let budget = self.byte_budget;
         let mut room = |s: StreamId| match queues.get(&s) {
@@ -71,7 +74,9 @@ impl Rig {
                     let queued: usize = q.iter().map(|r| r.encoded_len()).sum();
                     let small = response.events.is_empty();
                     assert!(
-                        small || q.is_empty() || queued + response.encoded_len() <= self.byte_budget,
+                        small
+                            || q.is_empty()
+                            || queued + response.encoded_len() <= self.byte_budget,
                         "the hub exceeded the byte budget"
                     );
                     q.push_back(response);
@@ -110,7 +115,9 @@ impl Rig {
                     value: v.clone(),
                     ..Default::default()
                 };
-                self.mvcc.put(&req, &no_lease, &mut batch, &mut events).unwrap();
+                self.mvcc
+                    .put(&req, &no_lease, &mut batch, &mut events)
+                    .unwrap();
             }
             Write::Delete(k, end) => {
                 let req = DeleteRangeRequest {
@@ -118,7 +125,9 @@ impl Rig {
                     range_end: end.clone(),
                     prev_kv: false,
                 };
-                self.mvcc.delete_range(&req, &mut batch, &mut events).unwrap();
+                self.mvcc
+                    .delete_range(&req, &mut batch, &mut events)
+                    .unwrap();
             }
             Write::Txn(puts) => {
                 let t = TxnRequest {
@@ -126,20 +135,24 @@ impl Rig {
                     success: puts
                         .iter()
                         .map(|(k, v)| RequestOp {
-                            request: Some(crate::pb::etcdserverpb::request_op::Request::RequestPut(
-                                PutRequest {
-                                    key: k.clone(),
-                                    value: v.clone(),
-                                    ..Default::default()
-                                },
-                            )),
+                            request: Some(
+                                crate::pb::etcdserverpb::request_op::Request::RequestPut(
+                                    PutRequest {
+                                        key: k.clone(),
+                                        value: v.clone(),
+                                        ..Default::default()
+                                    },
+                                ),
+                            ),
                         })
                         .collect(),
                     failure: vec![],
                 };
                 // Duplicate keys in one txn are rejected by validation, not by MVCC;
                 // they are fine here.
-                self.mvcc.txn(&t, &no_lease, &mut batch, &mut events).unwrap();
+                self.mvcc
+                    .txn(&t, &no_lease, &mut batch, &mut events)
+                    .unwrap();
             }
             Write::Compact => {
                 let rev = self.mvcc.current_revision();
@@ -276,15 +289,21 @@ fn create_ids_and_errors_match_etcd() {
     r.open(1, 16);
     // etcd picks ids from 0 on; a client-chosen id is kept; a reused one fails.
     r.create(1, watch("a", b"", 0));
-    r.create(1, WatchCreateRequest {
-        watch_id: 1,
-        ..watch("b", b"", 0)
-    });
+    r.create(
+        1,
+        WatchCreateRequest {
+            watch_id: 1,
+            ..watch("b", b"", 0)
+        },
+    );
     r.create(1, watch("c", b"", 0));
-    r.create(1, WatchCreateRequest {
-        watch_id: 2,
-        ..watch("d", b"", 0)
-    });
+    r.create(
+        1,
+        WatchCreateRequest {
+            watch_id: 2,
+            ..watch("d", b"", 0)
+        },
+    );
     r.create(1, watch("z", b"a", 0));
     let got = r.read(1, 10);
     let failed = |reason: &str| WatchResponse {
@@ -323,18 +342,27 @@ fn create_ids_and_errors_match_etcd() {
 fn live_events_filters_and_prev_kv() {
     let mut r = Rig::new(WatchConfig::default());
     r.open(1, 16);
-    r.create(1, WatchCreateRequest {
-        prev_kv: true,
-        ..watch("a", b"", 0)
-    });
-    r.create(1, WatchCreateRequest {
-        filters: vec![FilterType::Noput as i32],
-        ..watch("a", b"b", 0)
-    });
-    r.create(1, WatchCreateRequest {
-        filters: vec![FilterType::Nodelete as i32],
-        ..watch("", &[0], 0)
-    });
+    r.create(
+        1,
+        WatchCreateRequest {
+            prev_kv: true,
+            ..watch("a", b"", 0)
+        },
+    );
+    r.create(
+        1,
+        WatchCreateRequest {
+            filters: vec![FilterType::Noput as i32],
+            ..watch("a", b"b", 0)
+        },
+    );
+    r.create(
+        1,
+        WatchCreateRequest {
+            filters: vec![FilterType::Nodelete as i32],
+            ..watch("", &[0], 0)
+        },
+    );
     r.read(1, 10);
     r.write(&put("a", "1"));
     r.write(&put("a", "2"));
@@ -442,10 +470,13 @@ fn fragments_split_large_revisions() {
         ..WatchConfig::default()
     });
     r.open(1, 16);
-    r.create(1, WatchCreateRequest {
-        fragment: true,
-        ..watch("", &[0], 0)
-    });
+    r.create(
+        1,
+        WatchCreateRequest {
+            fragment: true,
+            ..watch("", &[0], 0)
+        },
+    );
     r.create(1, watch("", &[0], 0));
     r.read(1, 2);
     let big = "x".repeat(40);
@@ -460,7 +491,10 @@ fn fragments_split_large_revisions() {
         .iter()
         .map(|r| (r.watch_id, r.events.len(), r.fragment))
         .collect();
-    assert_eq!(shape, vec![(0, 1, true), (0, 1, true), (0, 1, false), (1, 3, false)]);
+    assert_eq!(
+        shape,
+        vec![(0, 1, true), (0, 1, true), (0, 1, false), (1, 3, false)]
+    );
 }
 
 #[test]
@@ -470,10 +504,13 @@ fn progress_request_and_notify() {
         ..WatchConfig::default()
     });
     r.open(1, 4);
-    r.create(1, WatchCreateRequest {
-        progress_notify: true,
-        ..watch("a", b"", 0)
-    });
+    r.create(
+        1,
+        WatchCreateRequest {
+            progress_notify: true,
+            ..watch("a", b"", 0)
+        },
+    );
     r.read(1, 1);
     r.write(&put("b", "1"));
     r.hub_step();
