@@ -472,7 +472,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn ten_thousand_unread_watchers_keep_memory_bounded() {
     let s = Server::start();
-    let mut c = s.client().await;
+    let c = s.client().await;
     // The watchers use their own connection: HTTP/2 flow control is per connection too,
     // so unread streams would otherwise hold up the writers' responses in the client.
     let mut wc = s.client().await;

@@ -328,7 +328,7 @@ impl Mvcc {
             }
         };
         let prev = |ki: &KeyIndex, main: i64| {
-            if main - 1 >= self.compact_revision.max(1) {
+            if main > self.compact_revision.max(1) {
                 ki.get(main - 1).map(|(_, kv)| kv.clone())
             } else {
                 None

@@ -567,7 +567,7 @@ enum Step {
     Progress(StreamId),
     Read(StreamId, usize),
     AnswerFetch,
-    HubStep,
+    HubTurn,
     Tick,
 }
 
@@ -598,7 +598,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u64..3).prop_map(Step::Progress),
         3 => (0u64..3, 0usize..4).prop_map(|(s, n)| Step::Read(s, n)),
         3 => Just(Step::AnswerFetch),
-        6 => Just(Step::HubStep),
+        6 => Just(Step::HubTurn),
         1 => Just(Step::Tick),
     ]
 }
@@ -677,7 +677,7 @@ proptest! {
                     received.entry(*s).or_default().extend(got);
                 }
                 Step::AnswerFetch => r.answer_fetch(),
-                Step::HubStep => r.hub_step(),
+                Step::HubTurn => r.hub_step(),
                 Step::Tick => { now += 100; r.tick(now); }
             }
         }
@@ -776,5 +776,5 @@ fn passes(req: &WatchCreateRequest, e: &Event) -> bool {
     };
     in_range
         && !(is_put && req.filters.contains(&(FilterType::Noput as i32)))
-        && !(!is_put && req.filters.contains(&(FilterType::Nodelete as i32)))
+        && (is_put || !req.filters.contains(&(FilterType::Nodelete as i32)))
 }
