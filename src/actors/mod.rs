@@ -4,7 +4,6 @@
 //! - [`raft_node`]: the raft `RawNode` and the WAL; turns proposals into committed entries.
 //! - [`storage`]: the MVCC state machine and its backend; applies committed entries and
 //!   serves reads.
-//!
 //! - [`watch_hub`]: the watch hub; turns applied events into watch responses.
 //!
 //! The lease timer joins them as its own actor.

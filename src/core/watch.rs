@@ -98,7 +98,10 @@ impl Default for WatchConfig {
             max_request_bytes: 1536 * 1024,
             progress_notify_interval_ms: 10 * 60 * 1000,
             max_history_events: 1000,
-            max_history_bytes: 1024 * 1024,
+            // etcd bounds a catch-up response only by its number of revisions; detcd
+            // also stops at a revision boundary once it holds this many bytes, so one
+            // response never holds much more than a stream's byte budget.
+            max_history_bytes: 4 * 1024 * 1024,
             max_fetches_in_flight: 64,
         }
     }
