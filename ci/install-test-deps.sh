@@ -12,6 +12,6 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
 fi
-etcd --version | head -1
-etcdctl version | head -1
+etcd --version | sed -n 1p
+etcdctl version | sed -n 1p
 protoc --version

@@ -11,7 +11,9 @@ use crate::core::apply::Response;
 use crate::core::watch::{HistoryAnswer, HistoryFetch, StreamId};
 use crate::error::EtcdError;
 use crate::pb::detcdpb::InternalRequest;
-use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse};
+use crate::pb::etcdserverpb::{
+    HashKvResponse, LeaseLeasesResponse, RangeRequest, RangeResponse, ResponseHeader,
+};
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use crate::pb::mvccpb::Event;
 
@@ -99,6 +101,23 @@ pub enum StorageMsg {
     /// Reads history for a catching-up watcher; the answer goes to the watch hub's inbox
     /// as [`WatchMsg::History`], after every applied batch it covers.
     WatchHistory(HistoryFetch),
+    /// Asks for a lease's granted TTL and keys (`None`: not granted), with a header.
+    LeaseInfo {
+        /// The lease id.
+        id: i64,
+        /// Receives the lease, if granted, and the current header.
+        reply: oneshot::Sender<(Option<LeaseInfo>, ResponseHeader)>,
+    },
+    /// Asks for every granted lease.
+    LeaseList {
+        /// Receives the list with its header.
+        reply: oneshot::Sender<LeaseLeasesResponse>,
+    },
+    /// Asks for a response header at the current revision.
+    Header {
+        /// Receives the header.
+        reply: oneshot::Sender<ResponseHeader>,
+    },
     /// Asks for the KV hash at a revision (0: current).
     HashKv {
         /// The revision.
@@ -106,6 +125,15 @@ pub enum StorageMsg {
         /// Receives the hash.
         reply: oneshot::Sender<Result<HashKvResponse, EtcdError>>,
     },
+}
+
+/// A granted lease as the replicated lease table knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The granted TTL in seconds.
+    pub granted_ttl_s: i64,
+    /// The attached keys, in key order.
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// What the storage actor reports about the state machine.

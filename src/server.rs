@@ -13,12 +13,15 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig};
 use crate::actors::storage::{self, StorageActor};
 use crate::actors::watch_hub::WatchHubActor;
+use crate::core::lease;
 use crate::core::watch::WatchConfig;
 use crate::gateway::{self, Handle, MemberInfo};
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, WatchMsg, CHANNEL_BOUND};
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
@@ -139,12 +142,14 @@ pub async fn run(
         }
         BackendChoice::Memory(b) => Box::new(b),
     };
-    let recovered = storage::recover(backend.as_ref()).map_err(err)?;
+    let min_lease_ttl_s = lease::min_ttl_s(cfg.election_timeout_ms, cfg.heartbeat_interval_ms);
+    let recovered = storage::recover(backend.as_ref(), min_lease_ttl_s).map_err(err)?;
     let applied_index = recovered.applied_index;
-    let recovered_revision = recovered.mvcc.current_revision();
+    let recovered_revision = recovered.state.mvcc.current_revision();
     tracing::info!(
         applied_index,
-        revision = recovered.mvcc.current_revision(),
+        revision = recovered.state.mvcc.current_revision(),
+        leases = recovered.state.leases.len(),
         "recovered the MVCC backend"
     );
 
@@ -174,7 +179,7 @@ pub async fn run(
     for addr in &cfg.listen_client_addrs {
         let l = rt::bind(*addr)
             .await
-            .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {e}")))?;
+            .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {}", io_text(&e))))?;
         listeners.push(l);
     }
 
@@ -197,8 +202,6 @@ pub async fn run(
     )
     .map_err(err)?;
     let (watch_tx, watch_rx) = mpsc::channel(CHANNEL_BOUND);
-    let storage_actor = StorageActor::new(recovered, backend, member_id, cluster_id, storage_rx)
-        .with_watch_hub(watch_tx.clone());
     let watch_actor = WatchHubActor::new(
         WatchConfig {
             max_request_bytes: cfg.max_request_bytes,
@@ -213,8 +216,30 @@ pub async fn run(
         cluster_id,
     );
     let next_watch_stream = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (lease_tx, lease_rx) = mpsc::channel(CHANNEL_BOUND);
+    let lease_timer = LeaseTimer::new(
+        LeaseTimerConfig {
+            member_id,
+            election_timeout_ms: cfg.election_timeout_ms,
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+        },
+        recovered.state.leases.leases().collect::<Vec<_>>(),
+        lease_rx,
+        raft_tx.clone(),
+        status_rx.clone(),
+    );
+    let storage_actor = StorageActor::new(
+        recovered,
+        backend,
+        member_id,
+        cluster_id,
+        storage_rx,
+        lease_tx.clone(),
+    )
+    .with_watch_hub(watch_tx.clone());
     let mut raft_task = rt::spawn("raft", raft_actor.run());
     let mut storage_task = rt::spawn("storage", storage_actor.run());
+    let lease_task = rt::spawn("lease-timer", lease_timer.run());
     let watch_task = rt::spawn("watch-hub", watch_actor.run());
 
     let handle = Handle {
@@ -276,6 +301,14 @@ pub async fn run(
                 ClusterServer::new(gateway::cluster::ClusterService::new(handle.clone()))
                     .max_decoding_message_size(max_recv)
                     .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                LeaseServer::new(gateway::lease::LeaseService::new(
+                    handle.clone(),
+                    lease_tx.clone(),
+                ))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
             )
             .add_service(
                 WatchServer::new(gateway::watch::WatchService::new(
@@ -348,6 +381,10 @@ pub async fn run(
             Ok(Err(e)) => return Err(err(e)),
             Err(e) => return Err(err(e)),
         }
+        let _ = lease_tx.send(LeaseMsg::Shutdown).await;
+        if let Err(e) = lease_task.await {
+            return Err(err(e));
+        }
         // Nothing applies any more: the watch hub has nothing left to deliver.
         let _ = watch_tx.send(WatchMsg::Shutdown).await;
         if let Err(e) = watch_task.await {
@@ -356,6 +393,16 @@ pub async fn run(
         tracing::info!("stopped detcd member");
     }
     outcome
+}
+
+/// An I/O error in the words Go's net package uses, which operators' scripts match on.
+fn io_text(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".into(),
+        std::io::ErrorKind::AddrNotAvailable => "cannot assign requested address".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
 }
 
 fn actor_exit<E: std::fmt::Display>(

@@ -6,8 +6,9 @@
 //!   serves reads.
 //! - [`watch_hub`]: the watch hub; turns applied events into watch responses.
 //!
-//! The lease timer joins them as its own actor.
+//! - [`lease_timer`]: the leader's lease expiry schedule; proposes revocations.
 
+pub mod lease_timer;
 pub mod raft_node;
 pub mod storage;
 pub mod watch_hub;

@@ -18,8 +18,11 @@ use prost::Message as _;
 use raft::eraftpb::EntryType;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::apply::{self, Response};
+use crate::actors::lease_timer::LeaseMsg;
+use crate::core::apply::Response;
+use crate::core::lease::LeaseTable;
 use crate::core::mvcc::Mvcc;
+use crate::core::state::{LeaseChange, StateMachine, StateOutcome};
 use crate::core::watch::HistoryAnswer;
 use crate::error::EtcdError;
 use crate::msg::{ApplyReply, StorageMsg, StorageStatus, Waiter, WatchMsg};
@@ -54,7 +57,7 @@ struct WaitingRead {
 
 /// The storage actor's state.
 pub struct StorageActor {
-    mvcc: Mvcc,
+    state: StateMachine,
     backend: Box<dyn Backend>,
     applied_index: u64,
     term: u64,
@@ -62,6 +65,7 @@ pub struct StorageActor {
     cluster_id: u64,
     inbox: mpsc::Receiver<StorageMsg>,
     waiting_reads: VecDeque<WaitingRead>,
+    lease_tx: mpsc::Sender<LeaseMsg>,
     /// The watch hub's inbox, if a hub runs.
     watch_tx: Option<mpsc::Sender<WatchMsg>>,
     /// Messages for the watch hub produced by the message being handled.
@@ -70,10 +74,10 @@ pub struct StorageActor {
     pending_replies: Vec<(Waiter, ApplyReply)>,
 }
 
-/// What a backend holds at start: the MVCC state and the raft position it reflects.
+/// What a backend holds at start: the state machine and the raft position it reflects.
 pub struct Recovered {
-    /// The MVCC store rebuilt from the backend.
-    pub mvcc: Mvcc,
+    /// The MVCC store and lease table rebuilt from the backend.
+    pub state: StateMachine,
     /// The last raft index the backend reflects.
     pub applied_index: u64,
     /// The raft term of that entry.
@@ -92,8 +96,9 @@ fn decode_u64(bytes: Option<Vec<u8>>, what: &str) -> Result<u64, StorageFatal> {
     }
 }
 
-/// Rebuilds the MVCC state from a backend.
-pub fn recover(backend: &dyn Backend) -> Result<Recovered, StorageFatal> {
+/// Rebuilds the state machine from a backend. `min_lease_ttl_s` is etcd's minimum lease
+/// TTL for this member's timing.
+pub fn recover(backend: &dyn Backend, min_lease_ttl_s: i64) -> Result<Recovered, StorageFatal> {
     let io = |e: std::io::Error| StorageFatal(format!("backend: {e}"));
     let applied_index = decode_u64(
         backend
@@ -105,8 +110,22 @@ pub fn recover(backend: &dyn Backend) -> Result<Recovered, StorageFatal> {
     let keys = backend.scan(Bucket::Key).map_err(io)?;
     let meta = backend.scan(Bucket::Meta).map_err(io)?;
     let mvcc = Mvcc::restore(keys, meta).map_err(|e| StorageFatal(format!("backend: {e}")))?;
+    let live = mvcc
+        .range(&RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .map_err(|e| StorageFatal(format!("backend: {e}")))?
+        .kvs;
+    let leases = LeaseTable::restore(
+        min_lease_ttl_s,
+        backend.scan(Bucket::Lease).map_err(io)?,
+        live,
+    )
+    .map_err(|e| StorageFatal(format!("backend: {e}")))?;
     Ok(Recovered {
-        mvcc,
+        state: StateMachine { mvcc, leases },
         applied_index,
         term,
     })
@@ -120,9 +139,10 @@ impl StorageActor {
         member_id: u64,
         cluster_id: u64,
         inbox: mpsc::Receiver<StorageMsg>,
+        lease_tx: mpsc::Sender<LeaseMsg>,
     ) -> StorageActor {
         StorageActor {
-            mvcc: recovered.mvcc,
+            state: recovered.state,
             backend,
             applied_index: recovered.applied_index,
             term: recovered.term,
@@ -130,6 +150,7 @@ impl StorageActor {
             cluster_id,
             inbox,
             waiting_reads: VecDeque::new(),
+            lease_tx,
             watch_tx: None,
             to_watch: Vec::new(),
             pending_replies: Vec::new(),
@@ -165,7 +186,7 @@ impl StorageActor {
             if let StorageMsg::Shutdown = msg {
                 break;
             }
-            self.handle(msg)?;
+            self.handle(msg).await?;
             self.publish().await;
         }
         self.backend
@@ -178,15 +199,24 @@ impl StorageActor {
         ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
-            revision: self.mvcc.current_revision(),
+            revision: self.state.mvcc.current_revision(),
             raft_term: self.term,
         }
     }
 
-    fn handle(&mut self, msg: StorageMsg) -> Result<(), StorageFatal> {
+    async fn handle(&mut self, msg: StorageMsg) -> Result<(), StorageFatal> {
         match msg {
             StorageMsg::Apply { entries, waiters } => {
-                self.apply(entries, waiters)?;
+                let lease_changes = self.apply(entries, waiters)?;
+                if !lease_changes.is_empty()
+                    && self
+                        .lease_tx
+                        .send(LeaseMsg::Applied(lease_changes))
+                        .await
+                        .is_err()
+                {
+                    return Err(StorageFatal("the lease timer stopped".into()));
+                }
                 self.serve_waiting_reads();
             }
             StorageMsg::Range {
@@ -207,17 +237,36 @@ impl StorageActor {
                 }
             }
             StorageMsg::Shutdown => {}
+            StorageMsg::LeaseInfo { id, reply } => {
+                let info = self
+                    .state
+                    .leases
+                    .ttl_s(id)
+                    .map(|ttl_s| crate::msg::LeaseInfo {
+                        granted_ttl_s: ttl_s,
+                        keys: self.state.leases.keys(id).unwrap_or_default(),
+                    });
+                let _ = reply.send((info, self.header()));
+            }
+            StorageMsg::LeaseList { reply } => {
+                let mut resp = self.state.leases.leases_response();
+                resp.header = Some(self.header());
+                let _ = reply.send(resp);
+            }
+            StorageMsg::Header { reply } => {
+                let _ = reply.send(self.header());
+            }
             StorageMsg::Status { reply } => {
                 let _ = reply.send(StorageStatus {
                     applied_index: self.applied_index,
-                    revision: self.mvcc.current_revision(),
-                    compact_revision: self.mvcc.compact_revision(),
+                    revision: self.state.mvcc.current_revision(),
+                    compact_revision: self.state.mvcc.compact_revision(),
                     db_size_bytes: self.backend.size_bytes(),
-                    key_count: self.mvcc.key_count() as u64,
+                    key_count: self.state.mvcc.key_count() as u64,
                 });
             }
             StorageMsg::WatchHistory(fetch) => {
-                let result = self.mvcc.history(
+                let result = self.state.mvcc.history(
                     &fetch.key,
                     &fetch.range_end,
                     fetch.from_revision,
@@ -229,20 +278,21 @@ impl StorageActor {
                     self.to_watch.push(WatchMsg::History(HistoryAnswer {
                         fetch_id: fetch.fetch_id,
                         result,
-                        compact_revision: self.mvcc.compact_revision(),
+                        compact_revision: self.state.mvcc.compact_revision(),
                     }));
                 }
             }
             StorageMsg::HashKv { revision, reply } => {
-                let result =
-                    self.mvcc
-                        .hash_kv(revision)
-                        .map(|(hash, compact_revision)| HashKvResponse {
-                            header: Some(self.header()),
-                            hash,
-                            compact_revision,
-                            ..Default::default()
-                        });
+                let result = self
+                    .state
+                    .mvcc
+                    .hash_kv(revision)
+                    .map(|(hash, compact_revision)| HashKvResponse {
+                        header: Some(self.header()),
+                        hash,
+                        compact_revision,
+                        ..Default::default()
+                    });
                 let _ = reply.send(result);
             }
         }
@@ -250,7 +300,7 @@ impl StorageActor {
     }
 
     fn range(&self, request: &RangeRequest) -> Result<RangeResponse, EtcdError> {
-        let mut resp = self.mvcc.range(request)?;
+        let mut resp = self.state.mvcc.range(request)?;
         resp.header = Some(self.header());
         Ok(resp)
     }
@@ -273,10 +323,11 @@ impl StorageActor {
         &mut self,
         entries: Vec<raft::eraftpb::Entry>,
         waiters: Vec<Option<Waiter>>,
-    ) -> Result<(), StorageFatal> {
+    ) -> Result<Vec<LeaseChange>, StorageFatal> {
         assert_eq!(entries.len(), waiters.len(), "one waiter slot per entry");
         let mut batch = WriteBatch::default();
         let mut replies = Vec::new();
+        let mut lease_changes = Vec::new();
         let mut applied_any = false;
         let mut events = Vec::new();
         for (entry, waiter) in entries.into_iter().zip(waiters) {
@@ -302,16 +353,20 @@ impl StorageActor {
                     entry.index
                 ))
             })?;
-            let outcome = apply::apply(&mut self.mvcc, &request, &|_lease| false);
+            let StateOutcome {
+                outcome,
+                lease_changes: changes,
+            } = self.state.apply(&request);
             batch.ops.extend(outcome.batch.ops);
             events.extend(outcome.events);
+            lease_changes.extend(changes);
             if let Some(w) = waiter {
                 let header = self.header();
                 replies.push((w, outcome.result.map(|r| with_header(r, header))));
             }
         }
         if !applied_any {
-            return Ok(());
+            return Ok(lease_changes);
         }
         batch.ops.push(BatchOp::Put {
             bucket: Bucket::Meta,
@@ -328,13 +383,13 @@ impl StorageActor {
             .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))?;
         if !events.is_empty() && self.watch_tx.is_some() {
             self.to_watch.push(WatchMsg::Applied {
-                revision: self.mvcc.current_revision(),
+                revision: self.state.mvcc.current_revision(),
                 events,
             });
         }
         // Answered by `publish`, once the watch hub has the events.
         self.pending_replies.extend(replies);
-        Ok(())
+        Ok(lease_changes)
     }
 }
 
@@ -360,6 +415,14 @@ fn with_header(resp: Response, header: ResponseHeader) -> Response {
         Response::Compaction(mut r) => {
             r.header = Some(header);
             Response::Compaction(r)
+        }
+        Response::LeaseGrant(mut r) => {
+            r.header = Some(header);
+            Response::LeaseGrant(r)
+        }
+        Response::LeaseRevoke(mut r) => {
+            r.header = Some(header);
+            Response::LeaseRevoke(r)
         }
     }
 }

@@ -22,6 +22,10 @@ pub enum Response {
     Txn(TxnResponse),
     /// The answer to a compaction.
     Compaction(CompactionResponse),
+    /// The answer to a lease grant.
+    LeaseGrant(crate::pb::etcdserverpb::LeaseGrantResponse),
+    /// The answer to a lease revocation.
+    LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeResponse),
 }
 
 /// What applying one request produced.

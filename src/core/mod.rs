@@ -12,6 +12,8 @@
 
 pub mod apply;
 mod crc32c;
+pub mod lease;
 pub mod mvcc;
+pub mod state;
 pub mod validate;
 pub mod watch;

@@ -3,7 +3,9 @@
 //! the storage actor, and waits (bounded by the request timeout) for the answer.
 
 pub mod cluster;
+pub mod h2_authority;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 

@@ -9,6 +9,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+#[cfg(not(madsim))]
+use crate::gateway::h2_authority::AuthorityFixStream;
+
 pub use tokio::time::Instant;
 
 /// True when this build runs inside madsim's simulator.
@@ -154,11 +157,29 @@ pub async fn serve_grpc(
     }
     #[cfg(not(madsim))]
     {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener.inner);
+        use tokio_stream::StreamExt;
+        // Every client connection goes through the :authority shim so that etcdctl 3.4's
+        // `endpoint` commands, which send `:authority: http://host:port`, are not
+        // rejected by h2 (see gateway::h2_authority).
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener.inner)
+            .map(|conn| conn.map(AuthorityFixStream::new));
         router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// tonic asks each accepted connection for its addresses; the shim reports those of the
+/// TCP connection it wraps.
+#[cfg(not(madsim))]
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for AuthorityFixStream<S>
+{
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.get_ref().connect_info()
     }
 }
 

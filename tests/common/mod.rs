@@ -459,6 +459,15 @@ impl Server {
         panic!("restart failed: {last}");
     }
 
+    /// Start again on the same data dir and ports and report whether it became ready,
+    /// instead of panicking: for tests where the start is expected to fail.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn_and_wait()
+    }
+
     fn etcdctl_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(etcdctl_bin());
         cmd.env("ETCDCTL_API", "3")

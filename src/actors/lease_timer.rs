@@ -1,0 +1,206 @@
+//! The lease timer: the leader-local expiry schedule around the pure
+//! [`LeaseClock`](crate::core::lease::LeaseClock).
+//!
+//! Granted and revoked leases arrive from the storage actor once they are applied; keep-
+//! alives and TTL questions arrive from the gateway; leadership arrives from the raft
+//! actor's status. Only while this member leads does it keep expiries, and when a lease
+//! expires it *proposes* the revocation through raft — it never deletes anything itself,
+//! so every member applies the same deletes at the same revision. Time is read only
+//! through the runtime seam.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::core::lease::{self, LeaseClock};
+use crate::core::state::LeaseChange;
+use crate::msg::{RaftMsg, RaftStatus};
+use crate::pb::detcdpb::InternalRequest;
+use crate::pb::etcdserverpb::LeaseRevokeRequest;
+use crate::rt;
+
+/// Messages to the lease timer.
+#[derive(Debug)]
+pub enum LeaseMsg {
+    /// Leases granted or revoked by applied entries, in apply order.
+    Applied(Vec<LeaseChange>),
+    /// A keep-alive: `reply` receives the lease's TTL, or 0 if it is unknown or expired
+    /// (etcd's answer for a lease it no longer has).
+    KeepAlive {
+        /// The lease id.
+        id: i64,
+        /// Receives the TTL in seconds.
+        reply: oneshot::Sender<i64>,
+    },
+    /// Asks for the remaining TTL of a lease (`None`: unknown here).
+    Remaining {
+        /// The lease id.
+        id: i64,
+        /// Receives the remaining seconds.
+        reply: oneshot::Sender<Option<i64>>,
+    },
+    /// Stops the actor.
+    Shutdown,
+}
+
+/// Settings of the lease timer.
+#[derive(Debug, Clone)]
+pub struct LeaseTimerConfig {
+    /// This member's id.
+    pub member_id: u64,
+    /// `--election-timeout`.
+    pub election_timeout_ms: u64,
+    /// `--heartbeat-interval`.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// The lease timer's state.
+pub struct LeaseTimer {
+    clock: LeaseClock,
+    ttls: BTreeMap<i64, i64>,
+    config: LeaseTimerConfig,
+    inbox: mpsc::Receiver<LeaseMsg>,
+    raft_tx: mpsc::Sender<RaftMsg>,
+    status_rx: watch::Receiver<RaftStatus>,
+    start: rt::Instant,
+}
+
+impl LeaseTimer {
+    /// Builds the timer over the leases the state machine holds at start.
+    pub fn new(
+        config: LeaseTimerConfig,
+        leases: impl IntoIterator<Item = (i64, i64)>,
+        inbox: mpsc::Receiver<LeaseMsg>,
+        raft_tx: mpsc::Sender<RaftMsg>,
+        status_rx: watch::Receiver<RaftStatus>,
+    ) -> LeaseTimer {
+        let retry_ms =
+            lease::expired_retry_ms(config.election_timeout_ms, config.heartbeat_interval_ms);
+        LeaseTimer {
+            clock: LeaseClock::new(retry_ms),
+            ttls: leases.into_iter().collect(),
+            config,
+            inbox,
+            raft_tx,
+            status_rx,
+            start: rt::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        rt::now().duration_since(self.start).as_millis() as u64
+    }
+
+    /// Runs until stopped.
+    pub async fn run(mut self) {
+        let mut check =
+            tokio::time::interval(Duration::from_millis(lease::EXPIRY_CHECK_INTERVAL_MS));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = self.inbox.recv() => match msg {
+                    None | Some(LeaseMsg::Shutdown) => return,
+                    Some(msg) => {
+                        self.sync_leadership();
+                        self.handle(msg);
+                    }
+                },
+                changed = self.status_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.sync_leadership();
+                }
+                _ = check.tick() => {
+                    self.sync_leadership();
+                    self.revoke_expired();
+                }
+            }
+        }
+    }
+
+    /// Promotes or demotes the clock to match raft's view of leadership.
+    fn sync_leadership(&mut self) {
+        let status = self.status_rx.borrow().clone();
+        let leading = status.leader_id != 0 && status.leader_id == self.config.member_id;
+        if leading && !self.clock.is_primary() {
+            let extend_ms = lease::promote_extend_ms(
+                self.config.election_timeout_ms,
+                self.config.heartbeat_interval_ms,
+            );
+            let now_ms = self.now_ms();
+            self.clock.promote(
+                now_ms,
+                extend_ms,
+                self.ttls.iter().map(|(&id, &ttl)| (id, ttl)),
+            );
+            tracing::debug!(leases = self.ttls.len(), "lease timer: promoted");
+        } else if !leading && self.clock.is_primary() {
+            self.clock.demote();
+            tracing::debug!("lease timer: demoted");
+        }
+    }
+
+    fn handle(&mut self, msg: LeaseMsg) {
+        match msg {
+            LeaseMsg::Applied(changes) => {
+                let now_ms = self.now_ms();
+                for change in changes {
+                    match change {
+                        LeaseChange::Granted { id, ttl_s } => {
+                            self.ttls.insert(id, ttl_s);
+                            self.clock.on_grant(id, ttl_s, now_ms);
+                        }
+                        LeaseChange::Revoked { id } => {
+                            self.ttls.remove(&id);
+                            self.clock.on_revoke(id);
+                        }
+                    }
+                }
+            }
+            LeaseMsg::KeepAlive { id, reply } => {
+                let now_ms = self.now_ms();
+                let _ = reply.send(self.clock.renew(id, now_ms).unwrap_or(0));
+            }
+            LeaseMsg::Remaining { id, reply } => {
+                let now_ms = self.now_ms();
+                let _ = reply.send(self.clock.remaining_ttl_s(id, now_ms));
+            }
+            LeaseMsg::Shutdown => {}
+        }
+    }
+
+    /// Proposes the revocation of expired leases, at etcd's bounded rate. A proposal that
+    /// cannot be queued now is retried by the clock after its retry interval.
+    fn revoke_expired(&mut self) {
+        if !self.clock.is_primary() {
+            return;
+        }
+        let now_ms = self.now_ms();
+        for id in self.clock.expired(now_ms, lease::REVOKE_BATCH_MAX) {
+            tracing::info!(
+                lease = format!("{id:x}"),
+                "lease expired; proposing its revocation"
+            );
+            let (reply, _ignored) = oneshot::channel();
+            let request = InternalRequest {
+                lease_revoke: Some(LeaseRevokeRequest { id }),
+                ..Default::default()
+            };
+            if self
+                .raft_tx
+                .try_send(RaftMsg::Propose {
+                    request: Box::new(request),
+                    reply,
+                })
+                .is_err()
+            {
+                tracing::warn!(
+                    lease = format!("{id:x}"),
+                    "raft inbox full; lease revocation retried later"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The replicated state machine: the MVCC store and the lease table, changed together by
+//! each committed request, so that a lease revocation and the deletion of its keys, or a
+//! put and its lease attachment, are one atomic step on every member.
+
+use crate::core::apply::{self, ApplyOutcome, Response};
+use crate::core::lease::LeaseTable;
+use crate::core::mvcc::Mvcc;
+use crate::error::EtcdError;
+use crate::pb::detcdpb::InternalRequest;
+use crate::pb::etcdserverpb::{
+    request_op, DeleteRangeRequest, LeaseGrantResponse, LeaseRevokeResponse, RequestOp, TxnRequest,
+};
+use crate::storage::backend::WriteBatch;
+
+/// A change to the set of granted leases, reported to the lease timer after it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// A lease was granted with this TTL.
+    Granted {
+        /// The lease id.
+        id: i64,
+        /// The granted TTL in seconds.
+        ttl_s: i64,
+    },
+    /// A lease was revoked.
+    Revoked {
+        /// The lease id.
+        id: i64,
+    },
+}
+
+/// The MVCC store and the lease table.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    /// The key-value store.
+    pub mvcc: Mvcc,
+    /// The granted leases and their keys.
+    pub leases: LeaseTable,
+}
+
+/// What applying one request produced, beyond [`ApplyOutcome`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateOutcome {
+    /// The response, the durable changes and the watch events.
+    pub outcome: ApplyOutcome,
+    /// Lease grants and revocations, for the lease timer.
+    pub lease_changes: Vec<LeaseChange>,
+}
+
+impl StateMachine {
+    /// Applies one committed request. Lease requests are handled here; key-value requests
+    /// go to [`apply::apply`] with the lease table answering whether a lease exists, and
+    /// their events then move key attachments between leases.
+    pub fn apply(&mut self, req: &InternalRequest) -> StateOutcome {
+        if let Some(grant) = &req.lease_grant {
+            let mut batch = WriteBatch::default();
+            let result = self.leases.grant(grant.id, grant.ttl, &mut batch);
+            let lease_changes = match result {
+                Ok((id, ttl_s)) => vec![LeaseChange::Granted { id, ttl_s }],
+                Err(_) => vec![],
+            };
+            let result = result.map(|(id, ttl)| {
+                Response::LeaseGrant(LeaseGrantResponse {
+                    header: None,
+                    id,
+                    ttl,
+                    error: String::new(),
+                })
+            });
+            return StateOutcome {
+                outcome: ApplyOutcome {
+                    result,
+                    batch,
+                    events: vec![],
+                },
+                lease_changes,
+            };
+        }
+        if let Some(revoke) = &req.lease_revoke {
+            return self.revoke(revoke.id);
+        }
+        let leases = &self.leases;
+        let outcome = apply::apply(&mut self.mvcc, req, &|id| leases.exists(id));
+        self.leases.observe(&outcome.events);
+        StateOutcome {
+            outcome,
+            lease_changes: vec![],
+        }
+    }
+
+    /// Revokes a lease and deletes its keys in one revision, as etcd does: the deletes
+    /// run as one txn, so watchers see them together.
+    fn revoke(&mut self, id: i64) -> StateOutcome {
+        let mut batch = WriteBatch::default();
+        let keys = match self.leases.revoke(id, &mut batch) {
+            Ok(keys) => keys,
+            Err(e) => {
+                return StateOutcome {
+                    outcome: ApplyOutcome {
+                        result: Err(e),
+                        batch: WriteBatch::default(),
+                        events: vec![],
+                    },
+                    lease_changes: vec![],
+                }
+            }
+        };
+        let mut events = Vec::new();
+        if !keys.is_empty() {
+            let txn = TxnRequest {
+                compare: vec![],
+                success: keys
+                    .into_iter()
+                    .map(|key| RequestOp {
+                        request: Some(request_op::Request::RequestDeleteRange(
+                            DeleteRangeRequest {
+                                key,
+                                ..Default::default()
+                            },
+                        )),
+                    })
+                    .collect(),
+                failure: vec![],
+            };
+            if let Err(e) = self.mvcc.txn(&txn, &|_| false, &mut batch, &mut events) {
+                // Deleting existing keys cannot fail; if it did, the lease is already gone
+                // from the table, and the error is reported rather than hidden.
+                return StateOutcome {
+                    outcome: ApplyOutcome {
+                        result: Err(EtcdError::Internal(format!(
+                            "revoking lease {id:x}: deleting its keys failed: {e}"
+                        ))),
+                        batch,
+                        events,
+                    },
+                    lease_changes: vec![LeaseChange::Revoked { id }],
+                };
+            }
+            self.leases.observe(&events);
+        }
+        StateOutcome {
+            outcome: ApplyOutcome {
+                result: Ok(Response::LeaseRevoke(LeaseRevokeResponse { header: None })),
+                batch,
+                events,
+            },
+            lease_changes: vec![LeaseChange::Revoked { id }],
+        }
+    }
+}
