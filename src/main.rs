@@ -156,6 +156,7 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         election_timeout_ms: config.election_timeout_ms,
         max_request_bytes: config.max_request_bytes as usize,
         max_txn_ops: config.max_txn_ops as usize,
+        watch_progress_notify_interval: config.experimental_watch_progress_notify_interval,
         disk: Arc::new(RealDisk::new()),
         backend: BackendChoice::Sled,
     })

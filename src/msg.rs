@@ -5,14 +5,17 @@
 //! actor. All channels are bounded (see [`CHANNEL_BOUND`]): a full channel pushes back on
 //! the sender instead of growing memory.
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::core::apply::Response;
+use crate::core::watch::{HistoryAnswer, HistoryFetch, StreamId};
 use crate::error::EtcdError;
 use crate::pb::detcdpb::InternalRequest;
 use crate::pb::etcdserverpb::{
     HashKvResponse, LeaseLeasesResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
+use crate::pb::etcdserverpb::{WatchCreateRequest, WatchResponse};
+use crate::pb::mvccpb::Event;
 
 /// The capacity of every inter-actor channel.
 pub const CHANNEL_BOUND: usize = 1024;
@@ -95,6 +98,9 @@ pub enum StorageMsg {
     /// Stops the actor after everything queued before this message has been applied, and
     /// syncs the backend.
     Shutdown,
+    /// Reads history for a catching-up watcher; the answer goes to the watch hub's inbox
+    /// as [`WatchMsg::History`], after every applied batch it covers.
+    WatchHistory(HistoryFetch),
     /// Asks for a lease's granted TTL and keys (`None`: not granted), with a header.
     LeaseInfo {
         /// The lease id.
@@ -143,4 +149,66 @@ pub struct StorageStatus {
     pub db_size_bytes: u64,
     /// The number of keys.
     pub key_count: u64,
+}
+
+/// Where the watch hub puts one stream's responses: a bounded queue the gateway drains
+/// into the gRPC stream.
+pub type WatchStreamSender = mpsc::Sender<Result<WatchResponse, tonic::Status>>;
+
+/// The bytes of encoded responses in one stream's queue: the watch hub adds what it
+/// queues, the gateway subtracts what it hands to gRPC.
+pub type QueuedBytes = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+/// Messages to the watch hub actor.
+///
+/// The storage actor sends [`WatchMsg::Applied`] after each applied batch and
+/// [`WatchMsg::History`] answers on this one channel, in the order it produced them: when
+/// a history answer arrives, every batch it covers has already arrived, which is what lets
+/// a catching-up watcher rejoin the live events without a gap.
+#[derive(Debug)]
+pub enum WatchMsg {
+    /// The events of one applied batch, in apply order.
+    Applied {
+        /// The store's revision after the batch.
+        revision: i64,
+        /// The events, `prev_kv` filled.
+        events: Vec<Event>,
+    },
+    /// The answer to a [`StorageMsg::WatchHistory`] read.
+    History(HistoryAnswer),
+    /// A client opened a watch stream.
+    OpenStream {
+        /// The stream's id (unique per member).
+        stream: StreamId,
+        /// Where its responses go.
+        tx: WatchStreamSender,
+        /// The bytes waiting in that queue.
+        queued_bytes: QueuedBytes,
+    },
+    /// A create request on a stream.
+    Create {
+        /// The stream.
+        stream: StreamId,
+        /// The request.
+        request: WatchCreateRequest,
+    },
+    /// A cancel request on a stream.
+    Cancel {
+        /// The stream.
+        stream: StreamId,
+        /// The watcher.
+        watch_id: i64,
+    },
+    /// A progress request on a stream.
+    Progress {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The client went away.
+    CloseStream {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// Stops the actor.
+    Shutdown,
 }

@@ -16,11 +16,14 @@ use tokio::sync::{mpsc, watch};
 use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig};
 use crate::actors::storage::{self, StorageActor};
+use crate::actors::watch_hub::WatchHubActor;
 use crate::core::lease;
+use crate::core::watch::WatchConfig;
 use crate::gateway::{self, Handle, MemberInfo};
-use crate::msg::{RaftMsg, RaftStatus, StorageMsg, CHANNEL_BOUND};
+use crate::msg::{RaftMsg, RaftStatus, StorageMsg, WatchMsg, CHANNEL_BOUND};
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
 use crate::raft::{ids, log};
 use crate::rt;
@@ -69,6 +72,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// `--max-txn-ops`.
     pub max_txn_ops: usize,
+    /// `--experimental-watch-progress-notify-interval`.
+    pub watch_progress_notify_interval: Duration,
     /// The disk the WAL is written through.
     pub disk: Arc<dyn Disk>,
     /// The MVCC backend.
@@ -140,6 +145,7 @@ pub async fn run(
     let min_lease_ttl_s = lease::min_ttl_s(cfg.election_timeout_ms, cfg.heartbeat_interval_ms);
     let recovered = storage::recover(backend.as_ref(), min_lease_ttl_s).map_err(err)?;
     let applied_index = recovered.applied_index;
+    let recovered_revision = recovered.state.mvcc.current_revision();
     tracing::info!(
         applied_index,
         revision = recovered.state.mvcc.current_revision(),
@@ -195,6 +201,21 @@ pub async fn run(
         status_tx,
     )
     .map_err(err)?;
+    let (watch_tx, watch_rx) = mpsc::channel(CHANNEL_BOUND);
+    let watch_actor = WatchHubActor::new(
+        WatchConfig {
+            max_request_bytes: cfg.max_request_bytes,
+            progress_notify_interval_ms: cfg.watch_progress_notify_interval.as_millis() as u64,
+            ..WatchConfig::default()
+        },
+        recovered_revision,
+        watch_rx,
+        storage_tx.clone(),
+        status_rx.clone(),
+        member_id,
+        cluster_id,
+    );
+    let next_watch_stream = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (lease_tx, lease_rx) = mpsc::channel(CHANNEL_BOUND);
     let lease_timer = LeaseTimer::new(
         LeaseTimerConfig {
@@ -214,10 +235,12 @@ pub async fn run(
         cluster_id,
         storage_rx,
         lease_tx.clone(),
-    );
+    )
+    .with_watch_hub(watch_tx.clone());
     let mut raft_task = rt::spawn("raft", raft_actor.run());
     let mut storage_task = rt::spawn("storage", storage_actor.run());
     let lease_task = rt::spawn("lease-timer", lease_timer.run());
+    let watch_task = rt::spawn("watch-hub", watch_actor.run());
 
     let handle = Handle {
         raft_tx,
@@ -283,6 +306,14 @@ pub async fn run(
                 LeaseServer::new(gateway::lease::LeaseService::new(
                     handle.clone(),
                     lease_tx.clone(),
+                ))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                WatchServer::new(gateway::watch::WatchService::new(
+                    watch_tx.clone(),
+                    next_watch_stream.clone(),
                 ))
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
@@ -352,6 +383,11 @@ pub async fn run(
         }
         let _ = lease_tx.send(LeaseMsg::Shutdown).await;
         if let Err(e) = lease_task.await {
+            return Err(err(e));
+        }
+        // Nothing applies any more: the watch hub has nothing left to deliver.
+        let _ = watch_tx.send(WatchMsg::Shutdown).await;
+        if let Err(e) = watch_task.await {
             return Err(err(e));
         }
         tracing::info!("stopped detcd member");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use detcd::pb::etcdserverpb::kv_client::KvClient;
+use detcd::pb::etcdserverpb::watch_client::WatchClient;
 use detcd::server::{BackendChoice, ServerConfig};
 use detcd::storage::backend::MemBackend;
 use detcd::storage::disk::SimDisk;
@@ -66,6 +67,7 @@ pub fn start_single_member(handle: &Handle, name: &str) -> SimMember {
                 election_timeout_ms: 1000,
                 max_request_bytes: 1536 * 1024,
                 max_txn_ops: 128,
+                watch_progress_notify_interval: Duration::from_secs(600),
                 disk: Arc::new(node_disk.clone()),
                 backend: BackendChoice::Memory(backend.clone()),
             };
@@ -115,4 +117,9 @@ pub async fn connect_lease(
     url: &str,
 ) -> detcd::pb::etcdserverpb::lease_client::LeaseClient<tonic::transport::Channel> {
     detcd::pb::etcdserverpb::lease_client::LeaseClient::new(connect_channel(url).await)
+}
+
+/// Connects a Watch client to `url`, retrying while the member starts (bounded).
+pub async fn connect_watch(url: &str) -> WatchClient<tonic::transport::Channel> {
+    WatchClient::new(connect_channel(url).await)
 }

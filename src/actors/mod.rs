@@ -4,9 +4,11 @@
 //! - [`raft_node`]: the raft `RawNode` and the WAL; turns proposals into committed entries.
 //! - [`storage`]: the MVCC state machine and its backend; applies committed entries and
 //!   serves reads.
+//! - [`watch_hub`]: the watch hub; turns applied events into watch responses.
 //!
 //! - [`lease_timer`]: the leader's lease expiry schedule; proposes revocations.
 
 pub mod lease_timer;
 pub mod raft_node;
 pub mod storage;
+pub mod watch_hub;

@@ -5,6 +5,12 @@
 //! written to the backend in one atomic batch together with the last applied raft index
 //! (etcd's consistent index), so that after a crash the WAL replays exactly what the
 //! backend lacks. Only then are the waiting clients answered.
+//!
+//! After each applied batch its watch events go to the watch hub, before the clients
+//! are answered (so a client that saw its write acknowledged and then creates a watcher
+//! "from now" does not get that write's event), and history reads for catching-up
+//! watchers are answered on the same channel, in order with the batches (see
+//! [`WatchMsg`]).
 
 use std::collections::VecDeque;
 
@@ -17,8 +23,9 @@ use crate::core::apply::Response;
 use crate::core::lease::LeaseTable;
 use crate::core::mvcc::Mvcc;
 use crate::core::state::{LeaseChange, StateMachine, StateOutcome};
+use crate::core::watch::HistoryAnswer;
 use crate::error::EtcdError;
-use crate::msg::{StorageMsg, StorageStatus, Waiter};
+use crate::msg::{ApplyReply, StorageMsg, StorageStatus, Waiter, WatchMsg};
 use crate::pb::detcdpb::InternalRequest;
 use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse, ResponseHeader};
 use crate::storage::backend::{Backend, BatchOp, Bucket, WriteBatch};
@@ -59,6 +66,12 @@ pub struct StorageActor {
     inbox: mpsc::Receiver<StorageMsg>,
     waiting_reads: VecDeque<WaitingRead>,
     lease_tx: mpsc::Sender<LeaseMsg>,
+    /// The watch hub's inbox, if a hub runs.
+    watch_tx: Option<mpsc::Sender<WatchMsg>>,
+    /// Messages for the watch hub produced by the message being handled.
+    to_watch: Vec<WatchMsg>,
+    /// Client answers held until the watch hub has the batch's events.
+    pending_replies: Vec<(Waiter, ApplyReply)>,
 }
 
 /// What a backend holds at start: the state machine and the raft position it reflects.
@@ -138,6 +151,32 @@ impl StorageActor {
             inbox,
             waiting_reads: VecDeque::new(),
             lease_tx,
+            watch_tx: None,
+            to_watch: Vec::new(),
+            pending_replies: Vec::new(),
+        }
+    }
+
+    /// Sends applied events and history answers to the watch hub at `tx`.
+    pub fn with_watch_hub(mut self, tx: mpsc::Sender<WatchMsg>) -> StorageActor {
+        self.watch_tx = Some(tx);
+        self
+    }
+
+    /// Hands the watch hub what the last message produced, then answers the clients.
+    /// Waiting on the hub's bounded inbox is the backpressure that keeps a slow hub from
+    /// falling behind without bound; the hub never waits on this actor.
+    async fn publish(&mut self) {
+        for msg in std::mem::take(&mut self.to_watch) {
+            if let Some(tx) = &self.watch_tx {
+                if tx.send(msg).await.is_err() {
+                    // The hub stopped (member shutting down): nobody watches any more.
+                    self.watch_tx = None;
+                }
+            }
+        }
+        for (w, result) in std::mem::take(&mut self.pending_replies) {
+            let _ = w.send(result);
         }
     }
 
@@ -148,6 +187,7 @@ impl StorageActor {
                 break;
             }
             self.handle(msg).await?;
+            self.publish().await;
         }
         self.backend
             .sync()
@@ -225,6 +265,23 @@ impl StorageActor {
                     key_count: self.state.mvcc.key_count() as u64,
                 });
             }
+            StorageMsg::WatchHistory(fetch) => {
+                let result = self.state.mvcc.history(
+                    &fetch.key,
+                    &fetch.range_end,
+                    fetch.from_revision,
+                    i64::MAX,
+                    fetch.max_events,
+                    fetch.max_bytes,
+                );
+                if self.watch_tx.is_some() {
+                    self.to_watch.push(WatchMsg::History(HistoryAnswer {
+                        fetch_id: fetch.fetch_id,
+                        result,
+                        compact_revision: self.state.mvcc.compact_revision(),
+                    }));
+                }
+            }
             StorageMsg::HashKv { revision, reply } => {
                 let result = self
                     .state
@@ -272,6 +329,7 @@ impl StorageActor {
         let mut replies = Vec::new();
         let mut lease_changes = Vec::new();
         let mut applied_any = false;
+        let mut events = Vec::new();
         for (entry, waiter) in entries.into_iter().zip(waiters) {
             if entry.index <= self.applied_index {
                 // Replayed from the WAL after a restart but already in the backend.
@@ -300,6 +358,7 @@ impl StorageActor {
                 lease_changes: changes,
             } = self.state.apply(&request);
             batch.ops.extend(outcome.batch.ops);
+            events.extend(outcome.events);
             lease_changes.extend(changes);
             if let Some(w) = waiter {
                 let header = self.header();
@@ -322,9 +381,14 @@ impl StorageActor {
         self.backend
             .write(&batch)
             .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))?;
-        for (w, result) in replies {
-            let _ = w.send(result);
+        if !events.is_empty() && self.watch_tx.is_some() {
+            self.to_watch.push(WatchMsg::Applied {
+                revision: self.state.mvcc.current_revision(),
+                events,
+            });
         }
+        // Answered by `publish`, once the watch hub has the events.
+        self.pending_replies.extend(replies);
         Ok(lease_changes)
     }
 }

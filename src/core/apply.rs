@@ -35,7 +35,7 @@ pub struct ApplyOutcome {
     pub result: Result<Response, EtcdError>,
     /// The durable changes, to write atomically (empty on error and for reads).
     pub batch: WriteBatch,
-    /// The watch events, in revision order, `prev_kv` not filled (empty on error).
+    /// The watch events, in revision order, `prev_kv` filled (empty on error).
     pub events: Vec<Event>,
 }
 

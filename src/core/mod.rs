@@ -3,6 +3,7 @@
 //! - [`mvcc`]: etcd's multi-version key-value store, in memory, persisted through
 //!   [`WriteBatch`](crate::storage::backend::WriteBatch)es in etcd's bbolt layout.
 //! - [`validate`]: the request checks etcd's gRPC layer runs before proposing a request.
+//! - [`watch`]: the watch hub: streams, watchers, synced and unsynced groups.
 //! - [`apply`]: the apply step that runs one committed
 //!   [`InternalRequest`](crate::pb::detcdpb::InternalRequest) against the store.
 //!
@@ -15,3 +16,4 @@ pub mod lease;
 pub mod mvcc;
 pub mod state;
 pub mod validate;
+pub mod watch;

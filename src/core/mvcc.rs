@@ -9,7 +9,10 @@
 //! Durable changes are not written anywhere by this module: every mutating call appends
 //! them to a [`WriteBatch`] in etcd's bbolt layout (see [`encode_revision`]), and
 //! [`Mvcc::restore`] rebuilds the store from those buckets. Watch events are appended to
-//! a `Vec<Event>`; their `prev_kv` is left for the watch hub to fill.
+//! a `Vec<Event>` with their `prev_kv` filled (the key's value just before the write
+//! request, as etcd's watch server looks it up); the watch hub drops it for watchers that
+//! did not ask for it. [`Mvcc::history`] reads the same events back for watchers that
+//! start in the past or fell behind.
 //!
 //! Deviation from etcd, on purpose: etcd orders ties of a `sort_target` other than `KEY`
 //! with Go's unstable `sort.Sort`; here ties keep ascending key order. For up to 12 keys
@@ -204,6 +207,16 @@ impl<'a> KeyRange<'a> {
     }
 }
 
+/// Events read back from the store's history (see [`Mvcc::history`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct History {
+    /// The events in revision order, with `prev_kv` filled where still readable.
+    pub events: Vec<Event>,
+    /// Every event of the asked range with a revision from the asked start up to and
+    /// including this revision is in `events`.
+    pub through_revision: i64,
+}
+
 /// etcd's MVCC key-value store, in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mvcc {
@@ -268,6 +281,116 @@ impl Mvcc {
                     .collect()
             }
         }
+    }
+
+    /// The watch events of the keys in `key`/`range_end` (etcd's conventions: empty end =
+    /// one key, `"\0"` = every key from `key` on) with a main revision in `[from, to]`, in
+    /// revision order, each with its `prev_kv` (the key's value at the revision before the
+    /// event, if that revision is not compacted), exactly as the live events of
+    /// [`Mvcc::put`], [`Mvcc::delete_range`] and [`Mvcc::txn`] were. `to` is clamped to the
+    /// current revision. At most `max_events` events and `max_bytes` bytes of encoded
+    /// events are returned, cut at a revision boundary so that a revision's events are
+    /// never split (the first revision is returned whole even if it is larger); [`History::through_revision`] says how far the answer
+    /// reaches. `Compacted` if `from` is below the compact revision, as etcd cancels such
+    /// watchers.
+    pub fn history(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from: i64,
+        to: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<History, EtcdError> {
+        let from = from.max(1);
+        if from < self.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        let to = to.min(self.current_revision);
+        if from > to {
+            return Ok(History {
+                events: Vec::new(),
+                through_revision: to,
+            });
+        }
+        let range = KeyRange::new(key, range_end);
+        let keys: Vec<(&Vec<u8>, &KeyIndex)> = match range {
+            KeyRange::Single(k) => self.index.get_key_value(k).into_iter().collect(),
+            KeyRange::Interval(start, end) => {
+                if end.is_some_and(|e| e <= start) {
+                    Vec::new()
+                } else {
+                    let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+                    self.index
+                        .range::<[u8], _>((Bound::Included(start), upper))
+                        .collect()
+                }
+            }
+        };
+        let prev = |ki: &KeyIndex, main: i64| {
+            if main > self.compact_revision.max(1) {
+                ki.get(main - 1).map(|(_, kv)| kv.clone())
+            } else {
+                None
+            }
+        };
+        let mut found: Vec<(Revision, Event)> = Vec::new();
+        for (k, ki) in keys {
+            for g in &ki.generations {
+                for (r, kv) in &g.puts {
+                    if r.main >= from && r.main <= to {
+                        found.push((
+                            *r,
+                            Event {
+                                r#type: EventType::Put as i32,
+                                kv: Some(kv.clone()),
+                                prev_kv: prev(ki, r.main),
+                            },
+                        ));
+                    }
+                }
+                if let Some(t) = g.tombstone.filter(|t| t.main >= from && t.main <= to) {
+                    let mut kv = tombstone_kv(k);
+                    kv.mod_revision = t.main;
+                    found.push((
+                        t,
+                        Event {
+                            r#type: EventType::Delete as i32,
+                            kv: Some(kv),
+                            prev_kv: prev(ki, t.main),
+                        },
+                    ));
+                }
+            }
+        }
+        found.sort_by_key(|(r, _)| *r);
+        let mut through_revision = to;
+        let mut cut = found.len();
+        // The first event that does not fit, by count or by size.
+        let mut bytes = 0usize;
+        let limit = found.iter().enumerate().position(|(i, (_, e))| {
+            bytes = bytes.saturating_add(e.encoded_len());
+            i >= max_events || bytes > max_bytes
+        });
+        if let Some(limit) = limit {
+            // Keep whole revisions only: stop before the revision of the first event that
+            // does not fit, except that the first revision is always kept whole. No event
+            // of the range lies strictly between the kept ones and that revision.
+            let first_main = found[0].0.main;
+            let boundary_main = found[limit].0.main;
+            let keep_main = if boundary_main == first_main {
+                first_main
+            } else {
+                boundary_main - 1
+            };
+            cut = found.partition_point(|(r, _)| r.main <= keep_main);
+            through_revision = keep_main;
+        }
+        found.truncate(cut);
+        Ok(History {
+            events: found.into_iter().map(|(_, e)| e).collect(),
+            through_revision,
+        })
     }
 
     /// Answers a range request as of the current revision, exactly as etcd's
@@ -973,7 +1096,16 @@ impl<'a> WriteTxn<'a> {
         let rev = self.begin_rev + 1;
         self.store.current_revision = rev;
         batch.ops.extend(self.ops);
+        let begin_rev = self.begin_rev;
+        let undo = &self.undo;
         events.extend(self.changes.into_iter().map(|mut kv| {
+            // Every changed key was saved before its first change, so its value before
+            // the request (what etcd's watch server reads at revision - 1) is known here.
+            let prev_kv = undo
+                .get(&kv.key)
+                .and_then(|before| before.as_ref())
+                .and_then(|ki| ki.get(begin_rev))
+                .map(|(_, p)| p.clone());
             // Deletes are the only changes without a create revision; their event
             // carries the delete's revision as mod revision.
             let kind = if kv.create_revision == 0 {
@@ -985,7 +1117,7 @@ impl<'a> WriteTxn<'a> {
             Event {
                 r#type: kind as i32,
                 kv: Some(kv),
-                prev_kv: None,
+                prev_kv,
             }
         }));
     }

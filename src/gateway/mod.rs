@@ -7,10 +7,11 @@ pub mod h2_authority;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod watch;
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::core::apply::Response;
 use crate::error::EtcdError;
@@ -42,7 +43,7 @@ pub struct Handle {
     /// To the storage actor.
     pub storage_tx: mpsc::Sender<StorageMsg>,
     /// The latest raft status.
-    pub raft_status: watch::Receiver<RaftStatus>,
+    pub raft_status: tokio::sync::watch::Receiver<RaftStatus>,
     /// This member.
     pub member: MemberInfo,
     /// `--max-txn-ops`.

@@ -227,6 +227,8 @@ pub struct Server {
     child: Option<Child>,
     /// Number of times the process has been started (names the log files).
     generation: u32,
+    /// Flags added after the standard ones.
+    extra_args: Vec<String>,
 }
 
 impl Server {
@@ -241,6 +243,15 @@ impl Server {
     }
 
     pub fn start_kind(kind: Kind) -> Server {
+        Server::start_kind_with_args(kind, &[])
+    }
+
+    /// Start the server under test with extra command-line flags.
+    pub fn start_with_args(args: &[&str]) -> Server {
+        Server::start_kind_with_args(Kind::under_test(), args)
+    }
+
+    pub fn start_kind_with_args(kind: Kind, args: &[&str]) -> Server {
         let bin = kind.binary();
         let mut last_err = String::new();
         // Retry with fresh ports if somebody grabbed ours between probing and binding.
@@ -259,6 +270,7 @@ impl Server {
                 peer_port: free_port(),
                 child: None,
                 generation: 0,
+                extra_args: args.iter().map(|a| a.to_string()).collect(),
             };
             match s.spawn_and_wait() {
                 Ok(()) => return s,
@@ -331,6 +343,7 @@ impl Server {
             .arg(&peer)
             .arg("--initial-cluster")
             .arg(format!("{}={}", self.name, peer))
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -478,6 +491,12 @@ impl Server {
         )
     }
 
+    /// Starts `etcdctl --endpoints <url> <args>` in the background (for `watch`), with
+    /// `stdin` piped if given; read its output with [`Background::lines_until`].
+    pub fn etcdctl_background(&self, args: &[&str], stdin: Option<&str>) -> Background {
+        Background::spawn(self.etcdctl_cmd(args), stdin)
+    }
+
     /// A connected Rust client with connect/request timeouts.
     pub async fn client(&self) -> etcd_client::Client {
         let opts = etcd_client::ConnectOptions::new()
@@ -564,4 +583,99 @@ pub fn b64(s: &str) -> String {
         }
     }
     String::from_utf8(out).expect("utf8")
+}
+
+/// A background process whose stdout is read line by line (e.g. `etcdctl watch`). Killed
+/// on drop.
+pub struct Background {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Everything read so far.
+    pub seen: Vec<String>,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Background {
+    fn spawn(mut cmd: Command, stdin: Option<&str>) -> Background {
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let desc = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+        let (tx, rx) = std::sync::mpsc::sync_channel(100_000);
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut stdin_pipe = child.stdin.take();
+        if let (Some(p), Some(data)) = (stdin_pipe.as_mut(), stdin) {
+            p.write_all(data.as_bytes()).expect("write stdin");
+            p.flush().expect("flush stdin");
+        }
+        Background {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            stdin: stdin_pipe,
+        }
+    }
+
+    /// Writes more input to the process.
+    pub fn write_stdin(&mut self, data: &str) {
+        let p = self.stdin.as_mut().expect("stdin was piped");
+        p.write_all(data.as_bytes()).expect("write stdin");
+        p.flush().expect("flush stdin");
+    }
+
+    /// Reads lines (stdout and stderr, interleaved) until `n` lines have been seen in
+    /// total or `timeout` passes; returns everything seen so far.
+    pub fn lines_until(&mut self, n: usize, timeout: Duration) -> &[String] {
+        let deadline = Instant::now() + timeout;
+        while self.seen.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => break,
+            }
+        }
+        &self.seen
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

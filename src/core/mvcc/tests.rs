@@ -477,16 +477,22 @@ fn delete_events_and_batch() {
         .encode_to_vec(),
     };
     assert_eq!(b.ops, vec![tomb("t2", 0), tomb("t3", 1)]);
-    let dev = |k: &str| Event {
+    let dev = |k: &str, prev: KeyValue| Event {
         r#type: EventType::Delete as i32,
         kv: Some(KeyValue {
             key: k.into(),
             mod_revision: 8,
             ..Default::default()
         }),
-        prev_kv: None,
+        prev_kv: Some(prev),
     };
-    assert_eq!(ev, vec![dev("t2"), dev("t3")]);
+    assert_eq!(
+        ev,
+        vec![
+            dev("t2", kv("t2", "a", 3, 7, 2)),
+            dev("t3", kv("t3", "vt3", 4, 4, 1))
+        ]
+    );
     assert_eq!(m.key_count(), 3);
 }
 
@@ -893,4 +899,123 @@ fn restore_rejects_corruption() {
         Mvcc::restore(vec![], meta),
         Err(EtcdError::Corrupt(_))
     ));
+}
+
+/// The store of the etcd 3.4.23 watch probe: a=1 (2), a=2 (3), b=1 (4), del a (5), a=3 (6),
+/// compaction at 3.
+fn watch_probe_store() -> Mvcc {
+    let mut m = Mvcc::new();
+    put(&mut m, "a", "1");
+    put(&mut m, "a", "2");
+    put(&mut m, "b", "1");
+    del(&mut m, "a", b"");
+    put(&mut m, "a", "3");
+    m.compact(3, &mut WriteBatch::default()).unwrap();
+    m
+}
+
+fn put_ev(kv: KeyValue, prev: Option<KeyValue>) -> Event {
+    Event {
+        r#type: EventType::Put as i32,
+        kv: Some(kv),
+        prev_kv: prev,
+    }
+}
+
+fn del_ev(k: &str, rev: i64, prev: Option<KeyValue>) -> Event {
+    Event {
+        r#type: EventType::Delete as i32,
+        kv: Some(KeyValue {
+            key: k.into(),
+            mod_revision: rev,
+            ..Default::default()
+        }),
+        prev_kv: prev,
+    }
+}
+
+#[test]
+fn history_matches_etcd_watch() {
+    let m = watch_probe_store();
+    // `etcdctl watch a --rev 4 --prev-kv` against etcd 3.4.23.
+    let h = m.history(b"a", b"", 4, 6, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(
+        h.events,
+        vec![
+            del_ev("a", 5, Some(kv("a", "2", 2, 3, 2))),
+            put_ev(kv("a", "3", 6, 6, 1), None),
+        ]
+    );
+    assert_eq!(h.through_revision, 6);
+    // `etcdctl watch --prefix '' --rev 3`: from the compact revision on is readable; the
+    // prev_kv of the event at the compact revision is gone with the compaction.
+    let h = m
+        .history(&[0], &[0], 3, 100, usize::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(
+        h.events,
+        vec![
+            put_ev(kv("a", "2", 2, 3, 2), None),
+            put_ev(kv("b", "1", 4, 4, 1), None),
+            del_ev("a", 5, Some(kv("a", "2", 2, 3, 2))),
+            put_ev(kv("a", "3", 6, 6, 1), None),
+        ]
+    );
+    assert_eq!(h.through_revision, 6, "clamped to the current revision");
+    // `etcdctl watch a --rev 1`: compacted.
+    assert_eq!(
+        m.history(b"a", b"", 1, 6, usize::MAX, usize::MAX),
+        Err(EtcdError::Compacted)
+    );
+    assert_eq!(
+        m.history(b"a", b"", 2, 6, usize::MAX, usize::MAX),
+        Err(EtcdError::Compacted)
+    );
+    // Nothing to read: an empty answer through the end.
+    let h = m.history(b"a", b"", 7, 6, 10, usize::MAX).unwrap();
+    assert_eq!((h.events.len(), h.through_revision), (0, 6));
+    // Ranges: [b, c) and an inverted range.
+    let h = m.history(b"b", b"c", 3, 6, 10, usize::MAX).unwrap();
+    assert_eq!(h.events, vec![put_ev(kv("b", "1", 4, 4, 1), None)]);
+    assert!(m
+        .history(b"c", b"b", 3, 6, 10, usize::MAX)
+        .unwrap()
+        .events
+        .is_empty());
+}
+
+#[test]
+fn history_limit_keeps_revisions_whole() {
+    let mut m = Mvcc::new();
+    // Revision 2 writes three keys in one txn, then single puts at 3 and 4.
+    let t = TxnRequest {
+        compare: vec![],
+        success: vec![op_put("x", "1"), op_put("y", "1"), op_put("z", "1")],
+        failure: vec![],
+    };
+    txn(&mut m, &t).unwrap();
+    put(&mut m, "x", "2");
+    put(&mut m, "y", "2");
+    let all = |from, max| m.history(&[0], &[0], from, 4, max, usize::MAX).unwrap();
+    // The first revision is returned whole even above the limit.
+    let h = all(2, 1);
+    assert_eq!((h.events.len(), h.through_revision), (3, 2));
+    // Revisions 2 and 3 fit in four events; revision 4 would exceed them.
+    let h = all(2, 4);
+    assert_eq!((h.events.len(), h.through_revision), (4, 3));
+    let h = all(3, 1);
+    assert_eq!((h.events.len(), h.through_revision), (1, 3));
+    let h = all(2, 100);
+    assert_eq!((h.events.len(), h.through_revision), (5, 4));
+    // A byte limit cuts the same way: the first revision whole, then whatever fits.
+    let one = h.events[0].encoded_len();
+    let h2 = m.history(&[0], &[0], 2, 4, 100, one).unwrap();
+    assert_eq!((h2.events.len(), h2.through_revision), (3, 2));
+    let h2 = m
+        .history(&[0], &[0], 2, 4, 100, 3 * one + h.events[3].encoded_len())
+        .unwrap();
+    assert_eq!((h2.events.len(), h2.through_revision), (4, 3));
+    // Live events of the txn carry prev_kv from before the txn (none: all created).
+    assert!(h.events[..3].iter().all(|e| e.prev_kv.is_none()));
+    assert_eq!(h.events[3].prev_kv, Some(kv("x", "1", 2, 2, 1)));
 }

@@ -1,0 +1,998 @@
+//! The watch hub: etcd's watch streams and watchers as a pure state machine.
+//!
+//! A client opens a *stream* and creates *watchers* on it, each over a key range from a
+//! start revision. The hub learns about writes through [`WatchHub::on_events`], called once
+//! per applied batch in apply order, and answers with [`Output`]s: responses to put on a
+//! stream, and history reads to ask the storage actor for.
+//!
+//! Like etcd's `watchableStore`, watchers are *synced* (they have seen every event up to
+//! the hub's current revision and get new events as they are applied) or *unsynced* (they
+//! start in the past, or fell behind). Unsynced watchers catch up from MVCC history
+//! ([`Output::Fetch`], answered through [`WatchHub::on_history`]) and become synced once
+//! the history reaches the current revision.
+//!
+//! The hub never blocks and never queues events: every call takes a `room` function that
+//! says how many more responses, and how many more bytes, a stream's bounded outbound
+//! queue accepts right now ([`Room`]). When
+//! a watcher's events do not fit, it is moved to the unsynced group at the first revision
+//! it has not received, and history later delivers what it missed, in order. Control
+//! responses (created, canceled, progress) are queued per stream instead, up to
+//! [`MAX_CONTROL_BACKLOG`], because dropping them would break the protocol; a stream that
+//! exceeds that is closed.
+//!
+//! Gaplessness relies on one property of the caller: a history answer is computed by the
+//! storage actor *after* it has applied, and reported through `on_events`, every batch up
+//! to the answer's `through_revision`, and before it reports any later batch. The storage
+//! actor guarantees this by sending both on the same channel, in order. So when an answer
+//! reaching the current revision arrives, nothing is left between it and the live events
+//! that follow, and the watcher can join the synced group.
+//!
+//! Time is an argument (`now_ms`), so the hub is deterministic.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use prost::Message as _;
+
+use crate::core::mvcc::History;
+use crate::error::EtcdError;
+use crate::pb::etcdserverpb::{
+    watch_create_request::FilterType, ResponseHeader, WatchCreateRequest, WatchResponse,
+};
+use crate::pb::mvccpb::{event::EventType, Event};
+
+/// A stream's id, chosen by the gateway.
+pub type StreamId = u64;
+
+/// The watch id etcd answers with when a create fails.
+pub const INVALID_WATCH_ID: i64 = -1;
+/// Control responses a stream may have waiting for room before it is closed.
+pub const MAX_CONTROL_BACKLOG: usize = 1024;
+/// etcd's message for a watcher whose range is empty (`key >= range_end`).
+pub const EMPTY_RANGE_REASON: &str = "mvcc: watcher range is empty";
+/// etcd's message for a create that reuses a watch id of its stream.
+pub const DUPLICATE_ID_REASON: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// What a stream's outbound queue accepts right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// How many more responses fit.
+    pub responses: usize,
+    /// How many more bytes (of encoded responses) fit.
+    pub bytes: usize,
+    /// Whether the queue is empty: then one response larger than `bytes` is accepted,
+    /// so that a revision larger than the byte budget can still be delivered.
+    pub empty: bool,
+}
+
+impl Room {
+    /// Room for `responses` responses of any size (tests, and queues bounded by count
+    /// only).
+    pub fn count(responses: usize) -> Room {
+        Room {
+            responses,
+            bytes: usize::MAX,
+            empty: false,
+        }
+    }
+}
+
+/// The hub's limits.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// `--max-request-bytes`: fragmenting watchers get responses split below this size.
+    pub max_request_bytes: usize,
+    /// How often watchers that asked for `progress_notify` get a progress response when
+    /// nothing was sent to them (etcd's `--experimental-watch-progress-notify-interval`).
+    pub progress_notify_interval_ms: u64,
+    /// The most events one history read returns (it is cut at a revision boundary).
+    pub max_history_events: usize,
+    /// The most bytes of events one history read returns (likewise cut).
+    pub max_history_bytes: usize,
+    /// The most history reads outstanding at once.
+    pub max_fetches_in_flight: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            max_request_bytes: 1536 * 1024,
+            progress_notify_interval_ms: 10 * 60 * 1000,
+            max_history_events: 1000,
+            // etcd bounds a catch-up response only by its number of revisions; detcd
+            // also stops at a revision boundary once it holds this many bytes, so one
+            // response never holds much more than a stream's byte budget.
+            max_history_bytes: 4 * 1024 * 1024,
+            max_fetches_in_flight: 64,
+        }
+    }
+}
+
+/// A history read for a catching-up watcher: the storage actor answers it with
+/// [`crate::core::mvcc::Mvcc::history`]`(key, range_end, from_revision, current,
+/// max_events)` and hands the result to [`WatchHub::on_history`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryFetch {
+    /// Identifies the answer.
+    pub fetch_id: u64,
+    /// The watcher's key (etcd conventions).
+    pub key: Vec<u8>,
+    /// The watcher's range end (etcd conventions).
+    pub range_end: Vec<u8>,
+    /// The first revision wanted.
+    pub from_revision: i64,
+    /// The most events to return.
+    pub max_events: usize,
+    /// The most bytes of events to return.
+    pub max_bytes: usize,
+}
+
+/// The answer to a [`HistoryFetch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryAnswer {
+    /// The fetch answered.
+    pub fetch_id: u64,
+    /// The events, or `Compacted`.
+    pub result: Result<History, EtcdError>,
+    /// The store's compact revision when the answer was computed.
+    pub compact_revision: i64,
+}
+
+/// What the hub asks its actor to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Put `response` on the stream's outbound queue (there is room: the hub asked). The
+    /// header carries only the revision; the actor fills in the member's ids and term.
+    Send {
+        /// The stream.
+        stream: StreamId,
+        /// The response.
+        response: WatchResponse,
+    },
+    /// Read history and answer with [`WatchHub::on_history`] (or
+    /// [`WatchHub::on_fetch_failed`] if the read could not even be asked for).
+    Fetch(HistoryFetch),
+    /// End the stream with this error; its watchers are gone.
+    Close {
+        /// The stream.
+        stream: StreamId,
+        /// Why.
+        error: EtcdError,
+    },
+}
+
+/// The key interval of a watcher, with etcd's conventions decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Range {
+    /// One key.
+    Single(Vec<u8>),
+    /// `[start, end)`; `None` is unbounded (etcd's "from key").
+    Interval(Vec<u8>, Option<Vec<u8>>),
+}
+
+impl Range {
+    fn contains(&self, k: &[u8]) -> bool {
+        match self {
+            Range::Single(key) => k == key.as_slice(),
+            Range::Interval(start, end) => {
+                k >= start.as_slice() && end.as_ref().is_none_or(|e| k < e.as_slice())
+            }
+        }
+    }
+
+    /// Back to etcd's `key`/`range_end` encoding.
+    fn to_etcd(&self) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            Range::Single(k) => (k.clone(), Vec::new()),
+            Range::Interval(s, None) => (s.clone(), vec![0]),
+            Range::Interval(s, Some(e)) => (s.clone(), e.clone()),
+        }
+    }
+}
+
+/// One watcher.
+#[derive(Debug, Clone)]
+struct Watcher {
+    stream: StreamId,
+    id: i64,
+    range: Range,
+    /// Every relevant event below this revision has been delivered (or filtered).
+    next_revision: i64,
+    synced: bool,
+    /// The history read in flight for it, if any.
+    fetch: Option<u64>,
+    /// Its last history answer did not fit in its stream's queue: no new read until the
+    /// next tick, so a full queue does not turn into a storm of reads.
+    blocked: bool,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// Whether anything was sent to it since the last progress tick (etcd sends progress
+    /// notifications only to watchers that got nothing in the interval).
+    sent_since_progress: bool,
+}
+
+/// One client stream.
+#[derive(Debug, Default)]
+struct Stream {
+    /// Watch id to watcher serial.
+    watchers: BTreeMap<i64, u64>,
+    /// The next id to try for a create without an id (etcd starts at 0).
+    next_auto_id: i64,
+    /// Control responses waiting for room, oldest first.
+    control: VecDeque<WatchResponse>,
+    /// A progress request waits until every watcher of the stream is synced, so that the
+    /// revision it reports is never ahead of events still owed to a watcher.
+    progress_deferred: bool,
+}
+
+/// The watch hub (see the module docs).
+#[derive(Debug)]
+pub struct WatchHub {
+    config: WatchConfig,
+    /// The revision of the last batch seen through `on_events`.
+    current_revision: i64,
+    streams: BTreeMap<StreamId, Stream>,
+    /// Every watcher by serial. Serials are never reused, so a late history answer for a
+    /// canceled watcher cannot reach a new watcher with the same id.
+    watchers: BTreeMap<u64, Watcher>,
+    next_serial: u64,
+    /// Synced single-key watchers by key.
+    synced_keys: BTreeMap<Vec<u8>, BTreeSet<u64>>,
+    /// Synced range watchers.
+    synced_ranges: BTreeSet<u64>,
+    /// Unsynced watchers.
+    unsynced: BTreeSet<u64>,
+    /// Outstanding history reads: fetch id to watcher serial.
+    fetches: BTreeMap<u64, u64>,
+    next_fetch_id: u64,
+    /// When the next progress notification round is due.
+    next_progress_ms: Option<u64>,
+    /// Responses and bytes handed to each stream during the current call (room
+    /// accounting).
+    used: BTreeMap<StreamId, (usize, usize)>,
+    out: Vec<Output>,
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..ResponseHeader::default()
+    })
+}
+
+impl WatchHub {
+    /// A hub with no streams, at the store's `current_revision`.
+    pub fn new(config: WatchConfig, current_revision: i64) -> WatchHub {
+        WatchHub {
+            config,
+            current_revision,
+            streams: BTreeMap::new(),
+            watchers: BTreeMap::new(),
+            next_serial: 0,
+            synced_keys: BTreeMap::new(),
+            synced_ranges: BTreeSet::new(),
+            unsynced: BTreeSet::new(),
+            fetches: BTreeMap::new(),
+            next_fetch_id: 0,
+            next_progress_ms: None,
+            used: BTreeMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The revision of the last batch seen.
+    pub fn current_revision(&self) -> i64 {
+        self.current_revision
+    }
+
+    /// The number of watchers (all streams).
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.len()
+    }
+
+    /// The number of watchers catching up from history.
+    pub fn unsynced_count(&self) -> usize {
+        self.unsynced.len()
+    }
+
+    /// Registers a stream.
+    pub fn open_stream(&mut self, stream: StreamId) {
+        self.streams.entry(stream).or_default();
+    }
+
+    /// Forgets a stream and its watchers (the client went away).
+    pub fn close_stream(&mut self, stream: StreamId) {
+        if let Some(s) = self.streams.remove(&stream) {
+            for serial in s.watchers.into_values() {
+                self.remove_watcher(serial);
+            }
+        }
+    }
+
+    /// Handles a create request on `stream`, as etcd's `serverWatchStream.recvLoop` does.
+    pub fn create(
+        &mut self,
+        stream: StreamId,
+        req: &WatchCreateRequest,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) -> Vec<Output> {
+        self.begin();
+        if self.streams.contains_key(&stream) {
+            self.create_inner(stream, req, room);
+        }
+        self.finish()
+    }
+
+    fn create_inner(
+        &mut self,
+        stream: StreamId,
+        req: &WatchCreateRequest,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) {
+        // etcd: an empty key is "\0", the smallest key; a range end of "\0" means every
+        // key from `key` on.
+        let key = if req.key.is_empty() {
+            vec![0]
+        } else {
+            req.key.clone()
+        };
+        let range = match req.range_end.as_slice() {
+            [] => Range::Single(key),
+            [0] => Range::Interval(key, None),
+            end => Range::Interval(key, Some(end.to_vec())),
+        };
+        let current = self.current_revision;
+        let failed = |reason: &str| WatchResponse {
+            header: header(current),
+            watch_id: INVALID_WATCH_ID,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..WatchResponse::default()
+        };
+        if let Range::Interval(start, Some(end)) = &range {
+            if start >= end {
+                self.push_control(stream, failed(EMPTY_RANGE_REASON), room);
+                return;
+            }
+        }
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        // etcd: id 0 asks the stream to pick the lowest free id from a counter.
+        let id = if req.watch_id == 0 {
+            while s.watchers.contains_key(&s.next_auto_id) {
+                s.next_auto_id += 1;
+            }
+            s.next_auto_id += 1;
+            Some(s.next_auto_id - 1)
+        } else if s.watchers.contains_key(&req.watch_id) {
+            None
+        } else {
+            Some(req.watch_id)
+        };
+        let Some(id) = id else {
+            self.push_control(stream, failed(DUPLICATE_ID_REASON), room);
+            return;
+        };
+        let start = if req.start_revision == 0 {
+            current + 1
+        } else {
+            req.start_revision
+        };
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        s.watchers.insert(id, serial);
+        let w = Watcher {
+            stream,
+            id,
+            range,
+            next_revision: start,
+            synced: false,
+            fetch: None,
+            blocked: false,
+            no_put: req.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: req.prev_kv,
+            progress_notify: req.progress_notify,
+            fragment: req.fragment,
+            sent_since_progress: false,
+        };
+        self.watchers.insert(serial, w);
+        self.push_control(
+            stream,
+            WatchResponse {
+                header: header(current),
+                watch_id: id,
+                created: true,
+                ..WatchResponse::default()
+            },
+            room,
+        );
+        // etcd: a watcher starting now or in the future is synced; one starting at or
+        // before the current revision catches up from history first.
+        if start > current {
+            self.make_synced(serial);
+        } else {
+            self.unsynced.insert(serial);
+            self.sync_unsynced(room);
+        }
+    }
+
+    /// Handles a cancel request: etcd answers only if the watcher exists.
+    pub fn cancel(
+        &mut self,
+        stream: StreamId,
+        watch_id: i64,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) -> Vec<Output> {
+        self.begin();
+        let serial = self
+            .streams
+            .get_mut(&stream)
+            .and_then(|s| s.watchers.remove(&watch_id));
+        if let Some(serial) = serial {
+            self.remove_watcher(serial);
+            let resp = WatchResponse {
+                header: header(self.current_revision),
+                watch_id,
+                canceled: true,
+                ..WatchResponse::default()
+            };
+            self.push_control(stream, resp, room);
+            self.answer_deferred_progress(stream, room);
+        }
+        self.finish()
+    }
+
+    /// Handles a progress request: a response with watch id -1 and the current revision,
+    /// once every watcher of the stream is synced.
+    pub fn progress(
+        &mut self,
+        stream: StreamId,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) -> Vec<Output> {
+        self.begin();
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.progress_deferred = true;
+            self.answer_deferred_progress(stream, room);
+        }
+        self.finish()
+    }
+
+    /// Handles one applied batch: `events` in apply order (several revisions possible),
+    /// `revision` the store's revision after the batch. Events carry `prev_kv`.
+    pub fn on_events(
+        &mut self,
+        revision: i64,
+        events: &[Event],
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) -> Vec<Output> {
+        self.begin();
+        self.flush_all_control(room);
+        let mut i = 0;
+        while i < events.len() {
+            let rev = event_revision(&events[i]);
+            let mut j = i + 1;
+            while j < events.len() && event_revision(&events[j]) == rev {
+                j += 1;
+            }
+            self.deliver_revision(rev, &events[i..j], room);
+            i = j;
+        }
+        self.current_revision = self.current_revision.max(revision);
+        self.finish()
+    }
+
+    /// Handles the answer to a history read.
+    pub fn on_history(
+        &mut self,
+        answer: HistoryAnswer,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) -> Vec<Output> {
+        self.begin();
+        self.flush_all_control(room);
+        if let Some(serial) = self.fetches.remove(&answer.fetch_id) {
+            self.apply_history(serial, answer, room);
+        }
+        self.sync_unsynced(room);
+        self.finish()
+    }
+
+    /// The read could not be asked for (the storage actor's queue was full): the watcher
+    /// stays unsynced and is retried on a later tick.
+    pub fn on_fetch_failed(&mut self, fetch_id: u64) {
+        if let Some(serial) = self.fetches.remove(&fetch_id) {
+            if let Some(w) = self.watchers.get_mut(&serial) {
+                w.fetch = None;
+            }
+        }
+    }
+
+    /// The periodic step (every ~100 ms, as etcd's sync loop): flushes waiting control
+    /// responses, retries catch-up, and sends due progress notifications.
+    pub fn tick(&mut self, now_ms: u64, room: &mut dyn FnMut(StreamId) -> Room) -> Vec<Output> {
+        self.begin();
+        self.flush_all_control(room);
+        let due = *self
+            .next_progress_ms
+            .get_or_insert(now_ms + self.config.progress_notify_interval_ms);
+        if now_ms >= due {
+            self.next_progress_ms = Some(now_ms + self.config.progress_notify_interval_ms);
+            self.progress_round(room);
+        }
+        for serial in &self.unsynced {
+            if let Some(w) = self.watchers.get_mut(serial) {
+                w.blocked = false;
+            }
+        }
+        self.sync_unsynced(room);
+        let streams: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.progress_deferred)
+            .map(|(id, _)| *id)
+            .collect();
+        for s in streams {
+            self.answer_deferred_progress(s, room);
+        }
+        self.finish()
+    }
+
+    fn begin(&mut self) {
+        self.used.clear();
+        self.out.clear();
+    }
+
+    fn finish(&mut self) -> Vec<Output> {
+        self.used.clear();
+        std::mem::take(&mut self.out)
+    }
+
+    /// What `stream` still accepts in this call.
+    fn free(&self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> Room) -> Room {
+        let r = room(stream);
+        let (n, bytes) = self.used.get(&stream).copied().unwrap_or((0, 0));
+        Room {
+            responses: r.responses.saturating_sub(n),
+            bytes: r.bytes.saturating_sub(bytes),
+            empty: r.empty && n == 0,
+        }
+    }
+
+    fn emit(&mut self, stream: StreamId, response: WatchResponse) {
+        let used = self.used.entry(stream).or_default();
+        used.0 += 1;
+        used.1 = used.1.saturating_add(response.encoded_len());
+        self.out.push(Output::Send { stream, response });
+    }
+
+    fn push_control(
+        &mut self,
+        stream: StreamId,
+        resp: WatchResponse,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.control.push_back(resp);
+        if s.control.len() > MAX_CONTROL_BACKLOG {
+            // The client sends requests but does not read the answers.
+            self.close_stream(stream);
+            self.out.push(Output::Close {
+                stream,
+                error: EtcdError::TooManyRequests,
+            });
+            return;
+        }
+        self.flush_control(stream, room);
+    }
+
+    fn flush_control(&mut self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> Room) {
+        loop {
+            let free = self.free(stream, room);
+            let Some(s) = self.streams.get_mut(&stream) else {
+                return;
+            };
+            // Control responses are small: only the count bounds them.
+            if free.responses == 0 {
+                return;
+            }
+            let Some(resp) = s.control.pop_front() else {
+                return;
+            };
+            self.emit(stream, resp);
+        }
+    }
+
+    fn flush_all_control(&mut self, room: &mut dyn FnMut(StreamId) -> Room) {
+        let waiting: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.control.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for s in waiting {
+            self.flush_control(s, room);
+        }
+    }
+
+    /// Emits `responses` on `stream` if all of them fit after its waiting control
+    /// responses (by count, and by size unless the queue is empty); otherwise emits
+    /// nothing and returns false.
+    fn try_emit_all(
+        &mut self,
+        stream: StreamId,
+        responses: Vec<WatchResponse>,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) -> bool {
+        let control_empty = self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| s.control.is_empty());
+        let free = self.free(stream, room);
+        let bytes: usize = responses.iter().map(|r| r.encoded_len()).sum();
+        if !control_empty || free.responses < responses.len() || (bytes > free.bytes && !free.empty)
+        {
+            return false;
+        }
+        for r in responses {
+            self.emit(stream, r);
+        }
+        true
+    }
+
+    /// Delivers the events of one revision to the synced watchers they concern.
+    fn deliver_revision(
+        &mut self,
+        rev: i64,
+        events: &[Event],
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) {
+        let mut matched: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+        for ev in events {
+            let Some(key) = ev.kv.as_ref().map(|kv| kv.key.as_slice()) else {
+                continue;
+            };
+            let singles = self.synced_keys.get(key).into_iter().flatten();
+            let ranges = self
+                .synced_ranges
+                .iter()
+                .filter(|s| self.watchers.get(s).is_some_and(|w| w.range.contains(key)));
+            for serial in singles.chain(ranges) {
+                let Some(w) = self.watchers.get(serial) else {
+                    continue;
+                };
+                if w.next_revision > rev {
+                    // A watcher that starts in the future.
+                    continue;
+                }
+                if let Some(e) = filter_event(w, ev) {
+                    matched.entry(*serial).or_default().push(e);
+                } else {
+                    matched.entry(*serial).or_default();
+                }
+            }
+        }
+        for (serial, evs) in matched {
+            let Some(w) = self.watchers.get(&serial) else {
+                continue;
+            };
+            if evs.is_empty() {
+                // Everything was filtered out: etcd sends nothing.
+                if let Some(w) = self.watchers.get_mut(&serial) {
+                    w.next_revision = rev + 1;
+                }
+                continue;
+            }
+            let stream = w.stream;
+            let responses = self.event_responses(w, rev, evs);
+            if self.try_emit_all(stream, responses, room) {
+                if let Some(w) = self.watchers.get_mut(&serial) {
+                    w.next_revision = rev + 1;
+                    w.sent_since_progress = true;
+                }
+            } else {
+                // No room: catch up from history from this revision on.
+                self.make_unsynced(serial, rev);
+            }
+        }
+    }
+
+    /// The response(s) carrying `events` to `w`: one, or several fragments if the
+    /// watcher asked for fragmentation and the response is too large (etcd's
+    /// `sendFragments`).
+    fn event_responses(
+        &self,
+        w: &Watcher,
+        revision: i64,
+        events: Vec<Event>,
+    ) -> Vec<WatchResponse> {
+        let whole = WatchResponse {
+            header: header(revision),
+            watch_id: w.id,
+            events,
+            ..WatchResponse::default()
+        };
+        let limit = self.config.max_request_bytes;
+        if !w.fragment || whole.encoded_len() < limit || whole.events.len() < 2 {
+            return vec![whole];
+        }
+        let mut out = Vec::new();
+        let mut rest = whole.events.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut cur = WatchResponse {
+                header: header(revision),
+                watch_id: w.id,
+                fragment: true,
+                ..WatchResponse::default()
+            };
+            while let Some(ev) = rest.peek() {
+                cur.events.push(ev.clone());
+                if cur.events.len() > 1 && cur.encoded_len() >= limit {
+                    cur.events.pop();
+                    break;
+                }
+                rest.next();
+            }
+            if rest.peek().is_none() {
+                cur.fragment = false;
+            }
+            out.push(cur);
+        }
+        out
+    }
+
+    fn make_synced(&mut self, serial: u64) {
+        let Some(w) = self.watchers.get_mut(&serial) else {
+            return;
+        };
+        self.unsynced.remove(&serial);
+        w.synced = true;
+        match &w.range {
+            Range::Single(k) => {
+                self.synced_keys
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(serial);
+            }
+            Range::Interval(..) => {
+                self.synced_ranges.insert(serial);
+            }
+        }
+    }
+
+    fn unindex(&mut self, serial: u64) {
+        let Some(w) = self.watchers.get(&serial) else {
+            return;
+        };
+        match &w.range {
+            Range::Single(k) => {
+                if let Some(set) = self.synced_keys.get_mut(k) {
+                    set.remove(&serial);
+                    if set.is_empty() {
+                        self.synced_keys.remove(k);
+                    }
+                }
+            }
+            Range::Interval(..) => {
+                self.synced_ranges.remove(&serial);
+            }
+        }
+        self.unsynced.remove(&serial);
+    }
+
+    fn make_unsynced(&mut self, serial: u64, next_revision: i64) {
+        self.unindex(serial);
+        if let Some(w) = self.watchers.get_mut(&serial) {
+            w.synced = false;
+            w.next_revision = next_revision;
+            self.unsynced.insert(serial);
+        }
+    }
+
+    fn remove_watcher(&mut self, serial: u64) {
+        self.unindex(serial);
+        if let Some(w) = self.watchers.remove(&serial) {
+            if let Some(f) = w.fetch {
+                self.fetches.remove(&f);
+            }
+        }
+    }
+
+    /// Asks for history for unsynced watchers whose stream has room, within the limit of
+    /// reads in flight.
+    fn sync_unsynced(&mut self, room: &mut dyn FnMut(StreamId) -> Room) {
+        let candidates: Vec<u64> = self.unsynced.iter().copied().collect();
+        for serial in candidates {
+            if self.fetches.len() >= self.config.max_fetches_in_flight {
+                return;
+            }
+            let Some(w) = self.watchers.get(&serial) else {
+                continue;
+            };
+            if w.fetch.is_some() || w.blocked {
+                continue;
+            }
+            let stream = w.stream;
+            let control_empty = self
+                .streams
+                .get(&stream)
+                .is_some_and(|s| s.control.is_empty());
+            let free = self.free(stream, room);
+            if !control_empty || free.responses == 0 || (free.bytes == 0 && !free.empty) {
+                continue;
+            }
+            let (key, range_end) = w.range.to_etcd();
+            let fetch_id = self.next_fetch_id;
+            self.next_fetch_id += 1;
+            let from_revision = w.next_revision;
+            if let Some(w) = self.watchers.get_mut(&serial) {
+                w.fetch = Some(fetch_id);
+            }
+            self.fetches.insert(fetch_id, serial);
+            self.out.push(Output::Fetch(HistoryFetch {
+                fetch_id,
+                key,
+                range_end,
+                from_revision,
+                max_events: self.config.max_history_events,
+                max_bytes: self.config.max_history_bytes,
+            }));
+        }
+    }
+
+    fn apply_history(
+        &mut self,
+        serial: u64,
+        answer: HistoryAnswer,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) {
+        let Some(w) = self.watchers.get_mut(&serial) else {
+            return;
+        };
+        if w.fetch != Some(answer.fetch_id) {
+            return;
+        }
+        w.fetch = None;
+        let (stream, id, from) = (w.stream, w.id, w.next_revision);
+        let history = match answer.result {
+            Ok(h) => h,
+            Err(EtcdError::Compacted) => {
+                // etcd answers a compacted start with a response carrying the compact
+                // revision (and a header without revision), canceled, and drops the
+                // watcher.
+                let resp = WatchResponse {
+                    header: header(0),
+                    watch_id: id,
+                    canceled: true,
+                    compact_revision: answer.compact_revision,
+                    ..WatchResponse::default()
+                };
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.watchers.remove(&id);
+                }
+                self.remove_watcher(serial);
+                self.push_control(stream, resp, room);
+                self.answer_deferred_progress(stream, room);
+                return;
+            }
+            // Any other failure: try again on a later tick.
+            Err(_) => return,
+        };
+        let w = &self.watchers[&serial];
+        let events: Vec<Event> = history
+            .events
+            .iter()
+            .filter(|e| event_revision(e) >= from)
+            .filter_map(|e| filter_event(w, e))
+            .collect();
+        let through = history.through_revision.max(from - 1);
+        let sent = !events.is_empty();
+        if sent {
+            // As etcd, a catch-up response carries the current revision in its header,
+            // so headers on a stream never go back. Only responses without events
+            // (progress) are bookmarks, and those are sent to synced watchers only.
+            let responses = self.event_responses(w, self.current_revision, events);
+            if !self.try_emit_all(stream, responses, room) {
+                // No room now: a later tick reads again.
+                if let Some(w) = self.watchers.get_mut(&serial) {
+                    w.blocked = true;
+                }
+                return;
+            }
+        }
+        let current = self.current_revision;
+        if let Some(w) = self.watchers.get_mut(&serial) {
+            w.next_revision = through + 1;
+            w.sent_since_progress |= sent;
+            if w.next_revision > current {
+                self.make_synced(serial);
+                self.answer_deferred_progress(stream, room);
+            }
+        }
+    }
+
+    /// Sends a stream's deferred progress response if all its watchers are synced.
+    fn answer_deferred_progress(
+        &mut self,
+        stream: StreamId,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) {
+        let Some(s) = self.streams.get(&stream) else {
+            return;
+        };
+        if !s.progress_deferred {
+            return;
+        }
+        let all_synced = s
+            .watchers
+            .values()
+            .all(|serial| self.watchers.get(serial).is_some_and(|w| w.synced));
+        if !all_synced {
+            return;
+        }
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.progress_deferred = false;
+        }
+        let resp = WatchResponse {
+            header: header(self.current_revision),
+            watch_id: INVALID_WATCH_ID,
+            ..WatchResponse::default()
+        };
+        self.push_control(stream, resp, room);
+    }
+
+    /// Progress notifications for synced watchers that asked for them and got nothing
+    /// since the last round.
+    fn progress_round(&mut self, room: &mut dyn FnMut(StreamId) -> Room) {
+        let due: Vec<u64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify)
+            .map(|(s, _)| *s)
+            .collect();
+        for serial in due {
+            let Some(w) = self.watchers.get(&serial) else {
+                continue;
+            };
+            let (stream, id, send) = (w.stream, w.id, w.synced && !w.sent_since_progress);
+            if send {
+                let resp = WatchResponse {
+                    header: header(self.current_revision),
+                    watch_id: id,
+                    ..WatchResponse::default()
+                };
+                // Skipped when there is no room: the next round tries again.
+                self.try_emit_all(stream, vec![resp], room);
+            }
+            if let Some(w) = self.watchers.get_mut(&serial) {
+                w.sent_since_progress = false;
+            }
+        }
+    }
+}
+
+/// The main revision of an event (deletes carry it as `mod_revision` too).
+fn event_revision(e: &Event) -> i64 {
+    e.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
+
+/// The event as `w` sees it: `None` if a filter drops it; `prev_kv` only if asked for.
+fn filter_event(w: &Watcher, e: &Event) -> Option<Event> {
+    let is_put = e.r#type == EventType::Put as i32;
+    if (is_put && w.no_put) || (!is_put && w.no_delete) {
+        return None;
+    }
+    let mut e = e.clone();
+    if !w.prev_kv {
+        e.prev_kv = None;
+    }
+    Some(e)
+}
+
+#[cfg(test)]
+mod tests;

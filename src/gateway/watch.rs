@@ -1,0 +1,112 @@
+//! The Watch service: one bidirectional stream per call, carrying many watchers.
+//!
+//! Each call registers a stream with the watch hub, together with the bounded queue its
+//! responses go through, and forwards the client's requests to the hub as they come. The
+//! hub answers everything (created, canceled, events, progress); this file only moves
+//! messages and notices when the client goes away.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::EtcdError;
+use crate::msg::WatchMsg;
+use crate::pb::etcdserverpb::watch_request::RequestUnion;
+use crate::pb::etcdserverpb::watch_server::Watch;
+use crate::pb::etcdserverpb::{WatchRequest, WatchResponse};
+use crate::rt;
+
+/// Responses one stream may have queued for its client (etcd's `chanBufLen`). A client
+/// that reads slower than its watchers produce gets no more queued: its watchers fall
+/// back to catching up from history.
+pub const STREAM_QUEUE_BOUND: usize = 128;
+
+/// The Watch service.
+pub struct WatchService {
+    watch_tx: mpsc::Sender<WatchMsg>,
+    next_stream: Arc<AtomicU64>,
+}
+
+impl WatchService {
+    /// Builds the service over the watch hub's inbox. `next_stream` numbers the streams
+    /// of this member; every listener's service must share it.
+    pub fn new(watch_tx: mpsc::Sender<WatchMsg>, next_stream: Arc<AtomicU64>) -> WatchService {
+        WatchService {
+            watch_tx,
+            next_stream,
+        }
+    }
+}
+
+/// What one client request becomes for the hub (`None`: etcd ignores it).
+fn to_hub(stream: u64, req: WatchRequest) -> Option<WatchMsg> {
+    match req.request_union? {
+        RequestUnion::CreateRequest(request) => Some(WatchMsg::Create { stream, request }),
+        RequestUnion::CancelRequest(c) => Some(WatchMsg::Cancel {
+            stream,
+            watch_id: c.watch_id,
+        }),
+        RequestUnion::ProgressRequest(_) => Some(WatchMsg::Progress { stream }),
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut inbound = req.into_inner();
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE_BOUND);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        self.watch_tx
+            .send(WatchMsg::OpenStream {
+                stream,
+                tx: tx.clone(),
+                queued_bytes: queued_bytes.clone(),
+            })
+            .await
+            .map_err(|_| EtcdError::Stopped.to_status())?;
+        let hub = self.watch_tx.clone();
+        rt::spawn("watch-stream", async move {
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => {
+                            if let Some(m) = to_hub(stream, req) {
+                                if hub.send(m).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(None) => {
+                            // The client closed its side; as etcd, keep sending until
+                            // it goes away.
+                            tx.closed().await;
+                            break;
+                        }
+                        Err(_) => break,
+                    },
+                    _ = tx.closed() => break,
+                }
+            }
+            let _ = hub.send(WatchMsg::CloseStream { stream }).await;
+        });
+        // Whatever gRPC takes leaves the queue's byte count, so the hub sees the room.
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+            if let Ok(r) = &item {
+                queued_bytes.fetch_sub(r.encoded_len(), Ordering::Relaxed);
+            }
+            item
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
