@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use detcd::pb::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest,
-    LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+    LeaseTimeToLiveRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
 };
 use detcd_sim::harness;
 use madsim::runtime::Runtime;
@@ -30,6 +30,8 @@ struct Observed {
     b_id: i64,
     /// Simulated seconds the workload took.
     simulated_s: u64,
+    /// What a watcher on `a/` saw when the lease expired: (key, event type, revision).
+    a_deletes: Vec<(String, i32, i64)>,
 }
 
 /// Counts the keys under `prefix/`, hashing the response.
@@ -101,6 +103,31 @@ fn run(seed: u64) -> Observed {
                     }
                 }
 
+                // A watcher on `a/` from now on: the expiry must reach it as deletes.
+                let mut watch = harness::connect_watch(&url).await;
+                let (watch_tx, watch_rx) = tokio::sync::mpsc::channel(4);
+                watch_tx
+                    .send(WatchRequest {
+                        request_union: Some(
+                            detcd::pb::etcdserverpb::watch_request::RequestUnion::CreateRequest(
+                                WatchCreateRequest {
+                                    key: b"a/".to_vec(),
+                                    range_end: b"a0".to_vec(),
+                                    ..Default::default()
+                                },
+                            ),
+                        ),
+                    })
+                    .await
+                    .unwrap();
+                let mut watch_stream = watch
+                    .watch(tokio_stream::wrappers::ReceiverStream::new(watch_rx))
+                    .await
+                    .expect("watch")
+                    .into_inner();
+                let created = watch_stream.message().await.unwrap().expect("created");
+                assert!(created.created, "{created:?}");
+
                 // Keep B alive every 20 simulated seconds for two minutes.
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
                 tx.send(LeaseKeepAliveRequest { id: b.id }).await.unwrap();
@@ -123,6 +150,20 @@ fn run(seed: u64) -> Observed {
                     }
                 }
                 let simulated_s = start.elapsed().as_secs();
+                let expired = watch_stream.message().await.unwrap().expect("deletes");
+                expired.encode_to_vec().hash(&mut hasher);
+                let a_deletes = expired
+                    .events
+                    .iter()
+                    .map(|e| {
+                        let kv = e.kv.as_ref().unwrap();
+                        (
+                            String::from_utf8_lossy(&kv.key).into_owned(),
+                            e.r#type,
+                            kv.mod_revision,
+                        )
+                    })
+                    .collect();
 
                 let a_keys = count(&mut kv, "a", &mut hasher).await;
                 let b_keys = count(&mut kv, "b", &mut hasher).await;
@@ -158,6 +199,7 @@ fn run(seed: u64) -> Observed {
                     leases: list.leases.iter().map(|l| l.id).collect(),
                     b_id: b.id,
                     simulated_s,
+                    a_deletes,
                 }
             })
             .await
@@ -180,6 +222,14 @@ fn unrenewed_lease_expires_in_simulated_time() {
         "lease not found"
     );
     assert_eq!(first.b_keys, 3, "the renewed lease keeps its keys");
+    // The watcher saw the three keys deleted in one response, at one revision (one txn).
+    assert_eq!(first.a_deletes.len(), 3, "{first:?}");
+    let rev = first.a_deletes[0].2;
+    for (i, (key, kind, r)) in first.a_deletes.iter().enumerate() {
+        assert_eq!(key, &format!("a/{i}"));
+        assert_eq!(*kind, detcd::pb::mvccpb::event::EventType::Delete as i32);
+        assert_eq!(*r, rev, "all deletes share the revocation's revision");
+    }
     assert_eq!(first.leases, vec![first.b_id]);
     assert!(
         wall_one < Duration::from_secs(30),
