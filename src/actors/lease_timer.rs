@@ -82,6 +82,8 @@ pub struct LeaseTimer {
     inbox: mpsc::Receiver<LeaseMsg>,
     raft_tx: mpsc::Sender<RaftMsg>,
     status_rx: watch::Receiver<RaftStatus>,
+    /// The raft term of the leadership the clock was promoted for.
+    leader_term: u64,
     start: rt::Instant,
 }
 
@@ -106,6 +108,7 @@ impl LeaseTimer {
             inbox,
             raft_tx,
             status_rx,
+            leader_term: 0,
             start: rt::now(),
         }
     }
@@ -146,7 +149,10 @@ impl LeaseTimer {
     fn sync_leadership(&mut self) {
         let status = self.status_rx.borrow().clone();
         let leading = status.leader_id != 0 && status.leader_id == self.config.member_id;
-        if leading && !self.clock.is_primary() {
+        // Every new leadership, even this member's own re-election in a later term, starts
+        // the clock afresh, as etcd promotes its lessor on each becoming leader.
+        if leading && (!self.clock.is_primary() || status.term != self.leader_term) {
+            self.leader_term = status.term;
             let extend_ms = lease::promote_extend_ms(
                 self.config.election_timeout_ms,
                 self.config.heartbeat_interval_ms,
@@ -234,6 +240,7 @@ impl LeaseTimer {
             return;
         }
         let now_ms = self.now_ms();
+        let term = self.leader_term;
         for id in self.clock.expired(now_ms, lease::REVOKE_BATCH_MAX) {
             tracing::info!(
                 lease = format!("{id:x}"),
@@ -242,6 +249,7 @@ impl LeaseTimer {
             let (reply, _ignored) = oneshot::channel();
             let request = InternalRequest {
                 lease_revoke: Some(LeaseRevokeRequest { id }),
+                expiry_term: term,
                 ..Default::default()
             };
             if self

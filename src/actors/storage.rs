@@ -356,7 +356,7 @@ impl StorageActor {
             let StateOutcome {
                 outcome,
                 lease_changes: changes,
-            } = self.state.apply(&request);
+            } = self.state.apply(&request, entry.term);
             batch.ops.extend(outcome.batch.ops);
             events.extend(outcome.events);
             lease_changes.extend(changes);

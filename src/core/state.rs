@@ -48,10 +48,11 @@ pub struct StateOutcome {
 }
 
 impl StateMachine {
-    /// Applies one committed request. Lease requests are handled here; key-value requests
-    /// go to [`apply::apply`] with the lease table answering whether a lease exists, and
-    /// their events then move key attachments between leases.
-    pub fn apply(&mut self, req: &InternalRequest) -> StateOutcome {
+    /// Applies one committed request, appended to the raft log in `entry_term`. Lease
+    /// requests are handled here; key-value requests go to [`apply::apply`] with the lease
+    /// table answering whether a lease exists, and their events then move key attachments
+    /// between leases.
+    pub fn apply(&mut self, req: &InternalRequest, entry_term: u64) -> StateOutcome {
         if let Some(grant) = &req.lease_grant {
             let mut batch = WriteBatch::default();
             let result = self.leases.grant(grant.id, grant.ttl, &mut batch);
@@ -77,6 +78,19 @@ impl StateMachine {
             };
         }
         if let Some(revoke) = &req.lease_revoke {
+            if req.expiry_term != 0 && req.expiry_term != entry_term {
+                // An expiry decided under a leadership that had already ended when the
+                // proposal entered the log: the current leader's clock, extended on its
+                // promotion, decides instead.
+                return StateOutcome {
+                    outcome: ApplyOutcome {
+                        result: Err(EtcdError::LeaderChanged),
+                        batch: WriteBatch::default(),
+                        events: vec![],
+                    },
+                    lease_changes: vec![],
+                };
+            }
             return self.revoke(revoke.id);
         }
         let leases = &self.leases;
