@@ -6,7 +6,7 @@
 //! (etcd's consistent index), so that after a crash the WAL replays exactly what the
 //! backend lacks. Only then are the waiting clients answered.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use prost::Message as _;
 use raft::eraftpb::EntryType;
@@ -19,7 +19,7 @@ use crate::core::mvcc::Mvcc;
 use crate::core::state::{LeaseChange, StateMachine, StateOutcome};
 use crate::error::EtcdError;
 use crate::msg::{StorageMsg, StorageStatus, Waiter};
-use crate::pb::detcdpb::InternalRequest;
+use crate::pb::detcdpb::{InternalRequest, MemberAttrSet, MemberRecord};
 use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse, ResponseHeader};
 use crate::storage::backend::{Backend, BatchOp, Bucket, WriteBatch};
 
@@ -59,6 +59,9 @@ pub struct StorageActor {
     inbox: mpsc::Receiver<StorageMsg>,
     waiting_reads: VecDeque<WaitingRead>,
     lease_tx: mpsc::Sender<LeaseMsg>,
+    /// The cluster's members by id: peer URLs from the static configuration, names and
+    /// client URLs as the members published them through raft.
+    members: BTreeMap<u64, MemberRecord>,
 }
 
 /// What a backend holds at start: the state machine and the raft position it reflects.
@@ -138,7 +141,60 @@ impl StorageActor {
             inbox,
             waiting_reads: VecDeque::new(),
             lease_tx,
+            members: BTreeMap::new(),
         }
+    }
+
+    /// Seeds the member list with the static initial cluster (id and peer URLs; name and
+    /// client URLs stay empty until the member publishes them, as etcd lists an unstarted
+    /// member), then overlays what the Members bucket recorded from earlier publications.
+    pub fn with_members(
+        mut self,
+        initial: impl IntoIterator<Item = (u64, Vec<String>)>,
+    ) -> Result<StorageActor, StorageFatal> {
+        for (id, peer_urls) in initial {
+            self.members.insert(
+                id,
+                MemberRecord {
+                    id,
+                    peer_urls,
+                    ..Default::default()
+                },
+            );
+        }
+        let stored = self
+            .backend
+            .scan(Bucket::Members)
+            .map_err(|e| StorageFatal(format!("backend: {e}")))?;
+        for (key, value) in stored {
+            let record = MemberRecord::decode(&value[..]).map_err(|e| {
+                StorageFatal(format!(
+                    "backend: corrupt member record {}: {e}",
+                    String::from_utf8_lossy(&key)
+                ))
+            })?;
+            self.members.insert(record.id, record);
+        }
+        Ok(self)
+    }
+
+    /// Records a member's published name and client URLs. An id outside the membership is
+    /// ignored, identically on every member, so the state machines never diverge.
+    fn set_member_attrs(&mut self, attrs: &MemberAttrSet, batch: &mut WriteBatch) {
+        let Some(record) = self.members.get_mut(&attrs.member_id) else {
+            tracing::warn!(
+                member = format!("{:x}", attrs.member_id),
+                "ignoring published attributes of a member that is not in the cluster"
+            );
+            return;
+        };
+        record.name = attrs.name.clone();
+        record.client_urls = attrs.client_urls.clone();
+        batch.put(
+            Bucket::Members,
+            format!("{:016x}", record.id).into_bytes(),
+            record.encode_to_vec(),
+        );
     }
 
     /// Runs until the inbox closes (shutdown) or a fatal error.
@@ -225,6 +281,9 @@ impl StorageActor {
                     key_count: self.state.mvcc.key_count() as u64,
                 });
             }
+            StorageMsg::MemberList { reply } => {
+                let _ = reply.send(self.members.values().cloned().collect());
+            }
             StorageMsg::HashKv { revision, reply } => {
                 let result = self
                     .state
@@ -295,6 +354,13 @@ impl StorageActor {
                     entry.index
                 ))
             })?;
+            if let Some(attrs) = &request.member_attr_set {
+                self.set_member_attrs(attrs, &mut batch);
+                if let Some(w) = waiter {
+                    replies.push((w, Ok(Response::MemberAttrSet)));
+                }
+                continue;
+            }
             let StateOutcome {
                 outcome,
                 lease_changes: changes,
@@ -360,5 +426,6 @@ fn with_header(resp: Response, header: ResponseHeader) -> Response {
             r.header = Some(header);
             Response::LeaseRevoke(r)
         }
+        Response::MemberAttrSet => Response::MemberAttrSet,
     }
 }
