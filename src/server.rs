@@ -16,7 +16,10 @@ use tokio::sync::{mpsc, watch};
 use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig};
 use crate::actors::storage::{self, StorageActor};
-use crate::actors::transport::{LeaseForwarder, PeerConfig, PeerService, Transport};
+use crate::actors::transport::{
+    LeaseForwarder, PeerConfig, PeerService, Transport, MAX_PEER_GRPC_BYTES,
+};
+use crate::pb::detcdraftpb::raft_server::RaftServer;
 use crate::core::lease;
 use crate::gateway::{self, Handle, MemberInfo};
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, CHANNEL_BOUND};
@@ -275,12 +278,16 @@ pub async fn run(
     let mut servers = Vec::new();
     for listener in peer_listeners {
         let addr = listener.local_addr();
-        let router = tonic::transport::Server::builder().add_service(PeerService::new(
-            &peer_config,
-            handle.raft_tx.clone(),
-            lease_tx.clone(),
-            status_rx.clone(),
-        ));
+        let router = tonic::transport::Server::builder().add_service(
+            RaftServer::new(PeerService::new(
+                &peer_config,
+                handle.raft_tx.clone(),
+                lease_tx.clone(),
+                status_rx.clone(),
+            ))
+            .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
+            .max_encoding_message_size(MAX_PEER_GRPC_BYTES),
+        );
         let mut stop = stop_rx.clone();
         servers.push(rt::spawn("grpc-peer", async move {
             rt::serve_grpc(router, listener, async move {

@@ -250,6 +250,7 @@ impl RaftActor {
                 .campaign()
                 .map_err(|e| RaftFatal(format!("raft campaign: {e}")))?;
         }
+        self.rerandomize_election_timeout();
         let mut ticker = tokio::time::interval(Duration::from_millis(
             self.config.heartbeat_interval_ms.max(1),
         ));
@@ -290,11 +291,30 @@ impl RaftActor {
             for id in std::mem::take(&mut self.unreachable) {
                 self.node.report_unreachable(id);
             }
+            self.rerandomize_election_timeout();
             self.publish_status();
             if self.stopping {
                 return Ok(());
             }
         }
+    }
+
+    /// Draws the randomized election timeout from the runtime seam whenever the election
+    /// clock stands at zero. raft draws its own from `rand::thread_rng`, whose seed comes
+    /// from a raw system call that the simulator cannot intercept, so without this a
+    /// simulated election would not replay from its seed. Every reset of raft's timeout
+    /// also zeroes the clock, and ticks happen only at the start of a loop turn, so the
+    /// override at the end of each turn always lands before the timeout is read. Redrawing
+    /// when the clock was zeroed for another reason (a heartbeat) keeps the timeout
+    /// uniformly distributed, and depends only on raft's state, so it replays exactly.
+    fn rerandomize_election_timeout(&mut self) {
+        let raft = &mut self.node.raft;
+        if raft.election_elapsed != 0 {
+            return;
+        }
+        let min = raft.election_timeout();
+        let span = raft.election_timeout().max(1) as u64;
+        raft.set_randomized_election_timeout(min + (rt::random_u64() % span) as usize);
     }
 
     /// Periodic work: re-ask read barriers raft may have dropped, and forget waiters whose

@@ -31,7 +31,7 @@ use crate::actors::lease_timer::LeaseMsg;
 use crate::error::EtcdError;
 use crate::msg::{RaftMsg, RaftStatus};
 use crate::pb::detcdraftpb::raft_client::RaftClient;
-use crate::pb::detcdraftpb::raft_server::{Raft, RaftServer};
+use crate::pb::detcdraftpb::raft_server::Raft;
 use crate::pb::detcdraftpb::{LeaseRenewRequest, LeaseRenewResponse, RaftAck, RaftBatch};
 use crate::raft::MAX_PEER_MESSAGE_BYTES;
 use crate::rt;
@@ -307,19 +307,17 @@ impl PeerService {
         raft_tx: mpsc::Sender<RaftMsg>,
         lease_tx: mpsc::Sender<LeaseMsg>,
         status: watch::Receiver<RaftStatus>,
-    ) -> RaftServer<PeerService> {
+    ) -> PeerService {
         let mut members: BTreeSet<u64> = config.peers.keys().copied().collect();
         members.insert(config.local_id);
-        RaftServer::new(PeerService {
+        PeerService {
             local_id: config.local_id,
             cluster_id: config.cluster_id,
             members,
             raft_tx,
             lease_tx,
             status,
-        })
-        .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
-        .max_encoding_message_size(MAX_PEER_GRPC_BYTES)
+        }
     }
 
     fn check_peer(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
