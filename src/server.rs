@@ -19,10 +19,10 @@ use crate::actors::storage::{self, StorageActor};
 use crate::actors::transport::{
     LeaseForwarder, PeerConfig, PeerService, Transport, MAX_PEER_GRPC_BYTES,
 };
-use crate::pb::detcdraftpb::raft_server::RaftServer;
 use crate::core::lease;
 use crate::gateway::{self, Handle, MemberInfo};
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, CHANNEL_BOUND};
+use crate::pb::detcdraftpb::raft_server::RaftServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
@@ -128,7 +128,12 @@ pub async fn run(
         peers: cfg
             .initial_cluster
             .iter()
-            .map(|(_, urls)| (ids::member_id(urls, &cfg.initial_cluster_token), urls.clone()))
+            .map(|(_, urls)| {
+                (
+                    ids::member_id(urls, &cfg.initial_cluster_token),
+                    urls.clone(),
+                )
+            })
             .filter(|(id, _)| *id != member_id)
             .collect(),
     };

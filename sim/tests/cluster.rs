@@ -114,7 +114,15 @@ async fn leader_seen_by(url: &str) -> Option<u64> {
 
 /// The member id of a member, as etcd derives it.
 fn id_of(m: &SimMember) -> u64 {
-    let i = (m.ip.to_string().rsplit('.').next().unwrap().parse::<usize>().unwrap()) - 1;
+    let i = (m
+        .ip
+        .to_string()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse::<usize>()
+        .unwrap())
+        - 1;
     detcd::raft::ids::member_id(&[harness::member_peer_url(i)], "etcd-cluster")
 }
 
@@ -227,10 +235,7 @@ where
             .name("client")
             .ip("10.0.0.100".parse().unwrap())
             .build();
-        client
-            .spawn(scenario(members))
-            .await
-            .expect("client task")
+        client.spawn(scenario(members)).await.expect("client task")
     })
 }
 
@@ -276,7 +281,13 @@ async fn three_members(members: Vec<SimMember>) -> u64 {
     let want: Vec<(String, Vec<String>, Vec<String>)> = members
         .iter()
         .enumerate()
-        .map(|(i, m)| (m.name.clone(), vec![harness::member_peer_url(i)], vec![m.client_url()]))
+        .map(|(i, m)| {
+            (
+                m.name.clone(),
+                vec![harness::member_peer_url(i)],
+                vec![m.client_url()],
+            )
+        })
         .collect();
     assert_eq!(listed, want);
     trace.record(format!("{listed:?}"));
@@ -342,7 +353,9 @@ async fn five_members(members: Vec<SimMember>) -> u64 {
     let e = expect_no_quorum(&members[follower].client_url(), "minority-b").await;
     trace.record(&e);
     // A linearizable read there cannot be served either, but a serializable one is.
-    assert!(get_prefix(&members[leader].client_url(), "k", false).await.is_err());
+    assert!(get_prefix(&members[leader].client_url(), "k", false)
+        .await
+        .is_err());
     let stale = get_prefix(&members[leader].client_url(), "k", true).await;
     assert_eq!(stale.as_ref(), Ok(&acked));
 

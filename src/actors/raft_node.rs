@@ -29,10 +29,10 @@ use raft::storage::MemStorage;
 use raft::RawNode;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::actors::transport::Transport;
 use crate::error::EtcdError;
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, Waiter};
 use crate::pb::detcdpb::RequestHeader;
-use crate::actors::transport::Transport;
 use crate::raft::log::RaftLog;
 use crate::rt;
 use crate::storage::wal::Wal;

@@ -260,9 +260,8 @@ pub fn decode_batch(
                 bytes.len()
             )));
         }
-        let m = Message::parse_from_bytes(bytes).map_err(|e| {
-            EtcdError::InvalidArgument(format!("cannot decode raft message: {e}"))
-        })?;
+        let m = Message::parse_from_bytes(bytes)
+            .map_err(|e| EtcdError::InvalidArgument(format!("cannot decode raft message: {e}")))?;
         if m.from != batch.from || m.to != local_id {
             return Err(EtcdError::InvalidArgument(format!(
                 "raft message from {:x} to {:x} in a batch from {:x}",
@@ -389,12 +388,29 @@ impl Raft for PeerService {
         let deadline = rt::now() + PEER_SEND_TIMEOUT;
         let ttl = if req.query_only {
             let (tx, rx) = oneshot::channel();
-            send_lease(&self.lease_tx, deadline, LeaseMsg::Remaining { id: req.lease_id, reply: tx }, rx)
-                .await?
-                .unwrap_or(-1)
+            send_lease(
+                &self.lease_tx,
+                deadline,
+                LeaseMsg::Remaining {
+                    id: req.lease_id,
+                    reply: tx,
+                },
+                rx,
+            )
+            .await?
+            .unwrap_or(-1)
         } else {
             let (tx, rx) = oneshot::channel();
-            send_lease(&self.lease_tx, deadline, LeaseMsg::KeepAlive { id: req.lease_id, reply: tx }, rx).await?
+            send_lease(
+                &self.lease_tx,
+                deadline,
+                LeaseMsg::KeepAlive {
+                    id: req.lease_id,
+                    reply: tx,
+                },
+                rx,
+            )
+            .await?
         };
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }

@@ -216,8 +216,7 @@ impl Lease for LeaseService {
                     keys: vec![],
                 });
             };
-            let remaining = match forward_lease(&self.handle, &self.forwarder, req.id, true).await
-            {
+            let remaining = match forward_lease(&self.handle, &self.forwarder, req.id, true).await {
                 Some(r) => Some(r?).filter(|ttl| *ttl >= 0),
                 None => {
                     let (tx, rx) = oneshot::channel();
