@@ -494,3 +494,69 @@ impl LeaseForwarder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members() -> BTreeSet<u64> {
+        [1, 2, 3].into_iter().collect()
+    }
+
+    fn batch(messages: Vec<Vec<u8>>) -> RaftBatch {
+        RaftBatch {
+            cluster_id: 7,
+            from: 2,
+            to: 1,
+            messages,
+        }
+    }
+
+    fn heartbeat(from: u64, to: u64) -> Vec<u8> {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.from = from;
+        m.to = to;
+        m.term = 3;
+        m.write_to_bytes().unwrap()
+    }
+
+    #[test]
+    fn accepts_a_well_formed_batch() {
+        let got = decode_batch(&batch(vec![heartbeat(2, 1)]), 1, 7, &members()).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].get_msg_type(), MessageType::MsgHeartbeat);
+    }
+
+    #[test]
+    fn refuses_another_cluster_and_strangers() {
+        let mut b = batch(vec![heartbeat(2, 1)]);
+        b.cluster_id = 8;
+        let e = decode_batch(&b, 1, 7, &members()).unwrap_err();
+        assert!(e.message().contains("cluster ID mismatch"), "{e}");
+        let mut b = batch(vec![heartbeat(9, 1)]);
+        b.from = 9;
+        assert!(decode_batch(&b, 1, 7, &members()).is_err());
+        // A message claiming another sender than the batch is refused.
+        assert!(decode_batch(&batch(vec![heartbeat(3, 1)]), 1, 7, &members()).is_err());
+    }
+
+    #[test]
+    fn garbage_oversized_and_local_messages_are_errors_not_panics() {
+        for bytes in [
+            vec![0xff; 64],
+            vec![0x0a; 1000],
+            vec![0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        ] {
+            assert!(decode_batch(&batch(vec![bytes]), 1, 7, &members()).is_err());
+        }
+        let huge = vec![0u8; MAX_PEER_MESSAGE_BYTES + 1];
+        assert!(decode_batch(&batch(vec![huge]), 1, 7, &members()).is_err());
+        let mut hup = Message::default();
+        hup.set_msg_type(MessageType::MsgHup);
+        hup.from = 2;
+        hup.to = 1;
+        let b = batch(vec![hup.write_to_bytes().unwrap()]);
+        assert!(decode_batch(&b, 1, 7, &members()).is_err());
+    }
+}
