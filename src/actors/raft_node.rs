@@ -336,7 +336,7 @@ impl RaftActor {
                 self.node.read_index(id.to_be_bytes().to_vec());
             }
         }
-        if now % CLEANUP_TICKS == 0 {
+        if now.is_multiple_of(CLEANUP_TICKS) {
             self.pending.retain(|_, w| !w.is_closed());
             self.pending_reads.retain(|_, r| !r.reply.is_closed());
         }
