@@ -113,11 +113,6 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
     let members = config
         .initial_cluster_members()
         .map_err(|e| e.to_string())?;
-    if members.len() > 1 {
-        return Err(
-            "detcd: multi-member clusters are not supported yet; start a single member".into(),
-        );
-    }
     let wal_dir = if config.wal_dir.is_empty() {
         None
     } else {
@@ -132,11 +127,21 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         .iter()
         .map(listen_addr)
         .collect::<Result<Vec<_>, _>>()?;
+    let listen_peer_addrs = config
+        .listen_peer_urls
+        .iter()
+        .map(listen_addr)
+        .collect::<Result<Vec<_>, _>>()?;
+    // `--initial-cluster-state existing` bootstraps exactly like `new` for now: the member
+    // must be listed in --initial-cluster (verify_bootstrap checks it), so the cluster's
+    // static membership already contains it and it catches up through raft's log.
+    // Joining through MemberAdd arrives with membership changes.
     Ok(ServerConfig {
         name: config.name.clone(),
         data_dir,
         wal_dir,
         listen_client_addrs,
+        listen_peer_addrs,
         advertise_client_urls: config
             .advertise_client_urls
             .iter()

@@ -51,6 +51,17 @@ pub enum RaftMsg {
     /// Stops the actor. Proposals still waiting are dropped, which their clients see as
     /// "server stopped".
     Shutdown,
+    /// Raft messages received from a peer, already checked for cluster and member ids.
+    Step {
+        /// The messages, in the order the peer sent them.
+        messages: Vec<raft::eraftpb::Message>,
+    },
+    /// The transport could not deliver to this member: raft should slow down replication
+    /// to it (`RawNode::report_unreachable`).
+    Unreachable {
+        /// The peer's member id.
+        member_id: u64,
+    },
 }
 
 /// What the raft actor reports about consensus.
@@ -117,6 +128,11 @@ pub enum StorageMsg {
     Header {
         /// Receives the header.
         reply: oneshot::Sender<ResponseHeader>,
+    },
+    /// Asks for the cluster's members as the Members bucket records them, in id order.
+    MemberList {
+        /// Receives the members.
+        reply: oneshot::Sender<Vec<crate::pb::detcdpb::MemberRecord>>,
     },
     /// Asks for the KV hash at a revision (0: current).
     HashKv {

@@ -25,3 +25,7 @@ pub mod v3electionpb {
 pub mod detcdpb {
     tonic::include_proto!("detcdpb");
 }
+/// detcd's peer protocol (`detcdraftpb`): raft messages between members.
+pub mod detcdraftpb {
+    tonic::include_proto!("detcdraftpb");
+}

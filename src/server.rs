@@ -16,11 +16,15 @@ use tokio::sync::{mpsc, watch};
 use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig};
 use crate::actors::storage::{self, StorageActor};
+use crate::actors::transport::{
+    LeaseForwarder, PeerConfig, PeerService, Transport, MAX_PEER_GRPC_BYTES,
+};
 use crate::actors::watch_hub::WatchHubActor;
 use crate::core::lease;
 use crate::core::watch::WatchConfig;
 use crate::gateway::{self, Handle, MemberInfo};
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, WatchMsg, CHANNEL_BOUND};
+use crate::pb::detcdraftpb::raft_server::RaftServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
@@ -56,6 +60,8 @@ pub struct ServerConfig {
     pub wal_dir: Option<PathBuf>,
     /// Addresses from `--listen-client-urls`.
     pub listen_client_addrs: Vec<SocketAddr>,
+    /// Addresses from `--listen-peer-urls`, where the peer transport is served.
+    pub listen_peer_addrs: Vec<SocketAddr>,
     /// `--advertise-client-urls`.
     pub advertise_client_urls: Vec<String>,
     /// `--initial-advertise-peer-urls`.
@@ -121,6 +127,21 @@ pub async fn run(
     voter_ids.sort_unstable();
     voter_ids.dedup();
     let cluster_id = ids::cluster_id(&voter_ids);
+    let peer_config = PeerConfig {
+        local_id: member_id,
+        cluster_id,
+        peers: cfg
+            .initial_cluster
+            .iter()
+            .map(|(_, urls)| {
+                (
+                    ids::member_id(urls, &cfg.initial_cluster_token),
+                    urls.clone(),
+                )
+            })
+            .filter(|(id, _)| *id != member_id)
+            .collect(),
+    };
     tracing::info!(
         name = %cfg.name,
         data_dir = %cfg.data_dir.display(),
@@ -182,6 +203,13 @@ pub async fn run(
             .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {}", io_text(&e))))?;
         listeners.push(l);
     }
+    let mut peer_listeners = Vec::new();
+    for addr in &cfg.listen_peer_addrs {
+        let l = rt::bind(*addr)
+            .await
+            .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {}", io_text(&e))))?;
+        peer_listeners.push(l);
+    }
 
     let (raft_tx, raft_rx) = mpsc::channel(CHANNEL_BOUND);
     let (storage_tx, storage_rx) = mpsc::channel(CHANNEL_BOUND);
@@ -216,6 +244,11 @@ pub async fn run(
         cluster_id,
     );
     let next_watch_stream = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let raft_actor = if peer_config.peers.is_empty() {
+        raft_actor
+    } else {
+        raft_actor.with_transport(Transport::start(&peer_config, raft_tx.clone()))
+    };
     let (lease_tx, lease_rx) = mpsc::channel(CHANNEL_BOUND);
     let lease_timer = LeaseTimer::new(
         LeaseTimerConfig {
@@ -236,7 +269,16 @@ pub async fn run(
         storage_rx,
         lease_tx.clone(),
     )
-    .with_watch_hub(watch_tx.clone());
+    .with_watch_hub(watch_tx.clone())
+    .with_members(
+        std::iter::once((member_id, cfg.initial_advertise_peer_urls.clone())).chain(
+            peer_config
+                .peers
+                .iter()
+                .map(|(&id, urls)| (id, urls.clone())),
+        ),
+    )
+    .map_err(err)?;
     let mut raft_task = rt::spawn("raft", raft_actor.run());
     let mut storage_task = rt::spawn("storage", storage_actor.run());
     let lease_task = rt::spawn("lease-timer", lease_timer.run());
@@ -258,10 +300,41 @@ pub async fn run(
         request_timeout: Duration::from_millis(5_000 + 2 * cfg.election_timeout_ms),
     };
 
-    // Serve only once a leader exists and this member has applied everything committed
-    // before it started, as etcd serves only after publishing itself through raft.
+    // The peer transport serves from the start: the member cannot elect a leader or
+    // catch up without it.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = Vec::new();
+    for listener in peer_listeners {
+        let addr = listener.local_addr();
+        let router = tonic::transport::Server::builder().add_service(
+            RaftServer::new(PeerService::new(
+                &peer_config,
+                handle.raft_tx.clone(),
+                lease_tx.clone(),
+                status_rx.clone(),
+            ))
+            .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
+            .max_encoding_message_size(MAX_PEER_GRPC_BYTES),
+        );
+        let mut stop = stop_rx.clone();
+        servers.push(rt::spawn("grpc-peer", async move {
+            rt::serve_grpc(router, listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+        tracing::info!(address = %addr, "serving peer traffic on {addr}");
+    }
+
+    // Serve only once a leader exists, this member has applied everything committed
+    // before it started, and its name and client URLs are published through raft, as
+    // etcd serves only after publishing itself.
     tokio::select! {
-        r = wait_until_caught_up(&handle, &mut status_rx) => r?,
+        r = async {
+            wait_until_caught_up(&handle, &mut status_rx).await?;
+            publish(&handle, &cfg.name, &cfg.advertise_client_urls).await;
+            Ok::<(), ServerError>(())
+        } => r?,
         r = &mut raft_task => return Err(actor_exit("raft", r.map(|r| r.map_err(err)))),
         r = &mut storage_task => return Err(actor_exit("storage", r.map(|r| r.map_err(err)))),
     }
@@ -277,9 +350,7 @@ pub async fn run(
         &crate::ETCD_CLUSTER_VERSION[..3]
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let mut servers = Vec::new();
     let mut bound = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr();
@@ -303,10 +374,10 @@ pub async fn run(
                     .max_encoding_message_size(usize::MAX),
             )
             .add_service(
-                LeaseServer::new(gateway::lease::LeaseService::new(
-                    handle.clone(),
-                    lease_tx.clone(),
-                ))
+                LeaseServer::new(
+                    gateway::lease::LeaseService::new(handle.clone(), lease_tx.clone())
+                        .with_forwarder(LeaseForwarder::new(&peer_config)),
+                )
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
             )
@@ -416,10 +487,37 @@ fn actor_exit<E: std::fmt::Display>(
     }
 }
 
+/// Proposes this member's name and client URLs through raft until the proposal is
+/// applied (etcd's ClusterMemberAttrSet), retrying after failures such as a leader change.
+async fn publish(handle: &Handle, name: &str, client_urls: &[String]) {
+    let request = crate::pb::detcdpb::InternalRequest {
+        member_attr_set: Some(crate::pb::detcdpb::MemberAttrSet {
+            member_id: handle.member.member_id,
+            name: name.to_string(),
+            client_urls: client_urls.to_vec(),
+        }),
+        ..Default::default()
+    };
+    loop {
+        match handle.propose(request.clone()).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to publish local member to cluster through raft; retrying");
+                rt::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 async fn wait_until_caught_up(
     handle: &Handle,
     status_rx: &mut watch::Receiver<RaftStatus>,
 ) -> Result<(), ServerError> {
+    // Each attempt is short: a barrier raft dropped (a leader that has not committed in
+    // its term yet) is simply asked again.
+    let mut handle = handle.clone();
+    handle.request_timeout = handle.request_timeout.min(Duration::from_secs(2));
+    let handle = &handle;
     loop {
         if status_rx.borrow().leader_id != 0 {
             match handle.read_index().await {

@@ -59,6 +59,7 @@ pub fn start_single_member(handle: &Handle, name: &str) -> SimMember {
                 data_dir: PathBuf::from(format!("/{name_owned}.etcd")),
                 wal_dir: None,
                 listen_client_addrs: vec![SocketAddr::new(ip, CLIENT_PORT)],
+                listen_peer_addrs: vec![SocketAddr::new(ip, PEER_PORT)],
                 advertise_client_urls: vec![format!("http://{ip}:{CLIENT_PORT}")],
                 initial_advertise_peer_urls: vec![peer_url.clone()],
                 initial_cluster: vec![(name_owned.clone(), vec![peer_url.clone()])],
@@ -122,4 +123,107 @@ pub async fn connect_lease(
 /// Connects a Watch client to `url`, retrying while the member starts (bounded).
 pub async fn connect_watch(url: &str) -> WatchClient<tonic::transport::Channel> {
     WatchClient::new(connect_channel(url).await)
+}
+
+/// The name of the `i`th member (0-based) of a simulated cluster.
+pub fn member_name(i: usize) -> String {
+    format!("node{}", i + 1)
+}
+
+/// The peer URL of the `i`th member.
+pub fn member_peer_url(i: usize) -> String {
+    format!("http://{}:{PEER_PORT}", member_ip(i))
+}
+
+/// Starts an `n`-member cluster (all voters, bootstrapped from a static initial cluster
+/// as `--initial-cluster` describes it), each member on its own node, IP and fresh disk.
+/// A killed member's node can be restarted with `Handle::restart`: its disk and backend
+/// survive, so it recovers from its WAL like a real restarted process.
+pub fn start_cluster(handle: &Handle, n: usize) -> Vec<SimMember> {
+    let initial_cluster: Vec<(String, Vec<String>)> = (0..n)
+        .map(|i| (member_name(i), vec![member_peer_url(i)]))
+        .collect();
+    (0..n)
+        .map(|i| {
+            let ip = member_ip(i);
+            let name = member_name(i);
+            let disk = SimDisk::new();
+            let backend = MemBackend::new();
+            let node_disk = disk.clone();
+            let initial_cluster = initial_cluster.clone();
+            let node_name = name.clone();
+            let node = handle
+                .create_node()
+                .name(name.as_str())
+                .ip(ip)
+                .init(move || {
+                    let cfg = ServerConfig {
+                        name: node_name.clone(),
+                        data_dir: PathBuf::from(format!("/{node_name}.etcd")),
+                        wal_dir: None,
+                        listen_client_addrs: vec![SocketAddr::new(ip, CLIENT_PORT)],
+                        listen_peer_addrs: vec![SocketAddr::new(ip, PEER_PORT)],
+                        advertise_client_urls: vec![format!("http://{ip}:{CLIENT_PORT}")],
+                        initial_advertise_peer_urls: vec![member_peer_url(i)],
+                        initial_cluster: initial_cluster.clone(),
+                        initial_cluster_token: "etcd-cluster".to_string(),
+                        heartbeat_interval_ms: 100,
+                        election_timeout_ms: 1000,
+                        max_request_bytes: 1536 * 1024,
+                        max_txn_ops: 128,
+                        disk: Arc::new(node_disk.clone()),
+                        backend: BackendChoice::Memory(backend.clone()),
+                    };
+                    async move {
+                        if let Err(e) =
+                            detcd::server::run(cfg, detcd::rt::shutdown_signal(), None).await
+                        {
+                            panic!("member failed: {e}");
+                        }
+                    }
+                })
+                .build();
+            SimMember {
+                name,
+                node,
+                ip,
+                disk,
+            }
+        })
+        .collect()
+}
+
+/// Cuts (or, with `clog == false`, restores) the network between two groups of members in
+/// both directions. Client traffic is not affected: only member-to-member links change.
+pub fn partition(a: &[&SimMember], b: &[&SimMember], clog: bool) {
+    let net = madsim::net::NetSim::current();
+    for x in a {
+        for y in b {
+            let (xi, yi) = (x.node.id(), y.node.id());
+            if clog {
+                net.clog_link(xi, yi);
+                net.clog_link(yi, xi);
+            } else {
+                net.unclog_link(xi, yi);
+                net.unclog_link(yi, xi);
+            }
+        }
+    }
+}
+
+/// Connects a Maintenance client to `url`, retrying while the member starts (bounded).
+pub async fn connect_maintenance(
+    url: &str,
+) -> detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient<tonic::transport::Channel> {
+    for _ in 0..100 {
+        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string()) {
+            if let Ok(channel) = endpoint.connect().await {
+                return detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient::new(
+                    channel,
+                );
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not connect to {url} within 10 s of simulated time");
 }

@@ -7,8 +7,11 @@
 //! - [`watch_hub`]: the watch hub; turns applied events into watch responses.
 //!
 //! - [`lease_timer`]: the leader's lease expiry schedule; proposes revocations.
+//! - [`transport`]: raft messages to and from peers, and lease calls forwarded to the
+//!   leader.
 
 pub mod lease_timer;
 pub mod raft_node;
 pub mod storage;
+pub mod transport;
 pub mod watch_hub;

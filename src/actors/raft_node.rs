@@ -1,20 +1,35 @@
-//! The raft actor: owns the `RawNode` and the WAL, and runs raft's Ready loop.
+//! The raft actor: owns the `RawNode` and runs raft's Ready loop.
 //!
-//! Inputs arrive as [`RaftMsg`]s and clock ticks; each turn of the loop feeds them to raft,
-//! then handles one `Ready`: persist entries and hard state to the WAL (one fsync per
-//! batch), hand committed entries to the storage actor, answer read barriers, advance.
-//! The actor awaits only on channels, the clock and the WAL's blocking write; all
-//! consensus logic is the raft crate's pure state machine.
+//! Inputs arrive as [`RaftMsg`]s (client proposals and read barriers, messages from
+//! peers) and clock ticks; each turn of the loop feeds them to raft, then handles the
+//! `Ready`s raft produced: send messages, hand committed entries to the storage actor,
+//! answer read barriers, and pass new entries and the hard state to the WAL writer task.
+//!
+//! The WAL is written asynchronously (raft-rs's `advance_append_async` and
+//! `on_persist_ready`): the fsync runs in a separate task while this loop keeps ticking
+//! and stepping peer messages, so heartbeats and votes never wait behind a slow disk.
+//! Safety is kept by raft itself: messages that must follow persistence (a follower's
+//! append acknowledgements and votes) are held back until the WAL writer reports the
+//! ready they belong to as durable, and raft only hands out committed entries that this
+//! member has persisted.
+//!
+//! A member that does not lead still proposes locally: raft forwards the proposal to the
+//! leader (as etcd's followers do), and the client waiting here is answered when this
+//! member applies the committed entry, which carries the request id in its context. The
+//! wait is bounded by the gateway's request timeout, so a proposal lost with a leader
+//! change fails with "request timed out" instead of hanging. Linearizable reads on a
+//! follower use ReadIndex, which raft forwards to the leader in the same way.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use prost::Message as _;
 use raft::eraftpb::{Entry, HardState};
 use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::RawNode;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::actors::transport::Transport;
 use crate::error::EtcdError;
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, Waiter};
 use crate::pb::detcdpb::RequestHeader;
@@ -30,6 +45,61 @@ pub const MAX_PENDING_PROPOSALS: usize = 10_000;
 pub const MAX_PENDING_READS: usize = 10_000;
 /// Messages taken from the inbox per loop turn, so one Ready batches many proposals.
 const INBOX_BATCH: usize = 256;
+/// Readies handed to the WAL writer and not yet durable, at most. Past it the loop stops
+/// taking new readies (raft keeps the work for later) but keeps ticking and stepping.
+const MAX_INFLIGHT_READIES: usize = 64;
+/// A read barrier not answered after this many ticks is asked again: raft drops a
+/// ReadIndex silently when the leader has not yet committed an entry in its term, or when
+/// the forwarded request or its answer is lost (etcd retries after 500 ms likewise).
+const READ_RETRY_TICKS: u64 = 5;
+/// Every this many ticks the waiters whose clients gave up are forgotten.
+const CLEANUP_TICKS: u64 = 10;
+
+/// One write for the WAL writer task: the entries and hard state of one ready.
+struct WalWrite {
+    number: u64,
+    hs: Option<HardState>,
+    entries: Vec<Entry>,
+}
+
+/// Writes readies to the WAL in order, merging whatever is queued into one fsync, and
+/// reports the highest ready number that is durable (or the failure, which is fatal).
+async fn wal_writer(
+    mut wal: Wal,
+    mut inbox: mpsc::Receiver<WalWrite>,
+    done: mpsc::Sender<Result<u64, String>>,
+) {
+    while let Some(first) = inbox.recv().await {
+        let mut number = first.number;
+        let mut hs = first.hs;
+        let mut entries = first.entries;
+        while let Ok(next) = inbox.try_recv() {
+            number = next.number;
+            if next.hs.is_some() {
+                hs = next.hs;
+            }
+            if let Some(e) = next.entries.first() {
+                // A later ready may replace a suffix of an earlier one (a raft conflict).
+                let first_index = e.index;
+                entries.retain(|x| x.index < first_index);
+                entries.extend(next.entries);
+            }
+        }
+        let (returned, result) = rt::blocking(move || {
+            let result = wal.save(hs.as_ref(), &entries);
+            (wal, result)
+        })
+        .await;
+        wal = returned;
+        let report = result
+            .map(|()| number)
+            .map_err(|e| format!("wal: failed to write to WAL: {e}"));
+        let failed = report.is_err();
+        if done.send(report).await.is_err() || failed {
+            return;
+        }
+    }
+}
 
 /// Settings of the raft actor.
 #[derive(Debug, Clone)]
@@ -64,15 +134,31 @@ impl std::error::Error for RaftFatal {}
 pub struct RaftActor {
     node: RawNode<MemStorage>,
     wal: Option<Wal>,
+    wal_tx: Option<mpsc::Sender<WalWrite>>,
+    wal_done: Option<mpsc::Receiver<Result<u64, String>>>,
+    /// Readies sent to the WAL writer, with the messages that may go out only once each
+    /// is durable.
+    inflight: VecDeque<(u64, Vec<raft::eraftpb::Message>)>,
+    transport: Option<Transport>,
+    /// Peers a message could not be queued for, reported to raft once the current ready
+    /// is advanced (raft must not be stepped while a ready is outstanding).
+    unreachable: Vec<u64>,
+    ticks: u64,
     config: RaftActorConfig,
     inbox: mpsc::Receiver<RaftMsg>,
     storage_tx: mpsc::Sender<StorageMsg>,
     status_tx: watch::Sender<RaftStatus>,
     pending: HashMap<u64, Waiter>,
-    pending_reads: HashMap<u64, oneshot::Sender<Result<u64, EtcdError>>>,
+    pending_reads: BTreeMap<u64, PendingRead>,
     next_request_id: u64,
     last_leader_id: u64,
     stopping: bool,
+}
+
+/// A read barrier waiting for raft, and the tick at which it was last asked.
+struct PendingRead {
+    asked_at_tick: u64,
+    reply: oneshot::Sender<Result<u64, EtcdError>>,
 }
 
 fn raft_logger() -> slog::Logger {
@@ -114,20 +200,41 @@ impl RaftActor {
         Ok(RaftActor {
             node,
             wal: Some(log.wal),
+            wal_tx: None,
+            wal_done: None,
+            inflight: VecDeque::new(),
+            transport: None,
+            unreachable: Vec::new(),
+            ticks: 0,
             config,
             inbox,
             storage_tx,
             status_tx,
             pending: HashMap::new(),
-            pending_reads: HashMap::new(),
+            pending_reads: BTreeMap::new(),
             next_request_id,
             last_leader_id: 0,
             stopping: false,
         })
     }
 
+    /// Gives the actor a transport to the other members (none for a single member).
+    pub fn with_transport(mut self, transport: Transport) -> RaftActor {
+        self.transport = Some(transport);
+        self
+    }
+
     /// Runs the loop until the inbox closes (shutdown) or a fatal error.
     pub async fn run(mut self) -> Result<(), RaftFatal> {
+        let wal = self
+            .wal
+            .take()
+            .ok_or_else(|| RaftFatal("wal: missing at start".into()))?;
+        let (wal_tx, wal_rx) = mpsc::channel(MAX_INFLIGHT_READIES);
+        let (done_tx, done_rx) = mpsc::channel(MAX_INFLIGHT_READIES);
+        rt::spawn("wal-writer", wal_writer(wal, wal_rx, done_tx));
+        self.wal_tx = Some(wal_tx);
+        self.wal_done = Some(done_rx);
         // A member that is the only voter need not wait an election timeout to lead.
         let voters = self.node.raft.prs().conf().voters().ids().len();
         if voters == 1
@@ -143,14 +250,24 @@ impl RaftActor {
                 .campaign()
                 .map_err(|e| RaftFatal(format!("raft campaign: {e}")))?;
         }
+        self.rerandomize_election_timeout();
         let mut ticker = tokio::time::interval(Duration::from_millis(
             self.config.heartbeat_interval_ms.max(1),
         ));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut wal_done = self.wal_done.take();
             tokio::select! {
                 _ = ticker.tick() => {
                     self.node.tick();
+                    self.on_tick();
+                }
+                done = recv_done(&mut wal_done) => {
+                    match done {
+                        Some(Ok(number)) => self.on_persisted(number),
+                        Some(Err(e)) => return Err(RaftFatal(e)),
+                        None => return Err(RaftFatal("wal: the WAL writer stopped".into())),
+                    }
                 }
                 msg = self.inbox.recv() => {
                     match msg {
@@ -167,12 +284,73 @@ impl RaftActor {
                     }
                 }
             }
-            while self.node.has_ready() {
+            self.wal_done = wal_done;
+            while self.inflight.len() < MAX_INFLIGHT_READIES && self.node.has_ready() {
                 self.on_ready().await?;
             }
+            for id in std::mem::take(&mut self.unreachable) {
+                self.node.report_unreachable(id);
+            }
+            self.rerandomize_election_timeout();
             self.publish_status();
             if self.stopping {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Draws the randomized election timeout from the runtime seam whenever the election
+    /// clock stands at zero. raft draws its own from `rand::thread_rng`, whose seed comes
+    /// from a raw system call that the simulator cannot intercept, so without this a
+    /// simulated election would not replay from its seed. Every reset of raft's timeout
+    /// also zeroes the clock, and ticks happen only at the start of a loop turn, so the
+    /// override at the end of each turn always lands before the timeout is read. Redrawing
+    /// when the clock was zeroed for another reason (a heartbeat) keeps the timeout
+    /// uniformly distributed, and depends only on raft's state, so it replays exactly.
+    fn rerandomize_election_timeout(&mut self) {
+        let raft = &mut self.node.raft;
+        if raft.election_elapsed != 0 {
+            return;
+        }
+        let min = raft.election_timeout();
+        let span = raft.election_timeout().max(1) as u64;
+        raft.set_randomized_election_timeout(min + (rt::random_u64() % span) as usize);
+    }
+
+    /// Periodic work: re-ask read barriers raft may have dropped, and forget waiters whose
+    /// clients gave up (their request timed out), so the bounded maps do not fill.
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        let now = self.ticks;
+        if self.node.raft.leader_id != 0 {
+            let stale: Vec<u64> = self
+                .pending_reads
+                .iter()
+                .filter(|(_, r)| now - r.asked_at_tick >= READ_RETRY_TICKS)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in stale {
+                if let Some(r) = self.pending_reads.get_mut(&id) {
+                    r.asked_at_tick = now;
+                }
+                self.node.read_index(id.to_be_bytes().to_vec());
+            }
+        }
+        if now.is_multiple_of(CLEANUP_TICKS) {
+            self.pending.retain(|_, w| !w.is_closed());
+            self.pending_reads.retain(|_, r| !r.reply.is_closed());
+        }
+    }
+
+    /// The WAL writer made every ready up to `number` durable.
+    fn on_persisted(&mut self, number: u64) {
+        self.node.on_persist_ready(number);
+        while let Some((n, _)) = self.inflight.front() {
+            if *n > number {
+                break;
+            }
+            if let Some((_, msgs)) = self.inflight.pop_front() {
+                self.send_messages(msgs);
             }
         }
     }
@@ -203,8 +381,8 @@ impl RaftActor {
                 tracing::info!("raft.node: lost leader");
             }
             // Read barriers taken under the old leader can no longer be answered.
-            for (_, reply) in self.pending_reads.drain() {
-                let _ = reply.send(Err(EtcdError::LeaderChanged));
+            for (_, r) in std::mem::take(&mut self.pending_reads) {
+                let _ = r.reply.send(Err(EtcdError::LeaderChanged));
             }
             self.last_leader_id = status.leader_id;
         }
@@ -221,14 +399,8 @@ impl RaftActor {
     fn handle(&mut self, msg: RaftMsg) {
         match msg {
             RaftMsg::Propose { mut request, reply } => {
-                if self.node.raft.state != StateRole::Leader {
-                    // Forwarding to the leader arrives with peer transport; until then a
-                    // member that does not lead cannot take proposals.
-                    let _ = reply.send(Err(if self.node.raft.leader_id == 0 {
-                        EtcdError::NoLeader
-                    } else {
-                        EtcdError::NotCapable
-                    }));
+                if self.node.raft.leader_id == 0 {
+                    let _ = reply.send(Err(EtcdError::NoLeader));
                     return;
                 }
                 if self.pending.len() >= MAX_PENDING_PROPOSALS {
@@ -248,7 +420,11 @@ impl RaftActor {
                         self.pending.insert(id, reply);
                     }
                     Err(_) => {
-                        let _ = reply.send(Err(EtcdError::LeaderChanged));
+                        let _ = reply.send(Err(if self.node.raft.leader_id == 0 {
+                            EtcdError::NoLeader
+                        } else {
+                            EtcdError::LeaderChanged
+                        }));
                     }
                 }
             }
@@ -263,7 +439,13 @@ impl RaftActor {
                 }
                 let id = self.next_request_id;
                 self.next_request_id = self.next_request_id.wrapping_add(1);
-                self.pending_reads.insert(id, reply);
+                self.pending_reads.insert(
+                    id,
+                    PendingRead {
+                        asked_at_tick: self.ticks,
+                        reply,
+                    },
+                );
                 self.node.read_index(id.to_be_bytes().to_vec());
             }
             RaftMsg::Status { reply } => {
@@ -272,6 +454,18 @@ impl RaftActor {
             // Taken in batches by `run`; the batch stops at the next turn of the loop.
             RaftMsg::Shutdown => {
                 self.stopping = true;
+            }
+            RaftMsg::Step { messages } => {
+                for m in messages {
+                    // raft refuses messages from unknown members and local message types
+                    // with an error; neither is a reason to stop.
+                    if let Err(e) = self.node.step(m) {
+                        tracing::debug!(error = %e, "raft: ignored a peer message");
+                    }
+                }
+            }
+            RaftMsg::Unreachable { member_id } => {
+                self.node.report_unreachable(member_id);
             }
         }
     }
@@ -292,53 +486,46 @@ impl RaftActor {
         }
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
-        if !entries.is_empty() || hs.is_some() {
-            self.persist(hs, entries).await?;
+        let persisted_messages = rd.take_persisted_messages();
+        if entries.is_empty() && hs.is_none() && self.inflight.is_empty() {
+            // Nothing to make durable and nothing ahead of it: finish the ready now.
+            self.send_messages(persisted_messages);
+            let mut light = self.node.advance_append(rd);
+            self.send_messages(light.take_messages());
+            self.apply_committed(light.take_committed_entries()).await?;
+            self.node.advance_apply();
+            return Ok(());
         }
-        if !rd.persisted_messages().is_empty() {
-            self.send_messages(rd.take_persisted_messages());
+        // raft reads entries back through its storage before they are durable (a leader
+        // replicates while it persists), so its cache gets them now; the WAL, which is
+        // what survives a crash, gets them through the writer.
+        {
+            let store = self.node.mut_store();
+            let mut core = store.wl();
+            if !entries.is_empty() {
+                core.append(&entries)
+                    .map_err(|e| RaftFatal(format!("raft storage: {e}")))?;
+            }
+            if let Some(hs) = &hs {
+                core.set_hardstate(hs.clone());
+            }
         }
-        let mut light = self.node.advance(rd);
-        if let Some(commit) = light.commit_index() {
-            self.node
-                .mut_store()
-                .wl()
-                .mut_hard_state()
-                .set_commit(commit);
-        }
-        self.send_messages(light.take_messages());
-        self.apply_committed(light.take_committed_entries()).await?;
+        let number = rd.number();
+        self.node.advance_append_async(rd);
         self.node.advance_apply();
-        Ok(())
-    }
-
-    /// Appends entries and the hard state to the WAL with one fsync, then to raft's cache.
-    /// The write runs off the async workers so that the loop's clock keeps ticking.
-    async fn persist(
-        &mut self,
-        hs: Option<HardState>,
-        entries: Vec<Entry>,
-    ) -> Result<(), RaftFatal> {
-        let mut wal = self
-            .wal
-            .take()
-            .ok_or_else(|| RaftFatal("wal: lost by an earlier failure".into()))?;
-        let (wal, result, hs, entries) = rt::blocking(move || {
-            let result = wal.save(hs.as_ref(), &entries);
-            (wal, result, hs, entries)
-        })
-        .await;
-        self.wal = Some(wal);
-        result.map_err(|e| RaftFatal(format!("wal: failed to write to WAL: {e}")))?;
-        let store = self.node.mut_store();
-        let mut core = store.wl();
-        if !entries.is_empty() {
-            core.append(&entries)
-                .map_err(|e| RaftFatal(format!("raft storage: {e}")))?;
-        }
-        if let Some(hs) = hs {
-            core.set_hardstate(hs);
-        }
+        self.inflight.push_back((number, persisted_messages));
+        let wal_tx = self
+            .wal_tx
+            .as_ref()
+            .ok_or_else(|| RaftFatal("wal: the WAL writer is gone".into()))?;
+        // Never full: at most MAX_INFLIGHT_READIES writes are outstanding, the capacity.
+        wal_tx
+            .try_send(WalWrite {
+                number,
+                hs,
+                entries,
+            })
+            .map_err(|_| RaftFatal("wal: the WAL writer stopped".into()))?;
         Ok(())
     }
 
@@ -370,15 +557,37 @@ impl RaftActor {
         }
         let mut b = [0u8; 8];
         b.copy_from_slice(ctx);
-        if let Some(reply) = self.pending_reads.remove(&u64::from_be_bytes(b)) {
-            let _ = reply.send(Ok(index));
+        if let Some(r) = self.pending_reads.remove(&u64::from_be_bytes(b)) {
+            let _ = r.reply.send(Ok(index));
         }
     }
 
     fn send_messages(&mut self, msgs: Vec<raft::eraftpb::Message>) {
-        // Peer transport arrives with multi-member clusters; a single member sends nothing.
         for m in msgs {
-            tracing::trace!(to = m.to, "raft: no transport for message");
+            let to = m.to;
+            let sent = match &self.transport {
+                Some(t) => t.send(m),
+                None => false,
+            };
+            if !sent {
+                // A full queue means the peer is slow or gone: raft probes it again later
+                // rather than streaming appends into the void.
+                tracing::trace!(to = format!("{to:x}"), "raft: dropped a message to a peer");
+                if !self.unreachable.contains(&to) {
+                    self.unreachable.push(to);
+                }
+            }
         }
+    }
+}
+
+/// Receives the WAL writer's next report; pending forever once there is no writer, so
+/// the select in the loop simply never picks this branch.
+async fn recv_done(
+    rx: &mut Option<mpsc::Receiver<Result<u64, String>>>,
+) -> Option<Result<u64, String>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -12,7 +12,7 @@
 //! watchers are answered on the same channel, in order with the batches (see
 //! [`WatchMsg`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use prost::Message as _;
 use raft::eraftpb::EntryType;
@@ -26,7 +26,7 @@ use crate::core::state::{LeaseChange, StateMachine, StateOutcome};
 use crate::core::watch::HistoryAnswer;
 use crate::error::EtcdError;
 use crate::msg::{ApplyReply, StorageMsg, StorageStatus, Waiter, WatchMsg};
-use crate::pb::detcdpb::InternalRequest;
+use crate::pb::detcdpb::{InternalRequest, MemberAttrSet, MemberRecord};
 use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse, ResponseHeader};
 use crate::storage::backend::{Backend, BatchOp, Bucket, WriteBatch};
 
@@ -72,6 +72,9 @@ pub struct StorageActor {
     to_watch: Vec<WatchMsg>,
     /// Client answers held until the watch hub has the batch's events.
     pending_replies: Vec<(Waiter, ApplyReply)>,
+    /// The cluster's members by id: peer URLs from the static configuration, names and
+    /// client URLs as the members published them through raft.
+    members: BTreeMap<u64, MemberRecord>,
 }
 
 /// What a backend holds at start: the state machine and the raft position it reflects.
@@ -154,6 +157,7 @@ impl StorageActor {
             watch_tx: None,
             to_watch: Vec::new(),
             pending_replies: Vec::new(),
+            members: BTreeMap::new(),
         }
     }
 
@@ -178,6 +182,58 @@ impl StorageActor {
         for (w, result) in std::mem::take(&mut self.pending_replies) {
             let _ = w.send(result);
         }
+    }
+
+    /// Seeds the member list with the static initial cluster (id and peer URLs; name and
+    /// client URLs stay empty until the member publishes them, as etcd lists an unstarted
+    /// member), then overlays what the Members bucket recorded from earlier publications.
+    pub fn with_members(
+        mut self,
+        initial: impl IntoIterator<Item = (u64, Vec<String>)>,
+    ) -> Result<StorageActor, StorageFatal> {
+        for (id, peer_urls) in initial {
+            self.members.insert(
+                id,
+                MemberRecord {
+                    id,
+                    peer_urls,
+                    ..Default::default()
+                },
+            );
+        }
+        let stored = self
+            .backend
+            .scan(Bucket::Members)
+            .map_err(|e| StorageFatal(format!("backend: {e}")))?;
+        for (key, value) in stored {
+            let record = MemberRecord::decode(&value[..]).map_err(|e| {
+                StorageFatal(format!(
+                    "backend: corrupt member record {}: {e}",
+                    String::from_utf8_lossy(&key)
+                ))
+            })?;
+            self.members.insert(record.id, record);
+        }
+        Ok(self)
+    }
+
+    /// Records a member's published name and client URLs. An id outside the membership is
+    /// ignored, identically on every member, so the state machines never diverge.
+    fn set_member_attrs(&mut self, attrs: &MemberAttrSet, batch: &mut WriteBatch) {
+        let Some(record) = self.members.get_mut(&attrs.member_id) else {
+            tracing::warn!(
+                member = format!("{:x}", attrs.member_id),
+                "ignoring published attributes of a member that is not in the cluster"
+            );
+            return;
+        };
+        record.name = attrs.name.clone();
+        record.client_urls = attrs.client_urls.clone();
+        batch.put(
+            Bucket::Members,
+            format!("{:016x}", record.id).into_bytes(),
+            record.encode_to_vec(),
+        );
     }
 
     /// Runs until the inbox closes (shutdown) or a fatal error.
@@ -282,6 +338,9 @@ impl StorageActor {
                     }));
                 }
             }
+            StorageMsg::MemberList { reply } => {
+                let _ = reply.send(self.members.values().cloned().collect());
+            }
             StorageMsg::HashKv { revision, reply } => {
                 let result = self
                     .state
@@ -353,6 +412,13 @@ impl StorageActor {
                     entry.index
                 ))
             })?;
+            if let Some(attrs) = &request.member_attr_set {
+                self.set_member_attrs(attrs, &mut batch);
+                if let Some(w) = waiter {
+                    replies.push((w, Ok(Response::MemberAttrSet)));
+                }
+                continue;
+            }
             let StateOutcome {
                 outcome,
                 lease_changes: changes,
@@ -424,5 +490,6 @@ fn with_header(resp: Response, header: ResponseHeader) -> Response {
             r.header = Some(header);
             Response::LeaseRevoke(r)
         }
+        Response::MemberAttrSet => Response::MemberAttrSet,
     }
 }

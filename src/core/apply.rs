@@ -26,6 +26,8 @@ pub enum Response {
     LeaseGrant(crate::pb::etcdserverpb::LeaseGrantResponse),
     /// The answer to a lease revocation.
     LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeResponse),
+    /// A member's published attributes were recorded (no client sees this answer).
+    MemberAttrSet,
 }
 
 /// What applying one request produced.

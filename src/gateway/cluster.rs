@@ -1,4 +1,5 @@
-//! The Cluster service: MemberList now; membership changes arrive with clustering.
+//! The Cluster service: MemberList (from the replicated Members bucket); membership
+//! changes arrive later.
 
 use tonic::{Request, Response, Status};
 
@@ -53,7 +54,15 @@ impl Cluster for ClusterService {
             }
             let storage = self.handle.storage_status().await?;
             let raft = self.handle.raft_status().await?;
-            let m = &self.handle.member;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let members = self
+                .handle
+                .call(
+                    crate::msg::StorageMsg::MemberList { reply: tx },
+                    rx,
+                    &self.handle.storage_tx,
+                )
+                .await?;
             Ok(MemberListResponse {
                 header: Some(ResponseHeader {
                     cluster_id: raft.cluster_id,
@@ -61,13 +70,16 @@ impl Cluster for ClusterService {
                     revision: storage.revision,
                     raft_term: raft.term,
                 }),
-                members: vec![Member {
-                    id: m.member_id,
-                    name: m.name.clone(),
-                    peer_ur_ls: m.peer_urls.clone(),
-                    client_ur_ls: m.client_urls.clone(),
-                    is_learner: false,
-                }],
+                members: members
+                    .into_iter()
+                    .map(|m| Member {
+                        id: m.id,
+                        name: m.name,
+                        peer_ur_ls: m.peer_urls,
+                        client_ur_ls: m.client_urls,
+                        is_learner: false,
+                    })
+                    .collect(),
             })
         }
         .await;

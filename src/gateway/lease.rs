@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{reply, Handle};
 use crate::actors::lease_timer::LeaseMsg;
+use crate::actors::transport::LeaseForwarder;
 use crate::core::apply::Response as Applied;
 use crate::error::EtcdError;
 use crate::msg::{StorageMsg, CHANNEL_BOUND};
@@ -19,13 +20,55 @@ use crate::rt;
 pub struct LeaseService {
     handle: Handle,
     lease_tx: mpsc::Sender<LeaseMsg>,
+    forwarder: Option<LeaseForwarder>,
 }
 
 impl LeaseService {
     /// Builds the service over the actors' handle and the lease timer's inbox.
     pub fn new(handle: Handle, lease_tx: mpsc::Sender<LeaseMsg>) -> LeaseService {
-        LeaseService { handle, lease_tx }
+        LeaseService {
+            handle,
+            lease_tx,
+            forwarder: None,
+        }
     }
+
+    /// Sends keep-alives and remaining-TTL questions to the leader when this member does
+    /// not lead: only the leader's lease timer keeps expiries, so a renewal anywhere else
+    /// would be lost.
+    pub fn with_forwarder(mut self, forwarder: LeaseForwarder) -> LeaseService {
+        self.forwarder = Some(forwarder);
+        self
+    }
+}
+
+/// Where a lease call must go: `None` to serve it here (this member leads, or there is
+/// no one to forward to), or the leader's id.
+fn remote_leader(handle: &Handle, forwarder: &Option<LeaseForwarder>) -> Option<u64> {
+    let status = handle.raft_status.borrow().clone();
+    if forwarder.is_none() || status.leader_id == status.member_id {
+        return None;
+    }
+    Some(status.leader_id)
+}
+
+/// Asks the leader through the forwarder; `None` when the call is to be served here.
+async fn forward_lease(
+    handle: &Handle,
+    forwarder: &Option<LeaseForwarder>,
+    id: i64,
+    query_only: bool,
+) -> Option<Result<i64, EtcdError>> {
+    let leader = remote_leader(handle, forwarder)?;
+    let forwarder = forwarder.as_ref()?;
+    if leader == 0 {
+        return Some(Err(EtcdError::NoLeader));
+    }
+    Some(
+        forwarder
+            .renew(leader, id, query_only, handle.request_timeout)
+            .await,
+    )
 }
 
 /// Renews a lease through the lease timer and answers with etcd's keep-alive response:
@@ -33,12 +76,18 @@ impl LeaseService {
 async fn keep_alive_once(
     handle: &Handle,
     lease_tx: &mpsc::Sender<LeaseMsg>,
+    forwarder: &Option<LeaseForwarder>,
     id: i64,
 ) -> Result<LeaseKeepAliveResponse, EtcdError> {
-    let (tx, rx) = oneshot::channel();
-    let ttl = handle
-        .call(LeaseMsg::KeepAlive { id, reply: tx }, rx, lease_tx)
-        .await?;
+    let ttl = match forward_lease(handle, forwarder, id, false).await {
+        Some(r) => r?,
+        None => {
+            let (tx, rx) = oneshot::channel();
+            handle
+                .call(LeaseMsg::KeepAlive { id, reply: tx }, rx, lease_tx)
+                .await?
+        }
+    };
     let (tx, rx) = oneshot::channel();
     let header = handle
         .call(StorageMsg::Header { reply: tx }, rx, &handle.storage_tx)
@@ -112,6 +161,7 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(CHANNEL_BOUND);
         let handle = self.handle.clone();
         let lease_tx = self.lease_tx.clone();
+        let forwarder = self.forwarder.clone();
         rt::spawn("lease-keepalive", async move {
             // One request at a time, in order: a client's keep-alives are answered in the
             // order it sent them, and a slow client is pushed back by the bounded channel.
@@ -124,7 +174,7 @@ impl Lease for LeaseService {
                         return;
                     }
                 };
-                let answer = keep_alive_once(&handle, &lease_tx, next.id)
+                let answer = keep_alive_once(&handle, &lease_tx, &forwarder, next.id)
                     .await
                     .map_err(|e| e.to_status());
                 let failed = answer.is_err();
@@ -166,18 +216,22 @@ impl Lease for LeaseService {
                     keys: vec![],
                 });
             };
-            let (tx, rx) = oneshot::channel();
-            let remaining = self
-                .handle
-                .call(
-                    LeaseMsg::Remaining {
-                        id: req.id,
-                        reply: tx,
-                    },
-                    rx,
-                    &self.lease_tx,
-                )
-                .await?;
+            let remaining = match forward_lease(&self.handle, &self.forwarder, req.id, true).await {
+                Some(r) => Some(r?).filter(|ttl| *ttl >= 0),
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    self.handle
+                        .call(
+                            LeaseMsg::Remaining {
+                                id: req.id,
+                                reply: tx,
+                            },
+                            rx,
+                            &self.lease_tx,
+                        )
+                        .await?
+                }
+            };
             Ok(LeaseTimeToLiveResponse {
                 header: Some(header),
                 id: req.id,

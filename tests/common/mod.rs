@@ -679,3 +679,127 @@ impl Drop for Background {
         let _ = self.child.wait();
     }
 }
+
+/// A multi-member detcd cluster of real processes on loopback, bootstrapped from a static
+/// `--initial-cluster`. Members are started together (none is ready until a quorum runs).
+pub struct ClusterProc {
+    pub dir: tempfile::TempDir,
+    pub names: Vec<String>,
+    pub client_ports: Vec<u16>,
+    pub peer_ports: Vec<u16>,
+    pub children: Vec<Option<Child>>,
+}
+
+impl ClusterProc {
+    /// Starts `n` members and waits until each serves clients.
+    pub fn start(n: usize) -> ClusterProc {
+        let dir = tempfile::Builder::new()
+            .prefix("detcd-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let initial = (0..n)
+            .map(|i| format!("{}=http://127.0.0.1:{}", names[i], peer_ports[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = ClusterProc {
+            dir,
+            names,
+            client_ports,
+            peer_ports,
+            children: Vec::new(),
+        };
+        for i in 0..n {
+            let log = File::create(c.log_path(i)).expect("log file");
+            let log2 = log.try_clone().unwrap();
+            let client = c.client_url(i);
+            let peer = format!("http://127.0.0.1:{}", c.peer_ports[i]);
+            let child = Command::new(Kind::Detcd.binary())
+                .args(["--name", &c.names[i]])
+                .arg("--data-dir")
+                .arg(c.dir.path().join(format!("data{i}")))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-token", "detcd-test-cluster"])
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .spawn()
+                .expect("spawn detcd");
+            c.children.push(Some(child));
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for i in 0..n {
+            loop {
+                let ready = fs::read_to_string(c.log_path(i))
+                    .map(|s| s.contains(READY_MARKER))
+                    .unwrap_or(false);
+                if ready {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "member {i} did not become ready; log:\n{}",
+                    tail_of(&c.log_path(i), 40)
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        c
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("member{i}.log"))
+    }
+
+    pub fn client_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.client_ports[i])
+    }
+
+    /// All client URLs, comma-separated, for `--endpoints`.
+    pub fn endpoints(&self) -> String {
+        (0..self.client_ports.len())
+            .map(|i| self.client_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs etcdctl against `endpoints`.
+    pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new(etcdctl_bin());
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(endpoints)
+            .args(args);
+        run_with_timeout(cmd, None, ETCDCTL_TIMEOUT)
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill_9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ClusterProc {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill_9(i);
+        }
+        if thread::panicking() {
+            for i in 0..self.names.len() {
+                eprintln!(
+                    "--- member {i} log tail ---\n{}",
+                    tail_of(&self.log_path(i), 30)
+                );
+            }
+        }
+    }
+}

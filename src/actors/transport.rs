@@ -1,0 +1,562 @@
+//! The peer transport: raft messages between members over an internal gRPC service on
+//! `--listen-peer-urls`, and the lease calls a follower forwards to the leader.
+//!
+//! Outbound, each peer has one sender task fed by a bounded queue. The raft actor never
+//! waits for the network: when a peer's queue is full the message is dropped and raft is
+//! told the peer is unreachable, exactly as etcd's rafthttp does, because raft tolerates
+//! lost messages and retransmits what matters. A sender batches whatever is queued into
+//! one unary call, reconnects with a bounded exponential backoff after a failure, and
+//! drops the messages it could not deliver instead of replaying stale heartbeats later.
+//!
+//! Inbound, every batch is checked before anything is decoded: the cluster id must be
+//! ours (a member of another cluster is refused with etcd's "cluster ID mismatch"), the
+//! sender must be a known member, and each encoded message is bounded by
+//! [`MAX_PEER_MESSAGE_BYTES`] because raft's `protobuf` 2 decoder can be driven into deep
+//! recursion by hostile input. Nothing a peer sends can make this member panic: bad input
+//! is answered with an error status and logged.
+//!
+//! Everything goes through tonic, which madsim replaces under simulation, so the same code
+//! runs over real TCP and over the simulated network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::{Request, Response, Status};
+
+use crate::actors::lease_timer::LeaseMsg;
+use crate::error::EtcdError;
+use crate::msg::{RaftMsg, RaftStatus};
+use crate::pb::detcdraftpb::raft_client::RaftClient;
+use crate::pb::detcdraftpb::raft_server::Raft;
+use crate::pb::detcdraftpb::{LeaseRenewRequest, LeaseRenewResponse, RaftAck, RaftBatch};
+use crate::raft::MAX_PEER_MESSAGE_BYTES;
+use crate::rt;
+
+/// Messages queued for one peer, at most; past it new messages are dropped (etcd's
+/// rafthttp queues 4096 per peer stream).
+pub const PEER_QUEUE_BOUND: usize = 4096;
+/// Messages sent in one call, at most.
+const PEER_BATCH_MAX: usize = 512;
+/// How long one delivery call may take before the peer is considered unreachable.
+const PEER_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to a peer may take.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The first and the largest pause between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The largest gRPC message the peer service accepts: a full batch of maximal raft
+/// messages is never built (see [`PeerSender`]), so this leaves room for framing only.
+pub const MAX_PEER_GRPC_BYTES: usize = MAX_PEER_MESSAGE_BYTES + 64 * 1024;
+
+/// The static facts about the cluster the transport needs.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// This member's id.
+    pub local_id: u64,
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// Every other member's id and peer URLs.
+    pub peers: BTreeMap<u64, Vec<String>>,
+}
+
+/// The raft actor's side of the transport: one bounded queue per peer.
+pub struct Transport {
+    queues: BTreeMap<u64, mpsc::Sender<Message>>,
+}
+
+impl Transport {
+    /// Starts one sender task per peer. `raft_tx` receives unreachability reports.
+    pub fn start(config: &PeerConfig, raft_tx: mpsc::Sender<RaftMsg>) -> Transport {
+        let mut queues = BTreeMap::new();
+        for (&id, urls) in &config.peers {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_BOUND);
+            queues.insert(id, tx);
+            let sender = PeerSender {
+                local_id: config.local_id,
+                cluster_id: config.cluster_id,
+                peer_id: id,
+                urls: urls.clone(),
+                queue: rx,
+                raft_tx: raft_tx.clone(),
+            };
+            rt::spawn("peer-sender", sender.run());
+        }
+        Transport { queues }
+    }
+
+    /// Queues `msg` for its destination without waiting. Returns false when it had to be
+    /// dropped (unknown destination or a full queue); the caller then reports the peer
+    /// unreachable to raft.
+    pub fn send(&self, msg: Message) -> bool {
+        match self.queues.get(&msg.to) {
+            Some(q) => q.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+}
+
+struct PeerSender {
+    local_id: u64,
+    cluster_id: u64,
+    peer_id: u64,
+    urls: Vec<String>,
+    queue: mpsc::Receiver<Message>,
+    raft_tx: mpsc::Sender<RaftMsg>,
+}
+
+impl PeerSender {
+    async fn run(mut self) {
+        let mut client: Option<RaftClient<tonic::transport::Channel>> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut url_index = 0usize;
+        let mut active = false;
+        loop {
+            let Some(first) = self.queue.recv().await else {
+                // The raft actor dropped the transport: the member is stopping.
+                return;
+            };
+            let batch = self.take_batch(first);
+            if batch.is_empty() {
+                continue;
+            }
+            if client.is_none() {
+                let url = self.urls[url_index % self.urls.len().max(1)].clone();
+                url_index = url_index.wrapping_add(1);
+                client = connect(&url).await;
+            }
+            let delivered = match client.as_mut() {
+                None => Err("cannot connect".to_string()),
+                Some(c) => {
+                    let call = c.send(RaftBatch {
+                        cluster_id: self.cluster_id,
+                        from: self.local_id,
+                        to: self.peer_id,
+                        messages: batch,
+                    });
+                    match rt::timeout_at(rt::now() + PEER_SEND_TIMEOUT, call).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(status)) => Err(status.message().to_string()),
+                        Err(_) => Err("timed out".to_string()),
+                    }
+                }
+            };
+            match delivered {
+                Ok(()) => {
+                    if !active {
+                        tracing::info!(
+                            remote_peer_id = format!("{:x}", self.peer_id),
+                            "peer became active"
+                        );
+                        active = true;
+                    }
+                    backoff = BACKOFF_MIN;
+                }
+                Err(e) => {
+                    if active {
+                        tracing::warn!(
+                            remote_peer_id = format!("{:x}", self.peer_id),
+                            error = %e,
+                            "lost connection with remote peer"
+                        );
+                        active = false;
+                    } else {
+                        tracing::debug!(
+                            remote_peer_id = format!("{:x}", self.peer_id),
+                            error = %e,
+                            "failed to reach remote peer"
+                        );
+                    }
+                    client = None;
+                    // Raft slows replication to an unreachable peer down to probing; a
+                    // full inbox only loses this hint, which the next failure repeats.
+                    let _ = self.raft_tx.try_send(RaftMsg::Unreachable {
+                        member_id: self.peer_id,
+                    });
+                    rt::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    // Messages that queued up meanwhile are stale (heartbeats, old
+                    // appends); raft resends what still matters once the peer answers.
+                    while self.queue.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+
+    /// Encodes `first` and whatever else is queued, up to the batch and size limits.
+    fn take_batch(&mut self, first: Message) -> Vec<Vec<u8>> {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m.write_to_bytes() {
+                Ok(b) if b.len() <= MAX_PEER_MESSAGE_BYTES => {
+                    bytes += b.len();
+                    batch.push(b);
+                }
+                Ok(b) => tracing::warn!(
+                    size = b.len(),
+                    "dropping a raft message larger than the peer message limit"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot encode a raft message"),
+            }
+            if batch.len() >= PEER_BATCH_MAX || bytes >= MAX_PEER_MESSAGE_BYTES / 2 {
+                break;
+            }
+            next = self.queue.try_recv().ok();
+        }
+        batch
+    }
+}
+
+async fn connect(url: &str) -> Option<RaftClient<tonic::transport::Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(PEER_CONNECT_TIMEOUT);
+    match rt::timeout_at(rt::now() + PEER_CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(channel)) => Some(
+            RaftClient::new(channel)
+                .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
+                .max_encoding_message_size(MAX_PEER_GRPC_BYTES),
+        ),
+        _ => None,
+    }
+}
+
+/// Checks a batch and decodes its messages, refusing anything that did not come from a
+/// member of this cluster or that raft must not take from the network.
+pub fn decode_batch(
+    batch: &RaftBatch,
+    local_id: u64,
+    cluster_id: u64,
+    members: &BTreeSet<u64>,
+) -> Result<Vec<Message>, EtcdError> {
+    if batch.cluster_id != cluster_id {
+        return Err(EtcdError::InvalidArgument(format!(
+            "cluster ID mismatch: local member's cluster ID is {cluster_id:x}, remote peer's is {:x}",
+            batch.cluster_id
+        )));
+    }
+    if !members.contains(&batch.from) || batch.from == local_id {
+        return Err(EtcdError::InvalidArgument(format!(
+            "rejected raft messages from unknown member {:x}",
+            batch.from
+        )));
+    }
+    if batch.to != local_id {
+        return Err(EtcdError::InvalidArgument(format!(
+            "raft messages addressed to member {:x} arrived at member {local_id:x}",
+            batch.to
+        )));
+    }
+    let mut out = Vec::with_capacity(batch.messages.len());
+    for bytes in &batch.messages {
+        if bytes.len() > MAX_PEER_MESSAGE_BYTES {
+            return Err(EtcdError::InvalidArgument(format!(
+                "raft message of {} bytes exceeds the limit of {MAX_PEER_MESSAGE_BYTES}",
+                bytes.len()
+            )));
+        }
+        let m = Message::parse_from_bytes(bytes)
+            .map_err(|e| EtcdError::InvalidArgument(format!("cannot decode raft message: {e}")))?;
+        if m.from != batch.from || m.to != local_id {
+            return Err(EtcdError::InvalidArgument(format!(
+                "raft message from {:x} to {:x} in a batch from {:x}",
+                m.from, m.to, batch.from
+            )));
+        }
+        // Snapshots cannot be installed yet (nothing is compacted, so a correct leader
+        // never sends one), and local message types must never come from the network.
+        match m.get_msg_type() {
+            MessageType::MsgSnapshot
+            | MessageType::MsgHup
+            | MessageType::MsgBeat
+            | MessageType::MsgUnreachable
+            | MessageType::MsgSnapStatus
+            | MessageType::MsgCheckQuorum => {
+                return Err(EtcdError::InvalidArgument(format!(
+                    "raft message type {:?} is not accepted from a peer",
+                    m.get_msg_type()
+                )));
+            }
+            _ => {}
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// The peer gRPC service: receives raft batches and forwarded lease calls.
+pub struct PeerService {
+    local_id: u64,
+    cluster_id: u64,
+    members: BTreeSet<u64>,
+    raft_tx: mpsc::Sender<RaftMsg>,
+    lease_tx: mpsc::Sender<LeaseMsg>,
+    status: watch::Receiver<RaftStatus>,
+}
+
+impl PeerService {
+    /// Builds the service; `members` are all member ids, this one included.
+    pub fn new(
+        config: &PeerConfig,
+        raft_tx: mpsc::Sender<RaftMsg>,
+        lease_tx: mpsc::Sender<LeaseMsg>,
+        status: watch::Receiver<RaftStatus>,
+    ) -> PeerService {
+        let mut members: BTreeSet<u64> = config.peers.keys().copied().collect();
+        members.insert(config.local_id);
+        PeerService {
+            local_id: config.local_id,
+            cluster_id: config.cluster_id,
+            members,
+            raft_tx,
+            lease_tx,
+            status,
+        }
+    }
+
+    fn check_peer(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
+        if cluster_id != self.cluster_id {
+            tracing::warn!(
+                local_member_cluster_id = format!("{:x}", self.cluster_id),
+                remote_peer_cluster_id = format!("{cluster_id:x}"),
+                remote_peer_id = format!("{from:x}"),
+                "request cluster ID mismatch"
+            );
+            return Err(Status::failed_precondition(format!(
+                "cluster ID mismatch: local member's cluster ID is {:x}, remote peer's is {cluster_id:x}",
+                self.cluster_id
+            )));
+        }
+        if !self.members.contains(&from) {
+            return Err(Status::permission_denied(format!(
+                "member {from:x} is not a member of cluster {:x}",
+                self.cluster_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for PeerService {
+    async fn send(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let batch = req.into_inner();
+        self.check_peer(batch.cluster_id, batch.from)?;
+        let messages = decode_batch(&batch, self.local_id, self.cluster_id, &self.members)
+            .map_err(|e| {
+                tracing::warn!(
+                    remote_peer_id = format!("{:x}", batch.from),
+                    error = %e,
+                    "rejected raft messages from peer"
+                );
+                Status::invalid_argument(e.message())
+            })?;
+        if messages.is_empty() {
+            return Ok(Response::new(RaftAck {}));
+        }
+        // Waiting here pushes back on the sender, whose bounded queue then drops; the
+        // wait is bounded so a stopping raft actor cannot hold the call forever.
+        match rt::timeout_at(
+            rt::now() + PEER_SEND_TIMEOUT,
+            self.raft_tx.send(RaftMsg::Step { messages }),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(Response::new(RaftAck {})),
+            Ok(Err(_)) => Err(EtcdError::Stopped.to_status()),
+            Err(_) => Err(EtcdError::TooManyRequests.to_status()),
+        }
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseRenewRequest>,
+    ) -> Result<Response<LeaseRenewResponse>, Status> {
+        let req = req.into_inner();
+        self.check_peer(req.cluster_id, req.from)?;
+        let status = self.status.borrow().clone();
+        if status.leader_id != self.local_id {
+            // The caller's view of leadership is stale; it answers its client as etcd
+            // does when leadership moves under a request.
+            return Err(EtcdError::LeaderChanged.to_status());
+        }
+        let deadline = rt::now() + PEER_SEND_TIMEOUT;
+        let ttl = if req.query_only {
+            let (tx, rx) = oneshot::channel();
+            send_lease(
+                &self.lease_tx,
+                deadline,
+                LeaseMsg::Remaining {
+                    id: req.lease_id,
+                    reply: tx,
+                },
+                rx,
+            )
+            .await?
+            .unwrap_or(-1)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            send_lease(
+                &self.lease_tx,
+                deadline,
+                LeaseMsg::KeepAlive {
+                    id: req.lease_id,
+                    reply: tx,
+                },
+                rx,
+            )
+            .await?
+        };
+        Ok(Response::new(LeaseRenewResponse { ttl }))
+    }
+}
+
+async fn send_lease<T>(
+    lease_tx: &mpsc::Sender<LeaseMsg>,
+    deadline: rt::Instant,
+    msg: LeaseMsg,
+    rx: oneshot::Receiver<T>,
+) -> Result<T, Status> {
+    match rt::timeout_at(deadline, lease_tx.send(msg)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(EtcdError::Stopped.to_status()),
+        Err(_) => return Err(EtcdError::Timeout.to_status()),
+    }
+    match rt::timeout_at(deadline, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(EtcdError::Stopped.to_status()),
+        Err(_) => Err(EtcdError::Timeout.to_status()),
+    }
+}
+
+/// Forwards lease calls from a follower to the leader's peer service.
+#[derive(Clone)]
+pub struct LeaseForwarder {
+    local_id: u64,
+    cluster_id: u64,
+    channels: Arc<BTreeMap<u64, tonic::transport::Channel>>,
+}
+
+impl LeaseForwarder {
+    /// Builds lazily connecting channels to every peer (nothing connects until used).
+    pub fn new(config: &PeerConfig) -> LeaseForwarder {
+        let mut channels = BTreeMap::new();
+        for (&id, urls) in &config.peers {
+            let Some(url) = urls.first() else { continue };
+            if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) {
+                let endpoint = endpoint
+                    .connect_timeout(PEER_CONNECT_TIMEOUT)
+                    .timeout(PEER_SEND_TIMEOUT);
+                channels.insert(id, endpoint.connect_lazy());
+            }
+        }
+        LeaseForwarder {
+            local_id: config.local_id,
+            cluster_id: config.cluster_id,
+            channels: Arc::new(channels),
+        }
+    }
+
+    /// Renews (or, with `query_only`, asks the remaining TTL of) lease `lease_id` on the
+    /// leader `leader_id`, within `timeout`.
+    pub async fn renew(
+        &self,
+        leader_id: u64,
+        lease_id: i64,
+        query_only: bool,
+        timeout: Duration,
+    ) -> Result<i64, EtcdError> {
+        let Some(channel) = self.channels.get(&leader_id) else {
+            return Err(EtcdError::NoLeader);
+        };
+        let mut client = RaftClient::new(channel.clone());
+        let call = client.lease_renew(LeaseRenewRequest {
+            cluster_id: self.cluster_id,
+            from: self.local_id,
+            lease_id,
+            query_only,
+        });
+        match rt::timeout_at(rt::now() + timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner().ttl),
+            Ok(Err(status)) if status.message() == EtcdError::LeaderChanged.message() => {
+                Err(EtcdError::LeaderChanged)
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(error = %status, "forwarding a lease call to the leader failed");
+                Err(EtcdError::Timeout)
+            }
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members() -> BTreeSet<u64> {
+        [1, 2, 3].into_iter().collect()
+    }
+
+    fn batch(messages: Vec<Vec<u8>>) -> RaftBatch {
+        RaftBatch {
+            cluster_id: 7,
+            from: 2,
+            to: 1,
+            messages,
+        }
+    }
+
+    fn heartbeat(from: u64, to: u64) -> Vec<u8> {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.from = from;
+        m.to = to;
+        m.term = 3;
+        m.write_to_bytes().unwrap()
+    }
+
+    #[test]
+    fn accepts_a_well_formed_batch() {
+        let got = decode_batch(&batch(vec![heartbeat(2, 1)]), 1, 7, &members()).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].get_msg_type(), MessageType::MsgHeartbeat);
+    }
+
+    #[test]
+    fn refuses_another_cluster_and_strangers() {
+        let mut b = batch(vec![heartbeat(2, 1)]);
+        b.cluster_id = 8;
+        let e = decode_batch(&b, 1, 7, &members()).unwrap_err();
+        assert!(e.message().contains("cluster ID mismatch"), "{e}");
+        let mut b = batch(vec![heartbeat(9, 1)]);
+        b.from = 9;
+        assert!(decode_batch(&b, 1, 7, &members()).is_err());
+        // A message claiming another sender than the batch is refused.
+        assert!(decode_batch(&batch(vec![heartbeat(3, 1)]), 1, 7, &members()).is_err());
+    }
+
+    #[test]
+    fn garbage_oversized_and_local_messages_are_errors_not_panics() {
+        for bytes in [
+            vec![0xff; 64],
+            vec![0x0a; 1000],
+            vec![0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        ] {
+            assert!(decode_batch(&batch(vec![bytes]), 1, 7, &members()).is_err());
+        }
+        let huge = vec![0u8; MAX_PEER_MESSAGE_BYTES + 1];
+        assert!(decode_batch(&batch(vec![huge]), 1, 7, &members()).is_err());
+        let mut hup = Message::default();
+        hup.set_msg_type(MessageType::MsgHup);
+        hup.from = 2;
+        hup.to = 1;
+        let b = batch(vec![hup.write_to_bytes().unwrap()]);
+        assert!(decode_batch(&b, 1, 7, &members()).is_err());
+    }
+}
