@@ -330,6 +330,8 @@ pub async fn run(
     // before it started, and its name and client URLs are published through raft, as
     // etcd serves only after publishing itself.
     tokio::select! {
+        // Branches are polled in order, not at random, so a simulation replays from its seed.
+        biased;
         r = async {
             wait_until_caught_up(&handle, &mut status_rx).await?;
             publish(&handle, &cfg.name, &cfg.advertise_client_urls).await;
@@ -413,6 +415,8 @@ pub async fn run(
     }
 
     let outcome = tokio::select! {
+        // Branches are polled in order, not at random, so a simulation replays from its seed.
+        biased;
         _ = shutdown => {
             tracing::info!("received a stop request; closing client listeners after in-flight requests");
             Ok(())
@@ -543,6 +547,8 @@ async fn wait_until_caught_up(
             }
         }
         tokio::select! {
+            // Branches are polled in order, not at random, so a simulation replays from its seed.
+            biased;
             r = status_rx.changed() => {
                 if r.is_err() {
                     return Err(ServerError("the raft actor stopped during start".into()));

@@ -171,6 +171,7 @@ pub fn start_cluster(handle: &Handle, n: usize) -> Vec<SimMember> {
                         election_timeout_ms: 1000,
                         max_request_bytes: 1536 * 1024,
                         max_txn_ops: 128,
+                        watch_progress_notify_interval: Duration::from_secs(600),
                         disk: Arc::new(node_disk.clone()),
                         backend: BackendChoice::Memory(backend.clone()),
                     };
@@ -226,4 +227,18 @@ pub async fn connect_maintenance(
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("could not connect to {url} within 10 s of simulated time");
+}
+
+/// Runs `f` on a fresh OS thread and returns its result.
+///
+/// Every simulation must start from the same process-level state to replay from its seed.
+/// Some state outside madsim's control is per thread and changes as it is used: std's
+/// `RandomState` keys (tokio's `select!` fairness is seeded from them) advance with every
+/// hasher a thread creates. A fresh thread starts them anew, inside the simulation, where
+/// madsim answers the thread's first request for randomness from the seed.
+pub fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match std::thread::spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }

@@ -423,15 +423,14 @@ fn five_members_partition_quorum_loss_and_heal() {
     in_client(23, 5, five_members);
 }
 
-/// Same seed, same trace. Ignored for now: a run is reproducible from its seed across
-/// processes (the first run in a fresh process always gives the same trace), but a
-/// second run in the same process diverges, so some process-global state (a counter or
-/// a lazily seeded hasher in a dependency) still leaks into the simulation. Run with
-/// `--ignored --test-threads=1` to see it.
+/// Same seed, same trace: each run on a fresh thread, so per-thread state outside the
+/// simulation (std's hasher keys) starts the same way (see `harness::on_fresh_thread`).
+/// Ignored while multi-member runs still diverge between two runs in one process (the
+/// single-member simulations replay exactly); the cause is being tracked down.
 #[test]
 #[ignore]
 fn same_seed_same_trace() {
-    let a = in_client(11, 3, three_members);
-    let b = in_client(11, 3, three_members);
+    let a = harness::on_fresh_thread(|| in_client(11, 3, three_members));
+    let b = harness::on_fresh_thread(|| in_client(11, 3, three_members));
     assert_eq!(a, b, "same seed, different traces");
 }

@@ -93,8 +93,8 @@ fn run(seed: u64) -> (Vec<(i64, i64, Vec<(String, i64)>)>, Duration) {
 
 #[test]
 fn watcher_sees_every_write_and_same_seed_same_trace() {
-    let (trace_a, time_a) = run(11);
-    let (trace_b, time_b) = run(11);
+    let (trace_a, time_a) = harness::on_fresh_thread(|| run(11));
+    let (trace_b, time_b) = harness::on_fresh_thread(|| run(11));
     assert_eq!(trace_a, trace_b, "same seed, different trace");
     assert_eq!(time_a, time_b, "same seed, different simulated time");
     // The first response is the creation at revision 1; then one response per write,

@@ -124,6 +124,13 @@ impl LeaseTimer {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Branches are polled in order, not at random, so a simulation replays from its
+                // seed; the expiry check comes first so a busy inbox cannot starve it.
+                biased;
+                _ = check.tick() => {
+                    self.sync_leadership();
+                    self.revoke_expired();
+                }
                 msg = self.inbox.recv() => match msg {
                     None | Some(LeaseMsg::Shutdown) => return,
                     Some(msg) => {
@@ -136,10 +143,6 @@ impl LeaseTimer {
                         return;
                     }
                     self.sync_leadership();
-                }
-                _ = check.tick() => {
-                    self.sync_leadership();
-                    self.revoke_expired();
                 }
             }
         }

@@ -258,6 +258,8 @@ impl RaftActor {
         loop {
             let mut wal_done = self.wal_done.take();
             tokio::select! {
+                // Branches are polled in order, not at random, so a simulation replays from its seed.
+                biased;
                 _ = ticker.tick() => {
                     self.node.tick();
                     self.on_tick();

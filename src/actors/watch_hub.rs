@@ -72,10 +72,9 @@ impl WatchHubActor {
         loop {
             let wait = next_tick.saturating_duration_since(rt::now());
             tokio::select! {
-                msg = self.inbox.recv() => match msg {
-                    None | Some(WatchMsg::Shutdown) => break,
-                    Some(msg) => self.handle(msg),
-                },
+                // Branches are polled in order, not at random, so a simulation replays from its
+                // seed; the timer comes first so a busy inbox cannot starve catch-up retries.
+                biased;
                 _ = rt::sleep(wait) => {
                     next_tick = rt::now() + TICK_INTERVAL;
                     let now_ms = self.started.elapsed().as_millis() as u64;
@@ -85,6 +84,10 @@ impl WatchHubActor {
                     };
                     self.execute(out);
                 }
+                msg = self.inbox.recv() => match msg {
+                    None | Some(WatchMsg::Shutdown) => break,
+                    Some(msg) => self.handle(msg),
+                },
             }
         }
     }

@@ -79,6 +79,8 @@ impl Watch for WatchService {
         rt::spawn("watch-stream", async move {
             loop {
                 tokio::select! {
+                    // Branches are polled in order, not at random, so a simulation replays from its seed.
+                    biased;
                     msg = inbound.message() => match msg {
                         Ok(Some(req)) => {
                             if let Some(m) = to_hub(stream, req) {

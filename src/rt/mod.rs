@@ -101,6 +101,8 @@ pub async fn shutdown_signal() {
                     }
                 };
             tokio::select! {
+                // Branches are polled in order, not at random, so a simulation replays from its seed.
+                biased;
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
             }
