@@ -162,3 +162,99 @@ impl StateMachine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest, PutRequest};
+
+    fn machine() -> StateMachine {
+        StateMachine {
+            mvcc: Mvcc::new(),
+            leases: LeaseTable::new(2),
+        }
+    }
+
+    fn grant(sm: &mut StateMachine, id: i64) {
+        let req = InternalRequest {
+            lease_grant: Some(LeaseGrantRequest { ttl: 10, id }),
+            ..Default::default()
+        };
+        let out = sm.apply(&req, 1);
+        assert!(out.outcome.result.is_ok());
+        assert_eq!(
+            out.lease_changes,
+            vec![LeaseChange::Granted { id, ttl_s: 10 }]
+        );
+    }
+
+    fn put(sm: &mut StateMachine, key: &str, lease: i64) -> Result<Response, EtcdError> {
+        let req = InternalRequest {
+            put: Some(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                lease,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        sm.apply(&req, 1).outcome.result
+    }
+
+    fn revoke(id: i64, expiry_term: u64) -> InternalRequest {
+        InternalRequest {
+            lease_revoke: Some(LeaseRevokeRequest { id }),
+            expiry_term,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn revoke_deletes_every_key_in_one_revision() {
+        let mut sm = machine();
+        grant(&mut sm, 7);
+        put(&mut sm, "a", 7).unwrap();
+        put(&mut sm, "b", 7).unwrap();
+        put(&mut sm, "c", 0).unwrap();
+        let before = sm.mvcc.current_revision();
+        let out = sm.apply(&revoke(7, 0), 1);
+        assert!(matches!(out.outcome.result, Ok(Response::LeaseRevoke(_))));
+        assert_eq!(out.lease_changes, vec![LeaseChange::Revoked { id: 7 }]);
+        assert_eq!(sm.mvcc.current_revision(), before + 1, "one revision");
+        let keys: Vec<_> = out
+            .outcome
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.kv.as_ref().unwrap().key.clone(),
+                    e.kv.as_ref().unwrap().mod_revision,
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![(b"a".to_vec(), before + 1), (b"b".to_vec(), before + 1)]
+        );
+        assert!(!sm.leases.exists(7));
+        assert_eq!(put(&mut sm, "d", 7), Err(EtcdError::LeaseNotFound));
+    }
+
+    #[test]
+    fn expiry_revocation_from_another_term_is_rejected() {
+        let mut sm = machine();
+        grant(&mut sm, 9);
+        put(&mut sm, "k", 9).unwrap();
+        let before = sm.mvcc.current_revision();
+        // Decided while leading in term 3, but appended in term 4: stale, rejected.
+        let out = sm.apply(&revoke(9, 3), 4);
+        assert_eq!(out.outcome.result, Err(EtcdError::LeaderChanged));
+        assert!(out.outcome.batch.ops.is_empty() && out.lease_changes.is_empty());
+        assert!(sm.leases.exists(9));
+        assert_eq!(sm.mvcc.current_revision(), before);
+        // Decided and appended in the same term: applied.
+        let out = sm.apply(&revoke(9, 4), 4);
+        assert!(out.outcome.result.is_ok());
+        assert!(!sm.leases.exists(9));
+    }
+}
