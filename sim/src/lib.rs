@@ -2,8 +2,9 @@
 //! seed, with faults injected from data files (`scenarios/*.toml`).
 //!
 //! The harness only exists in the madsim build (`RUSTFLAGS="--cfg madsim"`); a normal
-//! build of this crate compiles to an empty library so that `cargo build` of the whole
+//! build of this crate has only the scenario format, so that `cargo build` of the whole
 //! workspace works everywhere.
 
 #[cfg(madsim)]
 pub mod harness;
+pub mod scenario;

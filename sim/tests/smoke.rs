@@ -1,5 +1,6 @@
-//! Boots one detcd member in simulation, writes and reads keys through the real gRPC KV
-//! service, and checks that the same seed gives the same answers, byte for byte.
+//! Runs `scenarios/smoke.toml`: boots one detcd member in simulation, writes and reads keys
+//! through the real gRPC KV service, and checks that the same seed gives the same answers,
+//! byte for byte.
 #![cfg(madsim)]
 
 use std::hash::{Hash, Hasher};
@@ -7,12 +8,13 @@ use std::time::Duration;
 
 use detcd::pb::etcdserverpb::{PutRequest, RangeRequest};
 use detcd_sim::harness;
+use detcd_sim::scenario::{Scenario, Workload};
 use madsim::runtime::Runtime;
 use prost::Message;
 
 /// Runs the workload under `seed` and returns a hash of every response and the final
 /// simulated time, plus the values read back.
-fn run(seed: u64) -> (u64, Vec<(Vec<u8>, Vec<u8>)>) {
+fn run(seed: u64, workload: Workload) -> (u64, Vec<(Vec<u8>, Vec<u8>)>) {
     let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
     rt.block_on(async {
         let handle = madsim::runtime::Handle::current();
@@ -27,8 +29,8 @@ fn run(seed: u64) -> (u64, Vec<(Vec<u8>, Vec<u8>)>) {
             .spawn(async move {
                 let mut kv = harness::connect_kv(&url).await;
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                for i in 0..50u32 {
-                    let key = format!("key{}", i % 7).into_bytes();
+                for i in 0..workload.writes {
+                    let key = format!("key{}", i % workload.keys).into_bytes();
                     let value = format!("value{i}").into_bytes();
                     let resp = kv
                         .put(PutRequest {
@@ -42,7 +44,8 @@ fn run(seed: u64) -> (u64, Vec<(Vec<u8>, Vec<u8>)>) {
                         .into_inner();
                     resp.encode_to_vec().hash(&mut hasher);
                     // A little simulated think time, so timers and ticks interleave.
-                    madsim::time::sleep(Duration::from_millis(u64::from(i % 3))).await;
+                    let think_ms = u64::from(i) % (workload.think_time_max_ms + 1);
+                    madsim::time::sleep(Duration::from_millis(think_ms)).await;
                 }
                 let resp = kv
                     .range(RangeRequest {
@@ -64,16 +67,23 @@ fn run(seed: u64) -> (u64, Vec<(Vec<u8>, Vec<u8>)>) {
 }
 
 #[test]
-fn single_member_put_and_range_is_deterministic() {
-    let (hash_a, kvs_a) = harness::on_fresh_thread(|| run(7));
-    let (hash_b, kvs_b) = harness::on_fresh_thread(|| run(7));
+fn smoke_scenario_is_correct_and_deterministic() {
+    let scenario = Scenario::load("smoke").expect("scenarios/smoke.toml");
+    assert_eq!(scenario.members, 1, "the smoke harness boots one member");
+    let (seed, w) = (scenario.seed, scenario.workload.clone());
+    println!("scenario {} seed {seed} parameters {w:?}", scenario.name);
+    let (hash_a, kvs_a) = harness::on_fresh_thread(move || run(seed, w));
+    let w = scenario.workload.clone();
+    let (hash_b, kvs_b) = harness::on_fresh_thread(move || run(seed, w));
     assert_eq!(hash_a, hash_b, "same seed, different responses");
     assert_eq!(kvs_a, kvs_b);
-    // Seven keys; the last write to key j was i = 49 - ((49 - j) % 7).
-    assert_eq!(kvs_a.len(), 7);
+    // Every key holds the value of the last write that went to it.
+    let (writes, keys) = (scenario.workload.writes, scenario.workload.keys);
+    assert_eq!(kvs_a.len(), keys.min(writes) as usize);
     for (j, (k, v)) in kvs_a.iter().enumerate() {
+        let j = j as u32;
         assert_eq!(k, format!("key{j}").as_bytes());
-        let last_i = (0..50).filter(|i| i % 7 == j).max().unwrap();
+        let last_i = (0..writes).filter(|i| i % keys == j).max().unwrap();
         assert_eq!(v, format!("value{last_i}").as_bytes());
     }
 }
