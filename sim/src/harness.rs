@@ -43,26 +43,39 @@ pub fn member_ip(i: usize) -> IpAddr {
 
 /// Starts a single-member cluster named `name` on a fresh simulated disk.
 pub fn start_single_member(handle: &Handle, name: &str) -> SimMember {
-    let ip = member_ip(0);
+    let initial_cluster = vec![(name.to_string(), vec![member_peer_url(0)])];
+    start_member(handle, 0, name, initial_cluster)
+}
+
+/// Starts member `i` (IP, ports and peer URL from its index) of the cluster that
+/// `initial_cluster` describes, on its own node with a fresh simulated disk and backend.
+/// The node's init closure rebuilds the configuration on every (re)start, while the disk
+/// and backend outlive kills, as a real machine's disk does.
+fn start_member(
+    handle: &Handle,
+    i: usize,
+    name: &str,
+    initial_cluster: Vec<(String, Vec<String>)>,
+) -> SimMember {
+    let ip = member_ip(i);
     let disk = SimDisk::new();
     let backend = MemBackend::new();
-    let peer_url = format!("http://{ip}:{PEER_PORT}");
-    let name_owned = name.to_string();
     let node_disk = disk.clone();
+    let node_name = name.to_string();
     let node = handle
         .create_node()
         .name(name)
         .ip(ip)
         .init(move || {
             let cfg = ServerConfig {
-                name: name_owned.clone(),
-                data_dir: PathBuf::from(format!("/{name_owned}.etcd")),
+                name: node_name.clone(),
+                data_dir: PathBuf::from(format!("/{node_name}.etcd")),
                 wal_dir: None,
                 listen_client_addrs: vec![SocketAddr::new(ip, CLIENT_PORT)],
                 listen_peer_addrs: vec![SocketAddr::new(ip, PEER_PORT)],
                 advertise_client_urls: vec![format!("http://{ip}:{CLIENT_PORT}")],
-                initial_advertise_peer_urls: vec![peer_url.clone()],
-                initial_cluster: vec![(name_owned.clone(), vec![peer_url.clone()])],
+                initial_advertise_peer_urls: vec![member_peer_url(i)],
+                initial_cluster: initial_cluster.clone(),
                 initial_cluster_token: "etcd-cluster".to_string(),
                 heartbeat_interval_ms: 100,
                 election_timeout_ms: 1000,
@@ -89,15 +102,7 @@ pub fn start_single_member(handle: &Handle, name: &str) -> SimMember {
 
 /// Connects a KV client to `url`, retrying while the member starts (bounded).
 pub async fn connect_kv(url: &str) -> KvClient<tonic::transport::Channel> {
-    for _ in 0..100 {
-        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string()) {
-            if let Ok(channel) = endpoint.connect().await {
-                return KvClient::new(channel);
-            }
-        }
-        madsim::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("could not connect to {url} within 10 s of simulated time");
+    KvClient::new(connect_channel(url).await)
 }
 
 /// Connects a gRPC channel to `url`, retrying while the member starts (bounded).
@@ -144,53 +149,7 @@ pub fn start_cluster(handle: &Handle, n: usize) -> Vec<SimMember> {
         .map(|i| (member_name(i), vec![member_peer_url(i)]))
         .collect();
     (0..n)
-        .map(|i| {
-            let ip = member_ip(i);
-            let name = member_name(i);
-            let disk = SimDisk::new();
-            let backend = MemBackend::new();
-            let node_disk = disk.clone();
-            let initial_cluster = initial_cluster.clone();
-            let node_name = name.clone();
-            let node = handle
-                .create_node()
-                .name(name.as_str())
-                .ip(ip)
-                .init(move || {
-                    let cfg = ServerConfig {
-                        name: node_name.clone(),
-                        data_dir: PathBuf::from(format!("/{node_name}.etcd")),
-                        wal_dir: None,
-                        listen_client_addrs: vec![SocketAddr::new(ip, CLIENT_PORT)],
-                        listen_peer_addrs: vec![SocketAddr::new(ip, PEER_PORT)],
-                        advertise_client_urls: vec![format!("http://{ip}:{CLIENT_PORT}")],
-                        initial_advertise_peer_urls: vec![member_peer_url(i)],
-                        initial_cluster: initial_cluster.clone(),
-                        initial_cluster_token: "etcd-cluster".to_string(),
-                        heartbeat_interval_ms: 100,
-                        election_timeout_ms: 1000,
-                        max_request_bytes: 1536 * 1024,
-                        max_txn_ops: 128,
-                        watch_progress_notify_interval: Duration::from_secs(600),
-                        disk: Arc::new(node_disk.clone()),
-                        backend: BackendChoice::Memory(backend.clone()),
-                    };
-                    async move {
-                        if let Err(e) =
-                            detcd::server::run(cfg, detcd::rt::shutdown_signal(), None).await
-                        {
-                            panic!("member failed: {e}");
-                        }
-                    }
-                })
-                .build();
-            SimMember {
-                name,
-                node,
-                ip,
-                disk,
-            }
-        })
+        .map(|i| start_member(handle, i, &member_name(i), initial_cluster.clone()))
         .collect()
 }
 
@@ -216,17 +175,7 @@ pub fn partition(a: &[&SimMember], b: &[&SimMember], clog: bool) {
 pub async fn connect_maintenance(
     url: &str,
 ) -> detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient<tonic::transport::Channel> {
-    for _ in 0..100 {
-        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string()) {
-            if let Ok(channel) = endpoint.connect().await {
-                return detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient::new(
-                    channel,
-                );
-            }
-        }
-        madsim::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("could not connect to {url} within 10 s of simulated time");
+    detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient::new(connect_channel(url).await)
 }
 
 /// Runs `f` on a fresh OS thread and returns its result.
@@ -241,4 +190,28 @@ pub fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static
         Ok(v) => v,
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// Runs `scenario` under `seed` on a client node beside a fresh single-member cluster,
+/// handing it the member's client URL, and returns what the scenario returns.
+pub fn single_member_client<F, Fut, T>(seed: u64, scenario: F) -> T
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    rt.block_on(async move {
+        let handle = Handle::current();
+        let member = start_single_member(&handle, "node1");
+        let client = handle
+            .create_node()
+            .name("client")
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100)))
+            .build();
+        client
+            .spawn(scenario(member.client_url()))
+            .await
+            .expect("client task")
+    })
 }

@@ -12,7 +12,6 @@ use detcd::pb::etcdserverpb::{
     LeaseTimeToLiveRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
 };
 use detcd_sim::harness;
-use madsim::runtime::Runtime;
 use prost::Message;
 
 /// What one run observed, beyond the hash of every response.
@@ -54,156 +53,142 @@ async fn count(
 }
 
 fn run(seed: u64) -> Observed {
-    let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    rt.block_on(async {
-        let handle = madsim::runtime::Handle::current();
-        let member = harness::start_single_member(&handle, "node1");
-        let client_node = handle
-            .create_node()
-            .name("client")
-            .ip("10.0.0.100".parse().unwrap())
-            .build();
-        let url = member.client_url();
-        client_node
-            .spawn(async move {
-                let mut kv = harness::connect_kv(&url).await;
-                let mut lease = harness::connect_lease(&url).await;
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                let start = madsim::time::Instant::now();
+    harness::single_member_client(seed, move |url| async move {
+        let mut kv = harness::connect_kv(&url).await;
+        let mut lease = harness::connect_lease(&url).await;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let start = madsim::time::Instant::now();
 
-                // Lease A: explicit id, never renewed. Lease B: generated id, kept alive.
-                let a = lease
-                    .lease_grant(LeaseGrantRequest { ttl: 60, id: 0xa })
-                    .await
-                    .expect("grant a")
-                    .into_inner();
-                assert_eq!((a.id, a.ttl), (0xa, 60));
-                a.encode_to_vec().hash(&mut hasher);
-                let b = lease
-                    .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-                    .await
-                    .expect("grant b")
-                    .into_inner();
-                assert!(b.id > 0 && b.ttl == 60, "{b:?}");
-                b.encode_to_vec().hash(&mut hasher);
+        // Lease A: explicit id, never renewed. Lease B: generated id, kept alive.
+        let a = lease
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 0xa })
+            .await
+            .expect("grant a")
+            .into_inner();
+        assert_eq!((a.id, a.ttl), (0xa, 60));
+        a.encode_to_vec().hash(&mut hasher);
+        let b = lease
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+            .await
+            .expect("grant b")
+            .into_inner();
+        assert!(b.id > 0 && b.ttl == 60, "{b:?}");
+        b.encode_to_vec().hash(&mut hasher);
 
-                for (prefix, id) in [("a", a.id), ("b", b.id)] {
-                    for i in 0..3 {
-                        let resp = kv
-                            .put(PutRequest {
-                                key: format!("{prefix}/{i}").into_bytes(),
-                                value: b"v".to_vec(),
-                                lease: id,
-                                ..Default::default()
-                            })
-                            .await
-                            .expect("put")
-                            .into_inner();
-                        resp.encode_to_vec().hash(&mut hasher);
-                    }
-                }
-
-                // A watcher on `a/` from now on: the expiry must reach it as deletes.
-                let mut watch = harness::connect_watch(&url).await;
-                let (watch_tx, watch_rx) = tokio::sync::mpsc::channel(4);
-                watch_tx
-                    .send(WatchRequest {
-                        request_union: Some(
-                            detcd::pb::etcdserverpb::watch_request::RequestUnion::CreateRequest(
-                                WatchCreateRequest {
-                                    key: b"a/".to_vec(),
-                                    range_end: b"a0".to_vec(),
-                                    ..Default::default()
-                                },
-                            ),
-                        ),
+        for (prefix, id) in [("a", a.id), ("b", b.id)] {
+            for i in 0..3 {
+                let resp = kv
+                    .put(PutRequest {
+                        key: format!("{prefix}/{i}").into_bytes(),
+                        value: b"v".to_vec(),
+                        lease: id,
+                        ..Default::default()
                     })
                     .await
-                    .unwrap();
-                let mut watch_stream = watch
-                    .watch(tokio_stream::wrappers::ReceiverStream::new(watch_rx))
-                    .await
-                    .expect("watch")
+                    .expect("put")
                     .into_inner();
-                let created = watch_stream.message().await.unwrap().expect("created");
-                assert!(created.created, "{created:?}");
+                resp.encode_to_vec().hash(&mut hasher);
+            }
+        }
 
-                // Keep B alive every 20 simulated seconds for two minutes.
-                let (tx, rx) = tokio::sync::mpsc::channel(4);
-                tx.send(LeaseKeepAliveRequest { id: b.id }).await.unwrap();
-                let mut stream = lease
-                    .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await
-                    .expect("keep-alive stream")
-                    .into_inner();
-                for round in 0..7 {
-                    let r = stream
-                        .message()
-                        .await
-                        .expect("keep-alive response")
-                        .expect("stream open");
-                    assert_eq!((r.id, r.ttl), (b.id, 60), "round {round}");
-                    r.encode_to_vec().hash(&mut hasher);
-                    madsim::time::sleep(Duration::from_secs(20)).await;
-                    if round < 6 {
-                        tx.send(LeaseKeepAliveRequest { id: b.id }).await.unwrap();
-                    }
-                }
-                let simulated_s = start.elapsed().as_secs();
-                let expired = watch_stream.message().await.unwrap().expect("deletes");
-                expired.encode_to_vec().hash(&mut hasher);
-                let a_deletes = expired
-                    .events
-                    .iter()
-                    .map(|e| {
-                        let kv = e.kv.as_ref().unwrap();
-                        (
-                            String::from_utf8_lossy(&kv.key).into_owned(),
-                            e.r#type,
-                            kv.mod_revision,
-                        )
-                    })
-                    .collect();
-
-                let a_keys = count(&mut kv, "a", &mut hasher).await;
-                let b_keys = count(&mut kv, "b", &mut hasher).await;
-
-                let ttl = lease
-                    .lease_time_to_live(LeaseTimeToLiveRequest {
-                        id: a.id,
-                        keys: true,
-                    })
-                    .await
-                    .expect("ttl")
-                    .into_inner();
-                ttl.encode_to_vec().hash(&mut hasher);
-                let list = lease
-                    .lease_leases(LeaseLeasesRequest {})
-                    .await
-                    .expect("leases")
-                    .into_inner();
-                list.encode_to_vec().hash(&mut hasher);
-                let revoke = lease.lease_revoke(LeaseRevokeRequest { id: a.id }).await;
-                let err = revoke.expect_err("revoking an expired lease");
-                assert_eq!(err.code(), tonic::Code::NotFound);
-                assert_eq!(err.message(), "etcdserver: requested lease not found");
-                err.message().hash(&mut hasher);
-                simulated_s.hash(&mut hasher);
-
-                Observed {
-                    hash: hasher.finish(),
-                    a_keys,
-                    b_keys,
-                    a_ttl: ttl.ttl,
-                    a_granted_ttl: ttl.granted_ttl,
-                    leases: list.leases.iter().map(|l| l.id).collect(),
-                    b_id: b.id,
-                    simulated_s,
-                    a_deletes,
-                }
+        // A watcher on `a/` from now on: the expiry must reach it as deletes.
+        let mut watch = harness::connect_watch(&url).await;
+        let (watch_tx, watch_rx) = tokio::sync::mpsc::channel(4);
+        watch_tx
+            .send(WatchRequest {
+                request_union: Some(
+                    detcd::pb::etcdserverpb::watch_request::RequestUnion::CreateRequest(
+                        WatchCreateRequest {
+                            key: b"a/".to_vec(),
+                            range_end: b"a0".to_vec(),
+                            ..Default::default()
+                        },
+                    ),
+                ),
             })
             .await
-            .expect("client task")
+            .unwrap();
+        let mut watch_stream = watch
+            .watch(tokio_stream::wrappers::ReceiverStream::new(watch_rx))
+            .await
+            .expect("watch")
+            .into_inner();
+        let created = watch_stream.message().await.unwrap().expect("created");
+        assert!(created.created, "{created:?}");
+
+        // Keep B alive every 20 simulated seconds for two minutes.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(LeaseKeepAliveRequest { id: b.id }).await.unwrap();
+        let mut stream = lease
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("keep-alive stream")
+            .into_inner();
+        for round in 0..7 {
+            let r = stream
+                .message()
+                .await
+                .expect("keep-alive response")
+                .expect("stream open");
+            assert_eq!((r.id, r.ttl), (b.id, 60), "round {round}");
+            r.encode_to_vec().hash(&mut hasher);
+            madsim::time::sleep(Duration::from_secs(20)).await;
+            if round < 6 {
+                tx.send(LeaseKeepAliveRequest { id: b.id }).await.unwrap();
+            }
+        }
+        let simulated_s = start.elapsed().as_secs();
+        let expired = watch_stream.message().await.unwrap().expect("deletes");
+        expired.encode_to_vec().hash(&mut hasher);
+        let a_deletes = expired
+            .events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.as_ref().unwrap();
+                (
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    e.r#type,
+                    kv.mod_revision,
+                )
+            })
+            .collect();
+
+        let a_keys = count(&mut kv, "a", &mut hasher).await;
+        let b_keys = count(&mut kv, "b", &mut hasher).await;
+
+        let ttl = lease
+            .lease_time_to_live(LeaseTimeToLiveRequest {
+                id: a.id,
+                keys: true,
+            })
+            .await
+            .expect("ttl")
+            .into_inner();
+        ttl.encode_to_vec().hash(&mut hasher);
+        let list = lease
+            .lease_leases(LeaseLeasesRequest {})
+            .await
+            .expect("leases")
+            .into_inner();
+        list.encode_to_vec().hash(&mut hasher);
+        let revoke = lease.lease_revoke(LeaseRevokeRequest { id: a.id }).await;
+        let err = revoke.expect_err("revoking an expired lease");
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(err.message(), "etcdserver: requested lease not found");
+        err.message().hash(&mut hasher);
+        simulated_s.hash(&mut hasher);
+
+        Observed {
+            hash: hasher.finish(),
+            a_keys,
+            b_keys,
+            a_ttl: ttl.ttl,
+            a_granted_ttl: ttl.granted_ttl,
+            leases: list.leases.iter().map(|l| l.id).collect(),
+            b_id: b.id,
+            simulated_s,
+            a_deletes,
+        }
     })
 }
 

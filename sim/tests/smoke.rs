@@ -9,60 +9,45 @@ use std::time::Duration;
 use detcd::pb::etcdserverpb::{PutRequest, RangeRequest};
 use detcd_sim::harness;
 use detcd_sim::scenario::{Scenario, Workload};
-use madsim::runtime::Runtime;
 use prost::Message;
 
 /// Runs the workload under `seed` and returns a hash of every response and the final
 /// simulated time, plus the values read back.
 fn run(seed: u64, workload: Workload) -> (u64, Vec<(Vec<u8>, Vec<u8>)>) {
-    let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    rt.block_on(async {
-        let handle = madsim::runtime::Handle::current();
-        let member = harness::start_single_member(&handle, "node1");
-        let client_node = handle
-            .create_node()
-            .name("client")
-            .ip("10.0.0.100".parse().unwrap())
-            .build();
-        let url = member.client_url();
-        client_node
-            .spawn(async move {
-                let mut kv = harness::connect_kv(&url).await;
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                for i in 0..workload.writes {
-                    let key = format!("key{}", i % workload.keys).into_bytes();
-                    let value = format!("value{i}").into_bytes();
-                    let resp = kv
-                        .put(PutRequest {
-                            key,
-                            value,
-                            prev_kv: true,
-                            ..Default::default()
-                        })
-                        .await
-                        .expect("put")
-                        .into_inner();
-                    resp.encode_to_vec().hash(&mut hasher);
-                    // A little simulated think time, so timers and ticks interleave.
-                    let think_ms = u64::from(i) % (workload.think_time_max_ms + 1);
-                    madsim::time::sleep(Duration::from_millis(think_ms)).await;
-                }
-                let resp = kv
-                    .range(RangeRequest {
-                        key: b"key".to_vec(),
-                        range_end: b"kez".to_vec(),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("range")
-                    .into_inner();
-                resp.encode_to_vec().hash(&mut hasher);
-                madsim::time::Instant::now().elapsed().hash(&mut hasher);
-                let kvs = resp.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
-                (hasher.finish(), kvs)
+    harness::single_member_client(seed, move |url| async move {
+        let mut kv = harness::connect_kv(&url).await;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for i in 0..workload.writes {
+            let key = format!("key{}", i % workload.keys).into_bytes();
+            let value = format!("value{i}").into_bytes();
+            let resp = kv
+                .put(PutRequest {
+                    key,
+                    value,
+                    prev_kv: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("put")
+                .into_inner();
+            resp.encode_to_vec().hash(&mut hasher);
+            // A little simulated think time, so timers and ticks interleave.
+            let think_ms = u64::from(i) % (workload.think_time_max_ms + 1);
+            madsim::time::sleep(Duration::from_millis(think_ms)).await;
+        }
+        let resp = kv
+            .range(RangeRequest {
+                key: b"key".to_vec(),
+                range_end: b"kez".to_vec(),
+                ..Default::default()
             })
             .await
-            .expect("client task")
+            .expect("range")
+            .into_inner();
+        resp.encode_to_vec().hash(&mut hasher);
+        madsim::time::Instant::now().elapsed().hash(&mut hasher);
+        let kvs = resp.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        (hasher.finish(), kvs)
     })
 }
 

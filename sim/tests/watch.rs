@@ -7,7 +7,6 @@ use std::time::Duration;
 use detcd::pb::etcdserverpb::watch_request::RequestUnion;
 use detcd::pb::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
 use detcd_sim::harness;
-use madsim::runtime::Runtime;
 
 fn create(key: &str, start_revision: i64) -> WatchRequest {
     WatchRequest {
@@ -23,71 +22,57 @@ fn create(key: &str, start_revision: i64) -> WatchRequest {
 /// Runs the workload under `seed`; returns the trace (watch id, header revision, event
 /// keys and revisions) of every watch response, and the simulated time it ended at.
 fn run(seed: u64) -> (Vec<(i64, i64, Vec<(String, i64)>)>, Duration) {
-    let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    rt.block_on(async {
-        let handle = madsim::runtime::Handle::current();
-        let member = harness::start_single_member(&handle, "node1");
-        let client_node = handle
-            .create_node()
-            .name("client")
-            .ip("10.0.0.100".parse().unwrap())
-            .build();
-        let url = member.client_url();
-        client_node
-            .spawn(async move {
-                let start = madsim::time::Instant::now();
-                let mut kv = harness::connect_kv(&url).await;
-                let mut watch = harness::connect_watch(&url).await;
-                let (req_tx, req_rx) = tokio::sync::mpsc::channel(16);
-                req_tx.send(create("w/", 0)).await.unwrap();
-                let mut responses = watch
-                    .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-                    .await
-                    .expect("watch")
-                    .into_inner();
-                let mut trace = Vec::new();
-                let mut record = |r: detcd::pb::etcdserverpb::WatchResponse| {
-                    let evs = r
-                        .events
-                        .iter()
-                        .map(|e| {
-                            let kv = e.kv.as_ref().unwrap();
-                            (
-                                String::from_utf8_lossy(&kv.key).into_owned(),
-                                kv.mod_revision,
-                            )
-                        })
-                        .collect::<Vec<_>>();
-                    trace.push((r.watch_id, r.header.unwrap().revision, evs));
-                };
-                record(responses.message().await.unwrap().unwrap());
-                for i in 0..20u32 {
-                    kv.put(PutRequest {
-                        key: format!("w/{}", i % 4).into_bytes(),
-                        value: vec![b'v'; i as usize],
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("put");
-                    madsim::time::sleep(Duration::from_millis(u64::from(i % 3))).await;
-                }
-                // A second watcher on the same stream replays history from revision 5.
-                req_tx.send(create("w/", 5)).await.unwrap();
-                let mut events = 0;
-                let mut replayed = 0;
-                while events < 20 || replayed < 16 {
-                    let r = responses.message().await.unwrap().unwrap();
-                    if r.watch_id == 0 {
-                        events += r.events.len();
-                    } else {
-                        replayed += r.events.len();
-                    }
-                    record(r);
-                }
-                (trace, start.elapsed())
+    harness::single_member_client(seed, move |url| async move {
+        let start = madsim::time::Instant::now();
+        let mut kv = harness::connect_kv(&url).await;
+        let mut watch = harness::connect_watch(&url).await;
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(16);
+        req_tx.send(create("w/", 0)).await.unwrap();
+        let mut responses = watch
+            .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut trace = Vec::new();
+        let mut record = |r: detcd::pb::etcdserverpb::WatchResponse| {
+            let evs = r
+                .events
+                .iter()
+                .map(|e| {
+                    let kv = e.kv.as_ref().unwrap();
+                    (
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        kv.mod_revision,
+                    )
+                })
+                .collect::<Vec<_>>();
+            trace.push((r.watch_id, r.header.unwrap().revision, evs));
+        };
+        record(responses.message().await.unwrap().unwrap());
+        for i in 0..20u32 {
+            kv.put(PutRequest {
+                key: format!("w/{}", i % 4).into_bytes(),
+                value: vec![b'v'; i as usize],
+                ..Default::default()
             })
             .await
-            .expect("client task")
+            .expect("put");
+            madsim::time::sleep(Duration::from_millis(u64::from(i % 3))).await;
+        }
+        // A second watcher on the same stream replays history from revision 5.
+        req_tx.send(create("w/", 5)).await.unwrap();
+        let mut events = 0;
+        let mut replayed = 0;
+        while events < 20 || replayed < 16 {
+            let r = responses.message().await.unwrap().unwrap();
+            if r.watch_id == 0 {
+                events += r.events.len();
+            } else {
+                replayed += r.events.len();
+            }
+            record(r);
+        }
+        (trace, start.elapsed())
     })
 }
 
