@@ -346,7 +346,7 @@ impl Side {
             .flat_map(|r| r.events.iter())
             .filter_map(|e| e.kv.as_ref().map(|k| k.modr))
             .max()
-            .unwrap_or(0)
+            .unwrap_or(1)
     }
 
     /// Whether watcher `m` has everything it must have.
