@@ -440,16 +440,45 @@ impl Run {
     }
 
     fn put(&mut self) -> WOp {
-        let lease = if self.rng.gen_bool(0.3) {
-            *LEASE_IDS.choose(&mut self.rng).unwrap()
-        } else {
-            0
+        let key = self.key();
+        self.put_to(key)
+    }
+
+    fn put_to(&mut self, key: String) -> WOp {
+        let lease = match self.rng.gen_range(0..20) {
+            0..=5 => *LEASE_IDS[..3].choose(&mut self.rng).unwrap(),
+            6 => LEASE_IDS[3],
+            _ => 0,
         };
         WOp::Put {
-            key: self.key(),
+            key,
             value: VALUES.choose(&mut self.rng).unwrap().to_string(),
             lease,
         }
+    }
+
+    /// `n` writes on distinct single keys (so that the txn is valid), the last one
+    /// sometimes any write (a range delete, or a conflict: an error).
+    fn txn_ops(&mut self, n: usize) -> Vec<WOp> {
+        let mut keys = KEYS.to_vec();
+        keys.shuffle(&mut self.rng);
+        let mut ops: Vec<WOp> = keys[..n]
+            .iter()
+            .map(|k| {
+                if self.rng.gen_bool(0.7) {
+                    self.put_to(k.to_string())
+                } else {
+                    WOp::Del {
+                        key: k.to_string(),
+                        end: Vec::new(),
+                    }
+                }
+            })
+            .collect();
+        if n > 0 && self.rng.gen_bool(0.15) {
+            ops[n - 1] = self.wop();
+        }
+        ops
     }
 
     fn del(&mut self) -> WOp {
@@ -544,8 +573,8 @@ impl Run {
                         .choose(&mut self.rng)
                         .unwrap(),
                     cmp_version: self.rng.gen_range(0..3),
-                    success: (0..ns).map(|_| self.wop()).collect(),
-                    failure: (0..nf).map(|_| self.wop()).collect(),
+                    success: self.txn_ops(ns),
+                    failure: self.txn_ops(nf),
                 }
             }
             62..=68 => Step::Grant {
@@ -745,8 +774,13 @@ impl Run {
                 self.bad[stream] += 1;
             }
             _ => {
+                let t0 = Instant::now();
                 let want = Run::exec_write(&mut self.sides[0].client, &step).await;
+                let t1 = Instant::now();
                 let got = Run::exec_write(&mut self.sides[1].client, &step).await;
+                if std::env::var_os("WDIFF_TIMING").is_some() {
+                    eprintln!("TIMING write etcd {:?} sut {:?}", t1 - t0, t1.elapsed());
+                }
                 if want != got {
                     panic!(
                         "write response mismatch: seed {}, step #{i}: {step:?}\netcd: {want:?}\n{}: {got:?}",
@@ -775,6 +809,7 @@ impl Run {
     async fn settle(&mut self, what: &str) {
         let cur = self.cur_rev;
         for s in 0..2 {
+            let t0 = Instant::now();
             let deadline = Instant::now() + SETTLE_TIMEOUT;
             while self.sides[s].global_rev() < cur {
                 if !self.sides[s].pump(deadline).await {
@@ -783,6 +818,9 @@ impl Run {
                         self.sides[s].name()
                     ));
                 }
+            }
+            if std::env::var_os("WDIFF_TIMING").is_some() {
+                eprintln!("TIMING global side {s} {:?}", t0.elapsed());
             }
         }
         // The reference's global event log.
@@ -926,6 +964,13 @@ async fn run_seed(seed: u64) {
         run.create(spec).await;
     }
     run.settle("initial watchers").await;
+    for id in &LEASE_IDS[..3] {
+        let step = Step::Grant {
+            id: *id,
+            ttl: LEASE_TTLS[2],
+        };
+        run.exec(0, step).await;
+    }
     let n = steps_per_seed();
     let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
     for i in 0..n {
@@ -972,16 +1017,46 @@ async fn run_seed(seed: u64) {
         while run.sides[s].pump(deadline).await {}
     }
     run.compare("after the last step");
-    let events: usize = run.sides[0]
-        .got
-        .values()
-        .flat_map(|v| v.iter())
-        .map(|r| r.events.len())
-        .sum();
+    // What was covered (from the reference's side).
+    let all: Vec<&Resp> = run.sides[0].got.values().flatten().collect();
+    let events: usize = all.iter().map(|r| r.events.len()).sum();
+    let multi_rev = all
+        .iter()
+        .filter(|r| {
+            let mut revs: Vec<i64> = r
+                .events
+                .iter()
+                .filter_map(|e| e.kv.as_ref().map(|k| k.modr))
+                .collect();
+            revs.dedup();
+            revs.len() > 1
+        })
+        .count();
+    let multi_event = all.iter().filter(|r| r.events.len() > 1).count();
+    let deletes = all
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .filter(|e| e.typ == "DELETE")
+        .count();
+    let prevs = all
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .filter(|e| e.prev.is_some())
+        .count();
+    let leased = all
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .filter(|e| e.kv.as_ref().is_some_and(|k| k.lease != 0))
+        .count();
+    let compact_cancels = all.iter().filter(|r| r.compact_revision != 0).count();
+    let cancels = all.iter().filter(|r| r.canceled).count();
     println!(
-        "watch differential seed {seed}: {n} steps {counts:?}, {} watchers, {events} events \
-         compared, final revision {}, compacted at {}",
+        "watch differential seed {seed}: {n} steps {counts:?}, {} watchers; compared {} responses, \
+         {events} events ({deletes} deletes, {prevs} with prev_kv, {leased} with a lease), \
+         {multi_event} responses with several events ({multi_rev} with several revisions), \
+         {cancels} cancels ({compact_cancels} by compaction); final revision {}, compacted at {}",
         run.models.len(),
+        all.len(),
         run.cur_rev,
         run.compacted
     );
