@@ -758,9 +758,17 @@ impl Run {
             }
             Step::BadWatch { stream, dup } => {
                 let spec = WSpec {
-                    kind: if dup != 0 { "duplicate id" } else { "empty range" },
+                    kind: if dup != 0 {
+                        "duplicate id"
+                    } else {
+                        "empty range"
+                    },
                     key: "b".to_string(),
-                    end: if dup != 0 { String::new() } else { "a".to_string() },
+                    end: if dup != 0 {
+                        String::new()
+                    } else {
+                        "a".to_string()
+                    },
                     start: 0,
                     prev_kv: false,
                     no_put: false,
@@ -774,13 +782,8 @@ impl Run {
                 self.bad[stream] += 1;
             }
             _ => {
-                let t0 = Instant::now();
                 let want = Run::exec_write(&mut self.sides[0].client, &step).await;
-                let t1 = Instant::now();
                 let got = Run::exec_write(&mut self.sides[1].client, &step).await;
-                if std::env::var_os("WDIFF_TIMING").is_some() {
-                    eprintln!("TIMING write etcd {:?} sut {:?}", t1 - t0, t1.elapsed());
-                }
                 if want != got {
                     panic!(
                         "write response mismatch: seed {}, step #{i}: {step:?}\netcd: {want:?}\n{}: {got:?}",
@@ -809,7 +812,6 @@ impl Run {
     async fn settle(&mut self, what: &str) {
         let cur = self.cur_rev;
         for s in 0..2 {
-            let t0 = Instant::now();
             let deadline = Instant::now() + SETTLE_TIMEOUT;
             while self.sides[s].global_rev() < cur {
                 if !self.sides[s].pump(deadline).await {
@@ -818,9 +820,6 @@ impl Run {
                         self.sides[s].name()
                     ));
                 }
-            }
-            if std::env::var_os("WDIFF_TIMING").is_some() {
-                eprintln!("TIMING global side {s} {:?}", t0.elapsed());
             }
         }
         // The reference's global event log.
@@ -838,10 +837,7 @@ impl Run {
             loop {
                 self.sides[s].drain();
                 let side = &self.sides[s];
-                let pending = self
-                    .models
-                    .iter()
-                    .position(|m| !side.satisfied(m, &log));
+                let pending = self.models.iter().position(|m| !side.satisfied(m, &log));
                 let bad_pending =
                     (0..STREAMS).find(|&st| side.responses(st, -1).len() < self.bad[st]);
                 if pending.is_none() && bad_pending.is_none() {
@@ -880,7 +876,10 @@ impl Run {
         keys.dedup();
         for k in keys {
             if a.get(k) != b.get(k) {
-                self.report(what, &format!("responses for stream {} watch id {} differ", k.0, k.1));
+                self.report(
+                    what,
+                    &format!("responses for stream {} watch id {} differ", k.0, k.1),
+                );
             }
         }
     }
@@ -893,9 +892,16 @@ impl Run {
         let mut keys: Vec<(usize, i64)> = a.keys().chain(b.keys()).copied().collect();
         keys.sort();
         keys.dedup();
-        let differing: Vec<(usize, i64)> =
-            keys.iter().copied().filter(|k| a.get(k) != b.get(k)).collect();
-        let show = if differing.is_empty() { keys } else { differing };
+        let differing: Vec<(usize, i64)> = keys
+            .iter()
+            .copied()
+            .filter(|k| a.get(k) != b.get(k))
+            .collect();
+        let show = if differing.is_empty() {
+            keys
+        } else {
+            differing
+        };
         for k in show {
             let spec = self
                 .models

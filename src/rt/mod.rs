@@ -164,14 +164,12 @@ pub async fn serve_grpc(
         // sets it only on connections it accepts itself): without it a small response
         // written right after another (a watch event after the write's response) waits
         // for the client's delayed ACK, some 40 ms.
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener.inner).map(
-            |conn| {
-                conn.map(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                    AuthorityFixStream::new(tcp)
-                })
-            },
-        );
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener.inner).map(|conn| {
+            conn.map(|tcp| {
+                let _ = tcp.set_nodelay(true);
+                AuthorityFixStream::new(tcp)
+            })
+        });
         router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
