@@ -218,8 +218,8 @@ impl Model {
                     && self.until.is_none_or(|u| *rev <= u)
                     && self.spec.contains(key)
                     && !(self.spec.no_put && *put)
-                    && !(self.spec.no_delete && !*put)
-                    && !(!*put && *rev == self.skip_deletes_at)
+                    && (!self.spec.no_delete || *put)
+                    && (*put || *rev != self.skip_deletes_at)
             })
             .count()
     }
