@@ -162,9 +162,16 @@ pub async fn serve_grpc(
         use tokio_stream::StreamExt;
         // Every client connection goes through the :authority shim so that etcdctl 3.4's
         // `endpoint` commands, which send `:authority: http://host:port`, are not
-        // rejected by h2 (see gateway::h2_authority).
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener.inner)
-            .map(|conn| conn.map(AuthorityFixStream::new));
+        // rejected by h2 (see gateway::h2_authority). TCP_NODELAY as in Go (and as tonic
+        // sets it only on connections it accepts itself): without it a small response
+        // written right after another (a watch event after the write's response) waits
+        // for the client's delayed ACK, some 40 ms.
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener.inner).map(|conn| {
+            conn.map(|tcp| {
+                let _ = tcp.set_nodelay(true);
+                AuthorityFixStream::new(tcp)
+            })
+        });
         router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
