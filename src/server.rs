@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig};
@@ -31,6 +31,7 @@ use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
 use crate::raft::{ids, log};
 use crate::rt;
+use crate::rt::watch;
 use crate::storage::backend::{Backend, MemBackend, SledBackend};
 use crate::storage::disk::Disk;
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::core::lease::{self, LeaseClock};
 use crate::core::state::LeaseChange;
@@ -19,6 +19,7 @@ use crate::msg::{RaftMsg, RaftStatus};
 use crate::pb::detcdpb::InternalRequest;
 use crate::pb::etcdserverpb::LeaseRevokeRequest;
 use crate::rt;
+use crate::rt::watch;
 
 /// Messages to the lease timer.
 #[derive(Debug)]

@@ -27,7 +27,7 @@ use prost::Message as _;
 use raft::eraftpb::{Entry, HardState};
 use raft::storage::MemStorage;
 use raft::RawNode;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::transport::Transport;
 use crate::error::EtcdError;
@@ -35,6 +35,7 @@ use crate::msg::{RaftMsg, RaftStatus, StorageMsg, Waiter};
 use crate::pb::detcdpb::RequestHeader;
 use crate::raft::log::RaftLog;
 use crate::rt;
+use crate::rt::watch;
 use crate::storage::wal::Wal;
 
 /// Proposals waiting for their apply result, at most; past it new proposals are refused

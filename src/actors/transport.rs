@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::actors::lease_timer::LeaseMsg;
@@ -35,6 +35,7 @@ use crate::pb::detcdraftpb::raft_server::Raft;
 use crate::pb::detcdraftpb::{LeaseRenewRequest, LeaseRenewResponse, RaftAck, RaftBatch};
 use crate::raft::MAX_PEER_MESSAGE_BYTES;
 use crate::rt;
+use crate::rt::watch;
 
 /// Messages queued for one peer, at most; past it new messages are dropped (etcd's
 /// rafthttp queues 4096 per peer stream).

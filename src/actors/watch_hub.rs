@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use prost::Message as _;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::core::watch::{Output, Room, StreamId, WatchConfig, WatchHub};
 use crate::msg::{QueuedBytes, RaftStatus, StorageMsg, WatchMsg, WatchStreamSender};
 use crate::rt;
+use crate::rt::watch;
 
 /// How often catch-up is retried (etcd's watchable store syncs every 100 ms).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);

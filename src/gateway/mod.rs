@@ -43,7 +43,7 @@ pub struct Handle {
     /// To the storage actor.
     pub storage_tx: mpsc::Sender<StorageMsg>,
     /// The latest raft status.
-    pub raft_status: tokio::sync::watch::Receiver<RaftStatus>,
+    pub raft_status: rt::watch::Receiver<RaftStatus>,
     /// This member.
     pub member: MemberInfo,
     /// `--max-txn-ops`.

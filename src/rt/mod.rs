@@ -14,6 +14,8 @@ use crate::gateway::h2_authority::AuthorityFixStream;
 
 pub use tokio::time::Instant;
 
+pub mod watch;
+
 /// True when this build runs inside madsim's simulator.
 pub const SIMULATED: bool = cfg!(madsim);
 
