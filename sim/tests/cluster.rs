@@ -206,19 +206,15 @@ async fn expect_no_quorum(url: &str, key: &str) -> String {
     e
 }
 
-/// Runs `scenario` on a client node beside an `n`-member cluster, on a fresh OS thread:
-/// the raft crate draws election timeouts from `rand::thread_rng`, which is seeded once per
-/// thread (from madsim's seeded generator), so a second run on the same thread would
-/// continue the first run's random sequence instead of replaying it.
+/// Runs `scenario` on a client node beside an `n`-member cluster, on a fresh OS thread, so
+/// that per-thread state outside madsim (std's hasher keys) starts anew inside the
+/// simulation and the run replays from its seed (see `harness::on_fresh_thread`).
 fn in_client<F, Fut>(seed: u64, n: usize, scenario: F) -> u64
 where
     F: FnOnce(Vec<SimMember>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = u64> + Send + 'static,
 {
-    match std::thread::spawn(move || in_client_here(seed, n, scenario)).join() {
-        Ok(hash) => hash,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    harness::on_fresh_thread(move || in_client_here(seed, n, scenario))
 }
 
 fn in_client_here<F, Fut>(seed: u64, n: usize, scenario: F) -> u64
