@@ -158,10 +158,10 @@ impl Output {
     }
 }
 
-/// Run a command with optional stdin, capturing stdout/stderr, killing it and
-/// panicking if it runs longer than `timeout`.
-pub fn run_with_timeout(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
-    cmd.stdin(if stdin.is_some() {
+/// Spawns `cmd` with stdout and stderr piped (and stdin piped when `with_stdin`), and
+/// returns the child with a description of the command for error messages.
+fn spawn_piped(mut cmd: Command, with_stdin: bool) -> (std::process::Child, String) {
+    cmd.stdin(if with_stdin {
         Stdio::piped()
     } else {
         Stdio::null()
@@ -169,9 +169,16 @@ pub fn run_with_timeout(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duratio
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let desc = format!("{cmd:?}");
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+    (child, desc)
+}
+
+/// Run a command with optional stdin, capturing stdout/stderr, killing it and
+/// panicking if it runs longer than `timeout`.
+pub fn run_with_timeout(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    let (mut child, desc) = spawn_piped(cmd, stdin.is_some());
     let writer = stdin.map(|data| {
         let data = data.to_vec();
         let mut pipe = child.stdin.take().unwrap();
@@ -596,18 +603,8 @@ pub struct Background {
 }
 
 impl Background {
-    fn spawn(mut cmd: Command, stdin: Option<&str>) -> Background {
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let desc = format!("{cmd:?}");
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+    fn spawn(cmd: Command, stdin: Option<&str>) -> Background {
+        let (mut child, _desc) = spawn_piped(cmd, stdin.is_some());
         let (tx, rx) = std::sync::mpsc::sync_channel(100_000);
         for pipe in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
