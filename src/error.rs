@@ -46,6 +46,12 @@ pub enum EtcdError {
     TooManyRequests,
     /// The server cannot serve the request in its current state.
     NotCapable,
+    /// A leader-only request (MoveLeader) reached a member that is not the leader.
+    NotLeader,
+    /// MoveLeader named a target that is not a voting member.
+    BadLeaderTransferee,
+    /// MoveLeader's target did not become leader within the request's time.
+    TimeoutLeaderTransfer,
     /// A request was malformed in a way etcd reports with a custom message.
     InvalidArgument(String),
     /// The method is not implemented.
@@ -89,10 +95,12 @@ impl EtcdError {
             | RequestTooLarge | InvalidArgument(_) => Code::InvalidArgument,
             Compacted | FutureRev => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
-            LeaseExist | NotCapable => Code::FailedPrecondition,
+            LeaseExist | NotCapable | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
             LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
-            Timeout | NoLeader | LeaderChanged | Stopped => Code::Unavailable,
+            Timeout | NoLeader | LeaderChanged | Stopped | TimeoutLeaderTransfer => {
+                Code::Unavailable
+            }
             Unimplemented(_) => Code::Unimplemented,
             Corrupt(_) => Code::DataLoss,
             Internal(_) => Code::Internal,
@@ -122,6 +130,11 @@ impl EtcdError {
             Stopped => "etcdserver: server stopped".into(),
             TooManyRequests => "etcdserver: too many requests".into(),
             NotCapable => "etcdserver: not capable".into(),
+            NotLeader => "etcdserver: not leader".into(),
+            BadLeaderTransferee => "etcdserver: bad leader transferee".into(),
+            TimeoutLeaderTransfer => {
+                "etcdserver: request timed out, leader transfer took too long".into()
+            }
             InvalidArgument(m) | Unimplemented(m) | Internal(m) => m.clone(),
             Corrupt(m) => format!("etcdserver: corrupt cluster: {m}"),
         }

@@ -12,7 +12,7 @@ use crate::core::watch::{HistoryAnswer, HistoryFetch, StreamId};
 use crate::error::EtcdError;
 use crate::pb::detcdpb::InternalRequest;
 use crate::pb::etcdserverpb::{
-    HashKvResponse, LeaseLeasesResponse, RangeRequest, RangeResponse, ResponseHeader,
+    HashKvResponse, HashResponse, LeaseLeasesResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use crate::pb::mvccpb::Event;
@@ -47,6 +47,16 @@ pub enum RaftMsg {
     Status {
         /// Receives the status.
         reply: oneshot::Sender<RaftStatus>,
+    },
+    /// Asks the leader to hand leadership to `target` (raft's leader transfer). The reply
+    /// only says the transfer was started: the caller watches the raft status for the
+    /// new leader.
+    TransferLeader {
+        /// The member id that should become leader.
+        target: u64,
+        /// `Ok` once the transfer is started; `NotLeader` on a follower,
+        /// `BadLeaderTransferee` for a target that is not a voting member.
+        reply: oneshot::Sender<Result<(), EtcdError>>,
     },
     /// Stops the actor. Proposals still waiting are dropped, which their clients see as
     /// "server stopped".
@@ -133,6 +143,11 @@ pub enum StorageMsg {
     MemberList {
         /// Receives the members.
         reply: oneshot::Sender<Vec<crate::pb::detcdpb::MemberRecord>>,
+    },
+    /// Asks for the hash of the whole backend (Maintenance.Hash).
+    Hash {
+        /// Receives the hash with its header.
+        reply: oneshot::Sender<Result<HashResponse, EtcdError>>,
     },
     /// Asks for the KV hash at a revision (0: current).
     HashKv {

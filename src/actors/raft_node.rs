@@ -454,6 +454,20 @@ impl RaftActor {
             RaftMsg::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            RaftMsg::TransferLeader { target, reply } => {
+                // etcd checks leadership first (maintenance server), then the target
+                // (`MoveLeader`): detcd has no learners, so every member raft tracks votes.
+                if self.node.raft.leader_id != self.config.member_id {
+                    let _ = reply.send(Err(EtcdError::NotLeader));
+                    return;
+                }
+                if target == 0 || self.node.raft.prs().get(target).is_none() {
+                    let _ = reply.send(Err(EtcdError::BadLeaderTransferee));
+                    return;
+                }
+                self.node.transfer_leader(target);
+                let _ = reply.send(Ok(()));
+            }
             // Taken in batches by `run`; the batch stops at the next turn of the loop.
             RaftMsg::Shutdown => {
                 self.stopping = true;

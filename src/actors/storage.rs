@@ -27,13 +27,42 @@ use crate::core::watch::HistoryAnswer;
 use crate::error::EtcdError;
 use crate::msg::{ApplyReply, StorageMsg, StorageStatus, Waiter, WatchMsg};
 use crate::pb::detcdpb::{InternalRequest, MemberAttrSet, MemberRecord};
-use crate::pb::etcdserverpb::{HashKvResponse, RangeRequest, RangeResponse, ResponseHeader};
+use crate::pb::etcdserverpb::{
+    HashKvResponse, HashResponse, RangeRequest, RangeResponse, ResponseHeader,
+};
 use crate::storage::backend::{Backend, BatchOp, Bucket, WriteBatch};
 
 /// The meta-bucket key holding the last applied raft index (etcd's name).
 pub const CONSISTENT_INDEX_KEY: &[u8] = b"consistent_index";
 /// The meta-bucket key holding the raft term of the last applied entry (etcd 3.5's name).
 pub const TERM_KEY: &[u8] = b"term";
+/// Meta-bucket keys left out of [`backend_hash`]: they record raft positions, which are
+/// bookkeeping rather than state (etcd likewise ignores `consistent_index`).
+const HASH_IGNORED_META_KEYS: [&[u8]; 2] = [CONSISTENT_INDEX_KEY, TERM_KEY];
+
+/// detcd's `Maintenance.Hash`: a CRC-32C (Castagnoli, as etcd's backend hash) over every
+/// bucket, taken in etcd's bucket-name order, hashing each bucket's name and then its keys
+/// and values in key order, without the raft positions of [`HASH_IGNORED_META_KEYS`].
+///
+/// This is detcd's backend hash, not etcd's byte for byte (the on-disk layouts differ):
+/// members that applied the same entries hash equal, which is what it is for.
+pub fn backend_hash(backend: &dyn Backend) -> std::io::Result<u32> {
+    let mut buckets = Bucket::ALL;
+    buckets.sort_by_key(|b| b.etcd_name());
+    let mut h = crate::core::crc32c::Crc32c::new();
+    for bucket in buckets {
+        h.update(bucket.etcd_name().as_bytes());
+        for (k, v) in backend.scan(bucket)? {
+            if bucket == Bucket::Meta && HASH_IGNORED_META_KEYS.contains(&k.as_slice()) {
+                continue;
+            }
+            h.update(&k);
+            h.update(&v);
+        }
+    }
+    Ok(h.sum())
+}
+
 /// Reads waiting for the state machine to catch up, at most.
 pub const MAX_WAITING_READS: usize = 10_000;
 
@@ -341,6 +370,15 @@ impl StorageActor {
             StorageMsg::MemberList { reply } => {
                 let _ = reply.send(self.members.values().cloned().collect());
             }
+            StorageMsg::Hash { reply } => {
+                let result = backend_hash(self.backend.as_ref())
+                    .map(|hash| HashResponse {
+                        header: Some(self.header()),
+                        hash,
+                    })
+                    .map_err(|e| EtcdError::Internal(format!("etcdserver: backend hash: {e}")));
+                let _ = reply.send(result);
+            }
             StorageMsg::HashKv { revision, reply } => {
                 let result = self
                     .state
@@ -491,5 +529,40 @@ fn with_header(resp: Response, header: ResponseHeader) -> Response {
             Response::LeaseRevoke(r)
         }
         Response::MemberAttrSet => Response::MemberAttrSet,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::backend::MemBackend;
+
+    fn backend_with(entries: &[(Bucket, &[u8], &[u8])]) -> MemBackend {
+        let mut b = MemBackend::new();
+        let mut batch = WriteBatch::new();
+        for (bucket, k, v) in entries {
+            batch.put(*bucket, k.to_vec(), v.to_vec());
+        }
+        b.write(&batch).expect("write");
+        b
+    }
+
+    #[test]
+    fn backend_hash_ignores_raft_positions_and_sees_state() {
+        let a = backend_with(&[
+            (Bucket::Key, b"r1", b"v1"),
+            (Bucket::Meta, CONSISTENT_INDEX_KEY, b"\0\0\0\0\0\0\0\x05"),
+            (Bucket::Meta, TERM_KEY, b"\0\0\0\0\0\0\0\x02"),
+        ]);
+        let b = backend_with(&[
+            (Bucket::Key, b"r1", b"v1"),
+            (Bucket::Meta, CONSISTENT_INDEX_KEY, b"\0\0\0\0\0\0\0\x09"),
+        ]);
+        let c = backend_with(&[(Bucket::Key, b"r1", b"v2")]);
+        let d = backend_with(&[(Bucket::Lease, b"r1", b"v1")]);
+        let ha = backend_hash(&a).expect("hash");
+        assert_eq!(ha, backend_hash(&b).expect("hash"));
+        assert_ne!(ha, backend_hash(&c).expect("hash"));
+        assert_ne!(ha, backend_hash(&d).expect("hash"));
     }
 }

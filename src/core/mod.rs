@@ -11,7 +11,7 @@
 //! the same log reaches the same state byte for byte.
 
 pub mod apply;
-mod crc32c;
+pub(crate) mod crc32c;
 pub mod lease;
 pub mod mvcc;
 pub mod state;

@@ -1,12 +1,14 @@
-//! The Maintenance service: Status, HashKV and Alarm now; the rest arrive with clustering.
+//! The Maintenance service: Status, Hash, HashKV, Alarm, Defragment and MoveLeader;
+//! Snapshot and Downgrade are not served yet.
 
 use tonic::{Request, Response, Status};
 
 use super::{reply, unimplemented, Handle};
 use crate::error::EtcdError;
-use crate::msg::StorageMsg;
+use crate::msg::{RaftMsg, StorageMsg};
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::*;
+use crate::rt;
 
 /// The Maintenance service.
 pub struct MaintenanceService {
@@ -79,15 +81,32 @@ impl Maintenance for MaintenanceService {
         reply(result)
     }
 
+    /// Succeeds without work: etcd rewrites its bbolt file to give back freed pages, but
+    /// sled reclaims space by its own background compaction, so there is nothing to do.
+    /// The answer carries the usual header.
     async fn defragment(
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(unimplemented("Maintenance.Defragment"))
+        let result = async {
+            Ok(DefragmentResponse {
+                header: Some(self.header().await?),
+            })
+        }
+        .await;
+        reply(result)
     }
 
+    /// detcd's backend hash (see [`crate::actors::storage::backend_hash`]): equal across
+    /// members with identical state, with the header at the current revision.
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(unimplemented("Maintenance.Hash"))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let result = self
+            .handle
+            .call(StorageMsg::Hash { reply: tx }, rx, &self.handle.storage_tx)
+            .await
+            .and_then(|r| r);
+        reply(result)
     }
 
     async fn hash_kv(
@@ -120,11 +139,38 @@ impl Maintenance for MaintenanceService {
         Err(unimplemented("Maintenance.Snapshot"))
     }
 
+    /// etcd's MoveLeader: only the leader accepts it ("etcdserver: not leader"), the
+    /// target must be a member ("etcdserver: bad leader transferee"); the leader starts
+    /// raft's leader transfer and the call returns once the target leads, or fails with
+    /// etcd's "leader transfer took too long" when the request timeout passes first.
     async fn move_leader(
         &self,
-        _req: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("Maintenance.MoveLeader"))
+        let target = req.into_inner().target_id;
+        let deadline = rt::now() + self.handle.request_timeout;
+        let result = async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.handle
+                .call(
+                    RaftMsg::TransferLeader { target, reply: tx },
+                    rx,
+                    &self.handle.raft_tx,
+                )
+                .await??;
+            let mut status = self.handle.raft_status.clone();
+            match rt::timeout_at(deadline, status.wait_for(|s| s.leader_id == target)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(EtcdError::Stopped),
+                Err(_) => return Err(EtcdError::TimeoutLeaderTransfer),
+            }
+            let header = self.header().await?;
+            Ok(MoveLeaderResponse {
+                header: Some(header),
+            })
+        }
+        .await;
+        reply(result)
     }
 
     async fn downgrade(

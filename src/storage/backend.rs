@@ -70,6 +70,19 @@ impl Bucket {
         Bucket::Members,
     ];
 
+    /// etcd's name for the bucket (its bbolt bucket name).
+    pub fn etcd_name(self) -> &'static str {
+        match self {
+            Bucket::Key => "key",
+            Bucket::Meta => "meta",
+            Bucket::Lease => "lease",
+            Bucket::Auth => "auth",
+            Bucket::AuthUsers => "authUsers",
+            Bucket::AuthRoles => "authRoles",
+            Bucket::Members => "members",
+        }
+    }
+
     /// The bucket's on-disk tag, the first byte of its keys in [`SledBackend`]. These
     /// numbers are a storage format and must never change or be reused.
     pub fn tag(self) -> u8 {
