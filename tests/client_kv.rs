@@ -18,6 +18,15 @@ fn kv_tuple(kv: &etcd_client::KeyValue) -> (String, String, i64, i64, i64) {
     )
 }
 
+/// Gets `key` with `opts`, failing the test if the get fails.
+async fn get_with(
+    c: &mut etcd_client::Client,
+    key: &str,
+    opts: GetOptions,
+) -> etcd_client::GetResponse {
+    within(10, "get", c.get(key, Some(opts))).await.unwrap()
+}
+
 fn t(k: &str, v: &str, c: i64, m: i64, ver: i64) -> (String, String, i64, i64, i64) {
     (k.to_string(), v.to_string(), c, m, ver)
 }
@@ -56,13 +65,7 @@ async fn put_get_delete_revisions() {
     assert!(!r.more());
 
     // Historical read.
-    let r = within(
-        10,
-        "get",
-        c.get("a", Some(GetOptions::new().with_revision(2))),
-    )
-    .await
-    .unwrap();
+    let r = get_with(&mut c, "a", GetOptions::new().with_revision(2)).await;
     assert_eq!(
         r.kvs().iter().map(kv_tuple).collect::<Vec<_>>(),
         vec![t("a", "1", 2, 2, 1)]
@@ -99,13 +102,12 @@ async fn put_get_delete_revisions() {
     let r = within(10, "get", c.get("b", None)).await.unwrap();
     assert_eq!(kv_tuple(&r.kvs()[0]), t("b", "new", 7, 7, 1));
     // Historical read before the deletion still sees the old incarnation.
-    let r = within(
-        10,
-        "get",
-        c.get("b", Some(GetOptions::new().with_prefix().with_revision(5))),
+    let r = get_with(
+        &mut c,
+        "b",
+        GetOptions::new().with_prefix().with_revision(5),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.kvs().len(), 2);
     // ignore_value keeps value, bumps version.
     let r = within(
@@ -156,35 +158,23 @@ async fn range_options() {
         (SortTarget::Value, "bac"),
     ];
     for (target, asc) in cases {
-        let r = within(
-            10,
-            "get",
-            c.get(
-                "",
-                Some(
-                    GetOptions::new()
-                        .with_all_keys()
-                        .with_sort(target, SortOrder::Ascend),
-                ),
-            ),
+        let r = get_with(
+            &mut c,
+            "",
+            GetOptions::new()
+                .with_all_keys()
+                .with_sort(target, SortOrder::Ascend),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(keys(&r), asc, "{target:?} ascend");
-        let r = within(
-            10,
-            "get",
-            c.get(
-                "",
-                Some(
-                    GetOptions::new()
-                        .with_all_keys()
-                        .with_sort(target, SortOrder::Descend),
-                ),
-            ),
+        let r = get_with(
+            &mut c,
+            "",
+            GetOptions::new()
+                .with_all_keys()
+                .with_sort(target, SortOrder::Descend),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(
             keys(&r),
             asc.chars().rev().collect::<String>(),
@@ -192,118 +182,70 @@ async fn range_options() {
         );
     }
     // limit + more + count
-    let r = within(
-        10,
-        "get",
-        c.get("a", Some(GetOptions::new().with_from_key().with_limit(2))),
-    )
-    .await
-    .unwrap();
+    let r = get_with(&mut c, "a", GetOptions::new().with_from_key().with_limit(2)).await;
     assert_eq!(keys(&r), "ab");
     assert!(r.more());
     assert_eq!(r.count(), 3);
     // count_only
-    let r = within(
-        10,
-        "get",
-        c.get(
-            "",
-            Some(GetOptions::new().with_all_keys().with_count_only()),
-        ),
+    let r = get_with(
+        &mut c,
+        "",
+        GetOptions::new().with_all_keys().with_count_only(),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(r.kvs().is_empty());
     assert_eq!(r.count(), 3);
     // keys_only
-    let r = within(
-        10,
-        "get",
-        c.get(
-            "a",
-            Some(GetOptions::new().with_range("c").with_keys_only()),
-        ),
+    let r = get_with(
+        &mut c,
+        "a",
+        GetOptions::new().with_range("c").with_keys_only(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(keys(&r), "ab");
     assert!(r.kvs().iter().all(|kv| kv.value().is_empty()));
     assert_eq!(r.kvs()[0].version(), 2);
     // mod / create revision filters (count is unaffected by filters)
-    let r = within(
-        10,
-        "get",
-        c.get(
-            "",
-            Some(GetOptions::new().with_all_keys().with_min_mod_revision(6)),
-        ),
+    let r = get_with(
+        &mut c,
+        "",
+        GetOptions::new().with_all_keys().with_min_mod_revision(6),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(keys(&r), "ab");
     assert_eq!(r.count(), 3);
-    let r = within(
-        10,
-        "get",
-        c.get(
-            "",
-            Some(GetOptions::new().with_all_keys().with_max_mod_revision(6)),
-        ),
+    let r = get_with(
+        &mut c,
+        "",
+        GetOptions::new().with_all_keys().with_max_mod_revision(6),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(keys(&r), "bc");
-    let r = within(
-        10,
-        "get",
-        c.get(
-            "",
-            Some(
-                GetOptions::new()
-                    .with_all_keys()
-                    .with_min_create_revision(3),
-            ),
-        ),
+    let r = get_with(
+        &mut c,
+        "",
+        GetOptions::new()
+            .with_all_keys()
+            .with_min_create_revision(3),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(keys(&r), "ac");
-    let r = within(
-        10,
-        "get",
-        c.get(
-            "",
-            Some(
-                GetOptions::new()
-                    .with_all_keys()
-                    .with_max_create_revision(3),
-            ),
-        ),
+    let r = get_with(
+        &mut c,
+        "",
+        GetOptions::new()
+            .with_all_keys()
+            .with_max_create_revision(3),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(keys(&r), "bc");
     // prefix / interval
-    let r = within(10, "get", c.get("b", Some(GetOptions::new().with_prefix())))
-        .await
-        .unwrap();
+    let r = get_with(&mut c, "b", GetOptions::new().with_prefix()).await;
     assert_eq!(keys(&r), "b");
-    let r = within(
-        10,
-        "get",
-        c.get("a", Some(GetOptions::new().with_range("b"))),
-    )
-    .await
-    .unwrap();
+    let r = get_with(&mut c, "a", GetOptions::new().with_range("b")).await;
     assert_eq!(keys(&r), "a");
     // range end <= key: empty
-    let r = within(
-        10,
-        "get",
-        c.get("c", Some(GetOptions::new().with_range("a"))),
-    )
-    .await
-    .unwrap();
+    let r = get_with(&mut c, "c", GetOptions::new().with_range("a")).await;
     assert_eq!(keys(&r), "");
     // revision errors
     let e = within(
@@ -435,13 +377,7 @@ async fn txn_compact_status_members() {
             "etcdserver: mvcc: required revision is a future revision".into()
         )
     );
-    let r = within(
-        10,
-        "get",
-        c.get("k", Some(GetOptions::new().with_revision(4))),
-    )
-    .await
-    .unwrap();
+    let r = get_with(&mut c, "k", GetOptions::new().with_revision(4)).await;
     assert_eq!(kv_tuple(&r.kvs()[0]), t("k", "v2", 2, 3, 2));
     let r = within(
         10,
@@ -493,13 +429,7 @@ async fn graceful_restart_keeps_data() {
     s.stop();
     s.restart();
     let mut c = s.client().await;
-    let r = within(
-        10,
-        "get",
-        c.get("key", Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .unwrap();
+    let r = get_with(&mut c, "key", GetOptions::new().with_prefix()).await;
     assert_eq!(r.header().unwrap().revision(), 21);
     assert_eq!(r.kvs().len(), 20);
     for (i, kv) in r.kvs().iter().enumerate() {

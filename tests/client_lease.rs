@@ -38,6 +38,17 @@ fn key_names(r: &etcd_client::GetResponse) -> Vec<String> {
         .collect()
 }
 
+/// Puts `key` attached to `lease`, failing the test if the put fails.
+async fn put_with_lease(c: &mut etcd_client::Client, key: &str, value: &str, lease: i64) {
+    within(
+        10,
+        "put",
+        c.put(key, value, Some(PutOptions::new().with_lease(lease))),
+    )
+    .await
+    .unwrap();
+}
+
 async fn grant(c: &mut etcd_client::Client, id: i64, ttl: i64) -> etcd_client::LeaseGrantResponse {
     within(
         10,
@@ -372,20 +383,8 @@ async fn attachment_rules() {
     grant(&mut c, 1, 600).await;
     grant(&mut c, 2, 600).await;
 
-    within(
-        10,
-        "put",
-        c.put("k", "v1", Some(PutOptions::new().with_lease(1))),
-    )
-    .await
-    .unwrap(); // 2
-    within(
-        10,
-        "put",
-        c.put("m", "v1", Some(PutOptions::new().with_lease(1))),
-    )
-    .await
-    .unwrap(); // 3
+    put_with_lease(&mut c, "k", "v1", 1).await; // 2
+    put_with_lease(&mut c, "m", "v1", 1).await; // 3
 
     // ignore_lease keeps the attachment.
     within(
@@ -429,13 +428,7 @@ async fn attachment_rules() {
 
     // Re-putting without a lease detaches; putting under another lease moves the key.
     within(10, "put", c.put("k", "v3", None)).await.unwrap(); // 5
-    within(
-        10,
-        "put",
-        c.put("m", "v2", Some(PutOptions::new().with_lease(2))),
-    )
-    .await
-    .unwrap(); // 6
+    put_with_lease(&mut c, "m", "v2", 2).await; // 6
     let r = within(
         10,
         "ttl",
@@ -507,20 +500,8 @@ async fn leases_survive_graceful_restart() {
         let mut c = s.client().await;
         grant(&mut c, 0x77, 5).await;
         grant(&mut c, 0x78, 600).await;
-        within(
-            10,
-            "put",
-            c.put("p1", "v", Some(PutOptions::new().with_lease(0x77))),
-        )
-        .await
-        .unwrap();
-        within(
-            10,
-            "put",
-            c.put("p2", "v", Some(PutOptions::new().with_lease(0x78))),
-        )
-        .await
-        .unwrap();
+        put_with_lease(&mut c, "p1", "v", 0x77).await;
+        put_with_lease(&mut c, "p2", "v", 0x78).await;
     }
     // Let most of the 5 s TTL run out before stopping.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -600,27 +581,9 @@ async fn leases_survive_kill_9() {
         grant(&mut c, 0x81, 600).await;
         grant(&mut c, 0x82, 600).await;
         grant(&mut c, 0x83, 5).await;
-        within(
-            10,
-            "put",
-            c.put("q1", "v", Some(PutOptions::new().with_lease(0x81))),
-        )
-        .await
-        .unwrap(); // 2
-        within(
-            10,
-            "put",
-            c.put("q2", "v", Some(PutOptions::new().with_lease(0x82))),
-        )
-        .await
-        .unwrap(); // 3
-        within(
-            10,
-            "put",
-            c.put("q3", "v", Some(PutOptions::new().with_lease(0x83))),
-        )
-        .await
-        .unwrap(); // 4
+        put_with_lease(&mut c, "q1", "v", 0x81).await; // 2
+        put_with_lease(&mut c, "q2", "v", 0x82).await; // 3
+        put_with_lease(&mut c, "q3", "v", 0x83).await; // 4
         within(10, "revoke", c.lease_revoke(0x82)).await.unwrap(); // 5
     }
     s.kill_9();
