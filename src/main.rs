@@ -162,6 +162,8 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         max_request_bytes: config.max_request_bytes as usize,
         max_txn_ops: config.max_txn_ops as usize,
         watch_progress_notify_interval: config.experimental_watch_progress_notify_interval,
+        snapshot_count: config.snapshot_count,
+        snapshot_catchup_entries: config.experimental_snapshot_catchup_entries,
         disk: Arc::new(RealDisk::new()),
         backend: BackendChoice::Sled,
     })

@@ -66,6 +66,14 @@ pub enum RaftMsg {
         /// The messages, in the order the peer sent them.
         messages: Vec<raft::eraftpb::Message>,
     },
+    /// The outcome of streaming a snapshot to a follower (raft waits for it before it
+    /// sends that follower anything else).
+    SnapshotStatus {
+        /// The follower.
+        member_id: u64,
+        /// Whether the follower received the whole snapshot.
+        delivered: bool,
+    },
     /// The transport could not deliver to this member: raft should slow down replication
     /// to it (`RawNode::report_unreachable`).
     Unreachable {
@@ -89,6 +97,8 @@ pub struct RaftStatus {
     pub commit_index: u64,
     /// The index of the last entry in the raft log.
     pub last_index: u64,
+    /// The index of the latest snapshot (taken here or received from the leader).
+    pub snapshot_index: u64,
 }
 
 /// Messages to the storage (apply) actor.
@@ -156,6 +166,26 @@ pub enum StorageMsg {
         /// Receives the hash.
         reply: oneshot::Sender<Result<HashKvResponse, EtcdError>>,
     },
+    /// Makes the backend durable and answers the applied index it now holds durably: the
+    /// raft log may be compacted up to it.
+    SyncApplied {
+        /// Receives the index, or the failure (fatal for the member).
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Replaces the state machine with a raft snapshot received from the leader, at raft
+    /// `index` or later (the blob records the index it reflects).
+    InstallSnapshot {
+        /// The raft index of the snapshot record.
+        index: u64,
+        /// The checked snapshot blob ([`crate::storage::snapshot`]).
+        blob: std::sync::Arc<Vec<u8>>,
+    },
+    /// Dumps the state machine for a follower that needs a snapshot, with the applied
+    /// index the dump reflects.
+    SnapshotBlob {
+        /// Receives the index and blob.
+        reply: oneshot::Sender<Result<(u64, Vec<u8>), EtcdError>>,
+    },
 }
 
 /// A granted lease as the replicated lease table knows it.
@@ -215,6 +245,12 @@ pub enum WatchMsg {
         tx: WatchStreamSender,
         /// The bytes waiting in that queue.
         queued_bytes: QueuedBytes,
+    },
+    /// The state machine was replaced by a raft snapshot and now stands at `revision`:
+    /// watchers that were live catch up from history (or learn they were compacted).
+    Restored {
+        /// The store's revision after the snapshot.
+        revision: i64,
     },
     /// A create request on a stream.
     Create {

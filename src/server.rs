@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
-use crate::actors::raft_node::{RaftActor, RaftActorConfig};
+use crate::actors::raft_node::{RaftActor, RaftActorConfig, DEFAULT_SNAPSHOT_COUNT};
 use crate::actors::storage::{self, StorageActor};
 use crate::actors::transport::{
     LeaseForwarder, PeerConfig, PeerService, Transport, MAX_PEER_GRPC_BYTES,
@@ -81,6 +81,10 @@ pub struct ServerConfig {
     pub max_txn_ops: usize,
     /// `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
+    /// `--snapshot-count`: applied entries between two snapshots (0: etcd's default).
+    pub snapshot_count: u64,
+    /// Entries kept in the raft log behind a snapshot for slow followers (etcd: 5000).
+    pub snapshot_catchup_entries: u64,
     /// The disk the WAL is written through.
     pub disk: Arc<dyn Disk>,
     /// The MVCC backend.
@@ -164,22 +168,12 @@ pub async fn run(
         }
         BackendChoice::Memory(b) => Box::new(b),
     };
-    let min_lease_ttl_s = lease::min_ttl_s(cfg.election_timeout_ms, cfg.heartbeat_interval_ms);
-    let recovered = storage::recover(backend.as_ref(), min_lease_ttl_s).map_err(err)?;
-    let applied_index = recovered.applied_index;
-    let recovered_revision = recovered.state.mvcc.current_revision();
-    tracing::info!(
-        applied_index,
-        revision = recovered.state.mvcc.current_revision(),
-        leases = recovered.state.leases.len(),
-        "recovered the MVCC backend"
-    );
-
+    let mut backend = backend;
     let wal_dir = cfg
         .wal_dir
         .clone()
         .unwrap_or_else(|| member_dir.join("wal"));
-    let raft_log = log::open_or_create(
+    let mut raft_log = log::open_or_create(
         cfg.disk.clone(),
         &wal_dir,
         log::WalIdentity {
@@ -187,9 +181,25 @@ pub async fn run(
             cluster_id,
         },
         &voter_ids,
-        applied_index,
     )
     .map_err(err)?;
+    let snap_dir = member_dir.join("snap");
+    load_pending_snapshot(
+        backend.as_mut(),
+        cfg.disk.as_ref(),
+        &snap_dir,
+        raft_log.snapshot.index,
+    )?;
+    let min_lease_ttl_s = lease::min_ttl_s(cfg.election_timeout_ms, cfg.heartbeat_interval_ms);
+    let recovered = storage::recover(backend.as_ref(), min_lease_ttl_s).map_err(err)?;
+    let recovered_revision = recovered.state.mvcc.current_revision();
+    tracing::info!(
+        applied_index = recovered.applied_index,
+        revision = recovered.state.mvcc.current_revision(),
+        leases = recovered.state.leases.len(),
+        "recovered the MVCC backend"
+    );
+    let applied_index = raft_log.reconcile(recovered.applied_index).map_err(err)?;
     if raft_log.created {
         tracing::info!(wal_dir = %wal_dir.display(), "created a new WAL");
     } else {
@@ -224,6 +234,14 @@ pub async fn run(
             election_timeout_ms: cfg.election_timeout_ms,
             max_request_bytes: cfg.max_request_bytes,
             applied_index,
+            snapshot_count: if cfg.snapshot_count == 0 {
+                DEFAULT_SNAPSHOT_COUNT
+            } else {
+                cfg.snapshot_count
+            },
+            snapshot_catchup_entries: cfg.snapshot_catchup_entries,
+            disk: cfg.disk.clone(),
+            snap_dir,
         },
         raft_rx,
         storage_tx.clone(),
@@ -248,7 +266,11 @@ pub async fn run(
     let raft_actor = if peer_config.peers.is_empty() {
         raft_actor
     } else {
-        raft_actor.with_transport(Transport::start(&peer_config, raft_tx.clone()))
+        raft_actor.with_transport(Transport::start(
+            &peer_config,
+            raft_tx.clone(),
+            storage_tx.clone(),
+        ))
     };
     let (lease_tx, lease_rx) = mpsc::channel(CHANNEL_BOUND);
     let lease_timer = LeaseTimer::new(
@@ -512,6 +534,38 @@ async fn publish(handle: &Handle, name: &str, client_urls: &[String]) {
             }
         }
     }
+}
+
+/// Finishes installing a snapshot received from the leader before a crash: the WAL
+/// recorded it (its state was saved in the snap directory first), but the backend may not
+/// have been loaded from it. The backend's consistent index says which.
+fn load_pending_snapshot(
+    backend: &mut dyn Backend,
+    disk: &dyn Disk,
+    snap_dir: &std::path::Path,
+    snapshot_index: u64,
+) -> Result<(), ServerError> {
+    if snapshot_index == 0 {
+        return Ok(());
+    }
+    let backend_index = storage::consistent_index(backend).map_err(err)?;
+    if backend_index >= snapshot_index {
+        return Ok(());
+    }
+    let blob = crate::storage::snapshot::load_file(disk, snap_dir, snapshot_index)
+        .map_err(|e| ServerError(format!("cannot read snapshot in {}: {e}", snap_dir.display())))?
+        .ok_or_else(|| {
+            ServerError(format!(
+                "the WAL records a snapshot at index {snapshot_index} but the backend is at index {backend_index} and {} holds no snapshot file for it",
+                snap_dir.display()
+            ))
+        })?;
+    crate::storage::snapshot::install(backend, &blob).map_err(err)?;
+    tracing::info!(
+        snapshot_index,
+        "recovered the backend from the saved snapshot"
+    );
+    Ok(())
 }
 
 async fn wait_until_caught_up(

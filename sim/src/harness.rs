@@ -44,7 +44,25 @@ pub fn member_ip(i: usize) -> IpAddr {
 /// Starts a single-member cluster named `name` on a fresh simulated disk.
 pub fn start_single_member(handle: &Handle, name: &str) -> SimMember {
     let initial_cluster = vec![(name.to_string(), vec![member_peer_url(0)])];
-    start_member(handle, 0, name, initial_cluster)
+    start_member(handle, 0, name, initial_cluster, MemberOptions::default())
+}
+
+/// Settings a test may change for every member of a simulated cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberOptions {
+    /// `--snapshot-count`.
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot for slow followers.
+    pub snapshot_catchup_entries: u64,
+}
+
+impl Default for MemberOptions {
+    fn default() -> MemberOptions {
+        MemberOptions {
+            snapshot_count: 100_000,
+            snapshot_catchup_entries: 5_000,
+        }
+    }
 }
 
 /// Starts member `i` (IP, ports and peer URL from its index) of the cluster that
@@ -56,6 +74,7 @@ fn start_member(
     i: usize,
     name: &str,
     initial_cluster: Vec<(String, Vec<String>)>,
+    options: MemberOptions,
 ) -> SimMember {
     let ip = member_ip(i);
     let disk = SimDisk::new();
@@ -82,6 +101,8 @@ fn start_member(
                 max_request_bytes: 1536 * 1024,
                 max_txn_ops: 128,
                 watch_progress_notify_interval: Duration::from_secs(600),
+                snapshot_count: options.snapshot_count,
+                snapshot_catchup_entries: options.snapshot_catchup_entries,
                 disk: Arc::new(node_disk.clone()),
                 backend: BackendChoice::Memory(backend.clone()),
             };
@@ -145,11 +166,16 @@ pub fn member_peer_url(i: usize) -> String {
 /// A killed member's node can be restarted with `Handle::restart`: its disk and backend
 /// survive, so it recovers from its WAL like a real restarted process.
 pub fn start_cluster(handle: &Handle, n: usize) -> Vec<SimMember> {
+    start_cluster_with(handle, n, MemberOptions::default())
+}
+
+/// [`start_cluster`] with non-default member settings.
+pub fn start_cluster_with(handle: &Handle, n: usize, options: MemberOptions) -> Vec<SimMember> {
     let initial_cluster: Vec<(String, Vec<String>)> = (0..n)
         .map(|i| (member_name(i), vec![member_peer_url(i)]))
         .collect();
     (0..n)
-        .map(|i| start_member(handle, i, &member_name(i), initial_cluster.clone()))
+        .map(|i| start_member(handle, i, &member_name(i), initial_cluster.clone(), options))
         .collect()
 }
 

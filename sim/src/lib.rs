@@ -6,5 +6,7 @@
 //! workspace works everywhere.
 
 #[cfg(madsim)]
+pub mod client;
+#[cfg(madsim)]
 pub mod harness;
 pub mod scenario;

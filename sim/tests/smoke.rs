@@ -11,9 +11,12 @@ use detcd_sim::harness;
 use detcd_sim::scenario::{Scenario, Workload};
 use prost::Message;
 
+/// Key-value pairs as read back.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Runs the workload under `seed` and returns a hash of every response and the final
 /// simulated time, plus the values read back.
-fn run(seed: u64, workload: Workload) -> (u64, Vec<(Vec<u8>, Vec<u8>)>) {
+fn run(seed: u64, workload: Workload) -> (u64, Pairs) {
     harness::single_member_client(seed, move |url| async move {
         let mut kv = harness::connect_kv(&url).await;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();

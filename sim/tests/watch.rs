@@ -19,9 +19,12 @@ fn create(key: &str, start_revision: i64) -> WatchRequest {
     }
 }
 
+/// One watch response as observed: (watch id, revision, events as key and revision).
+type Observed = (i64, i64, Vec<(String, i64)>);
+
 /// Runs the workload under `seed`; returns the trace (watch id, header revision, event
 /// keys and revisions) of every watch response, and the simulated time it ended at.
-fn run(seed: u64) -> (Vec<(i64, i64, Vec<(String, i64)>)>, Duration) {
+fn run(seed: u64) -> (Vec<Observed>, Duration) {
     harness::single_member_client(seed, move |url| async move {
         let start = madsim::time::Instant::now();
         let mut kv = harness::connect_kv(&url).await;
@@ -93,8 +96,7 @@ fn watcher_sees_every_write_and_same_seed_same_trace() {
     let want: Vec<(String, i64)> = (0..20).map(|i| (format!("w/{}", i % 4), i + 2)).collect();
     assert_eq!(live, want);
     // The late watcher: created at revision 21, then history from revision 5 on.
-    let late: Vec<&(i64, i64, Vec<(String, i64)>)> =
-        trace_a.iter().filter(|(id, _, _)| *id == 1).collect();
+    let late: Vec<&Observed> = trace_a.iter().filter(|(id, _, _)| *id == 1).collect();
     assert_eq!((late[0].1, late[0].2.len()), (21, 0));
     let replay: Vec<(String, i64)> = late[1..].iter().flat_map(|(_, _, e)| e.clone()).collect();
     assert_eq!(replay, want[3..].to_vec());

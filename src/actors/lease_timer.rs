@@ -51,6 +51,9 @@ pub enum LeaseMsg {
         /// Receives the same ids, reordered.
         reply: oneshot::Sender<Vec<i64>>,
     },
+    /// The state machine was replaced by a raft snapshot: `leases` (id, TTL in seconds)
+    /// are now all the granted leases.
+    Restored(Vec<(i64, i64)>),
     /// Stops the actor.
     Shutdown,
 }
@@ -180,6 +183,22 @@ impl LeaseTimer {
 
     fn handle(&mut self, msg: LeaseMsg) {
         match msg {
+            LeaseMsg::Restored(leases) => {
+                // Start over as at boot: the clock is rebuilt (and promoted again if this
+                // member leads) from the restored table.
+                let retry_ms = lease::expired_retry_ms(
+                    self.config.election_timeout_ms,
+                    self.config.heartbeat_interval_ms,
+                );
+                self.clock = LeaseClock::new(retry_ms);
+                self.ttls = leases.into_iter().collect();
+                self.refreshed.clear();
+                self.leader_term = 0;
+                for reply in std::mem::take(&mut self.waiting).into_values().flatten() {
+                    let _ = reply.send(0);
+                }
+                self.sync_leadership();
+            }
             LeaseMsg::Applied(changes) => {
                 let now_ms = self.now_ms();
                 for change in changes {

@@ -21,11 +21,12 @@
 //! follower use ReadIndex, which raft forwards to the leader in the same way.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
-use raft::eraftpb::{Entry, HardState};
-use raft::storage::MemStorage;
+use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use raft::RawNode;
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,8 +35,11 @@ use crate::error::EtcdError;
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, Waiter};
 use crate::pb::detcdpb::RequestHeader;
 use crate::raft::log::RaftLog;
+use crate::raft::store::LogStore;
 use crate::rt;
 use crate::rt::watch;
+use crate::storage::disk::Disk;
+use crate::storage::snapshot;
 use crate::storage::wal::Wal;
 
 /// Proposals waiting for their apply result, at most; past it new proposals are refused
@@ -56,45 +60,89 @@ const READ_RETRY_TICKS: u64 = 5;
 /// Every this many ticks the waiters whose clients gave up are forgotten.
 const CLEANUP_TICKS: u64 = 10;
 
-/// One write for the WAL writer task: the entries and hard state of one ready.
+/// One write for the WAL writer task: the entries and hard state of one ready, after
+/// the snapshot it carries, if any.
 struct WalWrite {
+    /// The ready this write belongs to; a compaction record repeats the latest number.
     number: u64,
     hs: Option<HardState>,
     entries: Vec<Entry>,
+    snapshot: Option<SnapshotWrite>,
+}
+
+/// A snapshot record for the WAL.
+struct SnapshotWrite {
+    meta: SnapshotMetadata,
+    /// A received state machine snapshot, kept in the snap directory (synced) before the
+    /// WAL records it, so a restart can load it if the backend did not get it yet.
+    blob: Option<Arc<Vec<u8>>>,
+}
+
+/// Where the WAL writer keeps received snapshots.
+struct SnapDir {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+}
+
+/// Writes one batch of writes in order: runs of plain writes are merged into one fsync;
+/// a snapshot record is written after everything before it. Returns the highest number.
+fn write_batch(wal: &mut Wal, snap_dir: &SnapDir, batch: Vec<WalWrite>) -> std::io::Result<u64> {
+    let mut number = 0;
+    let mut hs: Option<HardState> = None;
+    let mut entries: Vec<Entry> = Vec::new();
+    for write in batch {
+        number = number.max(write.number);
+        if let Some(snap) = write.snapshot {
+            wal.save(hs.take().as_ref(), &std::mem::take(&mut entries))?;
+            if let Some(blob) = &snap.blob {
+                snapshot::save_file(
+                    snap_dir.disk.as_ref(),
+                    &snap_dir.dir,
+                    snap.meta.term,
+                    snap.meta.index,
+                    blob,
+                )?;
+            }
+            wal.save_snapshot(&snap.meta)?;
+            // Whole segments the snapshot covers are no longer needed to restart.
+            wal.release_before(snap.meta.index)?;
+        }
+        if write.hs.is_some() {
+            hs = write.hs;
+        }
+        if let Some(e) = write.entries.first() {
+            // A later ready may replace a suffix of an earlier one (a raft conflict).
+            let first_index = e.index;
+            entries.retain(|x| x.index < first_index);
+            entries.extend(write.entries);
+        }
+    }
+    wal.save(hs.as_ref(), &entries)?;
+    Ok(number)
 }
 
 /// Writes readies to the WAL in order, merging whatever is queued into one fsync, and
 /// reports the highest ready number that is durable (or the failure, which is fatal).
 async fn wal_writer(
     mut wal: Wal,
+    snap_dir: SnapDir,
     mut inbox: mpsc::Receiver<WalWrite>,
     done: mpsc::Sender<Result<u64, String>>,
 ) {
+    let snap_dir = Arc::new(snap_dir);
     while let Some(first) = inbox.recv().await {
-        let mut number = first.number;
-        let mut hs = first.hs;
-        let mut entries = first.entries;
+        let mut batch = vec![first];
         while let Ok(next) = inbox.try_recv() {
-            number = next.number;
-            if next.hs.is_some() {
-                hs = next.hs;
-            }
-            if let Some(e) = next.entries.first() {
-                // A later ready may replace a suffix of an earlier one (a raft conflict).
-                let first_index = e.index;
-                entries.retain(|x| x.index < first_index);
-                entries.extend(next.entries);
-            }
+            batch.push(next);
         }
+        let dir = snap_dir.clone();
         let (returned, result) = rt::blocking(move || {
-            let result = wal.save(hs.as_ref(), &entries);
+            let result = write_batch(&mut wal, &dir, batch);
             (wal, result)
         })
         .await;
         wal = returned;
-        let report = result
-            .map(|()| number)
-            .map_err(|e| format!("wal: failed to write to WAL: {e}"));
+        let report = result.map_err(|e| format!("wal: failed to write to WAL: {e}"));
         let failed = report.is_err();
         if done.send(report).await.is_err() || failed {
             return;
@@ -115,9 +163,23 @@ pub struct RaftActorConfig {
     pub election_timeout_ms: u64,
     /// The largest encoded proposal accepted (`--max-request-bytes`).
     pub max_request_bytes: usize,
-    /// The raft index the state machine has already applied.
+    /// The raft index raft starts applying after (the WAL's snapshot index).
     pub applied_index: u64,
+    /// Applied entries between two snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept in the log behind a snapshot, so that a slightly lagging follower
+    /// still catches up from the log (etcd keeps 5000).
+    pub snapshot_catchup_entries: u64,
+    /// The disk the WAL and received snapshots are written through.
+    pub disk: Arc<dyn Disk>,
+    /// Where received snapshots are kept (`<data-dir>/member/snap`).
+    pub snap_dir: PathBuf,
 }
+
+/// etcd's `--snapshot-count` default.
+pub const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
+/// etcd's `SnapshotCatchUpEntries`.
+pub const DEFAULT_SNAPSHOT_CATCHUP_ENTRIES: u64 = 5_000;
 
 /// A fatal raft-actor failure: the member must stop rather than continue unsafely.
 #[derive(Debug)]
@@ -133,8 +195,19 @@ impl std::error::Error for RaftFatal {}
 
 /// The raft actor's state.
 pub struct RaftActor {
-    node: RawNode<MemStorage>,
+    node: RawNode<LogStore>,
+    store: LogStore,
     wal: Option<Wal>,
+    /// The highest ready number handed to the WAL writer.
+    last_wal_number: u64,
+    /// The index of the latest snapshot recorded in the WAL.
+    snapshot_index: u64,
+    /// The membership as of each membership change after the latest snapshot, so the
+    /// membership at any index a snapshot is taken at is known.
+    conf_history: Vec<(u64, ConfState)>,
+    /// The answer to a request for the state machine's durable applied index, when a
+    /// snapshot is being taken.
+    snapshot_rx: Option<oneshot::Receiver<Result<u64, String>>>,
     wal_tx: Option<mpsc::Sender<WalWrite>>,
     wal_done: Option<mpsc::Receiver<Result<u64, String>>>,
     /// Readies sent to the WAL writer, with the messages that may go out only once each
@@ -191,8 +264,11 @@ impl RaftActor {
         raft_config
             .validate()
             .map_err(|e| RaftFatal(format!("raft config: {e}")))?;
+        let store = log.storage.clone();
         let node = RawNode::new(&raft_config, log.storage, &raft_logger())
             .map_err(|e| RaftFatal(format!("raft: {e}")))?;
+        let snapshot_index = log.snapshot.index;
+        let conf_history = vec![(snapshot_index, log.snapshot.get_conf_state().clone())];
         // Request ids carry the member id's high bits so that ids proposed by different
         // members do not collide, and start from a random point so that a restarted member
         // does not reuse the ids of its previous life.
@@ -200,7 +276,12 @@ impl RaftActor {
             (config.member_id & 0xffff_0000_0000_0000) | (rt::random_u64() & 0x0000_ffff_0000_0000);
         Ok(RaftActor {
             node,
+            store,
             wal: Some(log.wal),
+            last_wal_number: 0,
+            snapshot_index,
+            conf_history,
+            snapshot_rx: None,
             wal_tx: None,
             wal_done: None,
             inflight: VecDeque::new(),
@@ -233,7 +314,11 @@ impl RaftActor {
             .ok_or_else(|| RaftFatal("wal: missing at start".into()))?;
         let (wal_tx, wal_rx) = mpsc::channel(MAX_INFLIGHT_READIES);
         let (done_tx, done_rx) = mpsc::channel(MAX_INFLIGHT_READIES);
-        rt::spawn("wal-writer", wal_writer(wal, wal_rx, done_tx));
+        let snap_dir = SnapDir {
+            disk: self.config.disk.clone(),
+            dir: self.config.snap_dir.clone(),
+        };
+        rt::spawn("wal-writer", wal_writer(wal, snap_dir, wal_rx, done_tx));
         self.wal_tx = Some(wal_tx);
         self.wal_done = Some(done_rx);
         // A member that is the only voter need not wait an election timeout to lead.
@@ -258,12 +343,21 @@ impl RaftActor {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut wal_done = self.wal_done.take();
+            let mut snapshot_rx = self.snapshot_rx.take();
             tokio::select! {
                 // Branches are polled in order, not at random, so a simulation replays from its seed.
                 biased;
                 _ = ticker.tick() => {
                     self.node.tick();
                     self.on_tick();
+                }
+                point = recv_snapshot_point(&mut snapshot_rx) => {
+                    snapshot_rx = None;
+                    match point {
+                        Ok(Ok(index)) => self.compact(index)?,
+                        Ok(Err(e)) => return Err(RaftFatal(e)),
+                        Err(_) => return Err(RaftFatal("storage actor stopped".into())),
+                    }
                 }
                 done = recv_done(&mut wal_done) => {
                     match done {
@@ -288,9 +382,14 @@ impl RaftActor {
                 }
             }
             self.wal_done = wal_done;
+            if self.snapshot_rx.is_none() {
+                self.snapshot_rx = snapshot_rx;
+            }
             while self.inflight.len() < MAX_INFLIGHT_READIES && self.node.has_ready() {
                 self.on_ready().await?;
             }
+            self.update_snapshot_point();
+            self.maybe_snapshot();
             for id in std::mem::take(&mut self.unreachable) {
                 self.node.report_unreachable(id);
             }
@@ -367,6 +466,7 @@ impl RaftActor {
             term: raft.term,
             commit_index: raft.raft_log.committed,
             last_index: raft.raft_log.last_index(),
+            snapshot_index: self.snapshot_index,
         }
     }
 
@@ -484,6 +584,17 @@ impl RaftActor {
             RaftMsg::Unreachable { member_id } => {
                 self.node.report_unreachable(member_id);
             }
+            RaftMsg::SnapshotStatus {
+                member_id,
+                delivered,
+            } => {
+                let status = if delivered {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(member_id, status);
+            }
         }
     }
 
@@ -493,9 +604,7 @@ impl RaftActor {
             self.send_messages(rd.take_messages());
         }
         if !rd.snapshot().is_empty() {
-            return Err(RaftFatal(
-                "raft: received a snapshot, which this member cannot install yet".into(),
-            ));
+            return self.on_snapshot_ready(rd).await;
         }
         self.apply_committed(rd.take_committed_entries()).await?;
         for rs in rd.take_read_states() {
@@ -524,13 +633,14 @@ impl RaftActor {
                     .map_err(|e| RaftFatal(format!("raft storage: {e}")))?;
             }
             if let Some(hs) = &hs {
-                core.set_hardstate(hs.clone());
+                core.set_hard_state(hs.clone());
             }
         }
         let number = rd.number();
         self.node.advance_append_async(rd);
         self.node.advance_apply();
         self.inflight.push_back((number, persisted_messages));
+        self.last_wal_number = number;
         let wal_tx = self
             .wal_tx
             .as_ref()
@@ -541,8 +651,218 @@ impl RaftActor {
                 number,
                 hs,
                 entries,
+                snapshot: None,
             })
             .map_err(|_| RaftFatal("wal: the WAL writer stopped".into()))?;
+        Ok(())
+    }
+
+    /// Handles a ready carrying a snapshot from the leader: this member's log was behind
+    /// the leader's compacted log, so the state machine is replaced wholesale.
+    ///
+    /// Done synchronously, as etcd does: the earlier writes are waited for, the snapshot
+    /// (its state in the snap directory, then its WAL record) and this ready's entries are
+    /// made durable, and only then is the state handed to the storage actor, ahead of any
+    /// entry that follows it. Installing before the WAL records the snapshot could leave a
+    /// backend ahead of a log that does not explain it.
+    async fn on_snapshot_ready(&mut self, mut rd: raft::Ready) -> Result<(), RaftFatal> {
+        self.drain_inflight().await?;
+        let snap = rd.snapshot().clone();
+        let meta = snap.get_metadata().clone();
+        let blob = Arc::new(snap.data.to_vec());
+        // The transport checked the blob before raft saw it; a bad one here is a bug.
+        snapshot::verify(&blob).map_err(|e| RaftFatal(format!("raft: {e}")))?;
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            size_bytes = blob.len(),
+            "applying snapshot from the leader"
+        );
+        let entries = rd.take_entries();
+        let hs = rd.hs().cloned();
+        let number = rd.number();
+        let wal_tx = self
+            .wal_tx
+            .as_ref()
+            .ok_or_else(|| RaftFatal("wal: the WAL writer is gone".into()))?;
+        wal_tx
+            .try_send(WalWrite {
+                number,
+                hs: hs.clone(),
+                entries: entries.clone(),
+                snapshot: Some(SnapshotWrite {
+                    meta: meta.clone(),
+                    blob: Some(blob.clone()),
+                }),
+            })
+            .map_err(|_| RaftFatal("wal: the WAL writer stopped".into()))?;
+        self.last_wal_number = number;
+        match self.wal_done.as_mut() {
+            Some(done) => match done.recv().await {
+                Some(Ok(n)) if n >= number => {}
+                Some(Ok(n)) => {
+                    return Err(RaftFatal(format!(
+                        "wal: the writer reported ready {n} while {number} was the only one outstanding"
+                    )))
+                }
+                Some(Err(e)) => return Err(RaftFatal(e)),
+                None => return Err(RaftFatal("wal: the WAL writer stopped".into())),
+            },
+            None => return Err(RaftFatal("wal: the WAL writer is gone".into())),
+        }
+        {
+            let mut core = self.store.wl();
+            core.apply_snapshot(&meta);
+            core.append(&entries)
+                .map_err(|e| RaftFatal(format!("raft storage: {e}")))?;
+            if let Some(hs) = hs {
+                core.set_hard_state(hs);
+            }
+        }
+        self.snapshot_index = meta.index;
+        self.conf_history = vec![(meta.index, meta.get_conf_state().clone())];
+        self.storage_tx
+            .send(StorageMsg::InstallSnapshot {
+                index: meta.index,
+                blob,
+            })
+            .await
+            .map_err(|_| RaftFatal("storage actor stopped".into()))?;
+        self.send_messages(rd.take_persisted_messages());
+        self.apply_committed(rd.take_committed_entries()).await?;
+        for rs in rd.take_read_states() {
+            self.answer_read(&rs.request_ctx, rs.index);
+        }
+        let mut light = self.node.advance_append(rd);
+        self.send_messages(light.take_messages());
+        self.apply_committed(light.take_committed_entries()).await?;
+        self.node.advance_apply();
+        Ok(())
+    }
+
+    /// Waits until every write handed to the WAL writer is durable.
+    async fn drain_inflight(&mut self) -> Result<(), RaftFatal> {
+        while !self.inflight.is_empty() {
+            let done = match self.wal_done.as_mut() {
+                Some(done) => done.recv().await,
+                None => return Err(RaftFatal("wal: the WAL writer is gone".into())),
+            };
+            match done {
+                Some(Ok(number)) => self.on_persisted(number),
+                Some(Err(e)) => return Err(RaftFatal(e)),
+                None => return Err(RaftFatal("wal: the WAL writer stopped".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the membership raft has after applying the conf change at `index`.
+    pub fn record_conf_state(&mut self, index: u64, cs: ConfState) {
+        self.conf_history.push((index, cs));
+    }
+
+    /// The membership as of `index` (at or after the latest snapshot).
+    fn conf_state_at(&self, index: u64) -> ConfState {
+        self.conf_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .or_else(|| self.conf_history.first())
+            .map(|(_, cs)| cs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Moves the snapshot point (what a snapshot sent to a follower describes) to the
+    /// newest entry handed to the state machine.
+    fn update_snapshot_point(&mut self) {
+        let applied = self.node.raft.raft_log.applied;
+        if applied == 0 || self.store.rl().snapshot_point().index == applied {
+            return;
+        }
+        let Ok(term) = self.node.raft.raft_log.term(applied) else {
+            return;
+        };
+        let mut meta = SnapshotMetadata {
+            index: applied,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(self.node.raft.prs().conf().to_conf_state());
+        self.store.wl().set_snapshot_point(meta);
+    }
+
+    /// Starts a snapshot once `--snapshot-count` entries were applied since the last one:
+    /// asks the storage actor to make its state durable and say how far it is.
+    fn maybe_snapshot(&mut self) {
+        if self.snapshot_rx.is_some() || self.config.snapshot_count == 0 {
+            return;
+        }
+        let applied = self.node.raft.raft_log.applied;
+        if applied <= self.snapshot_index + self.config.snapshot_count {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        // A full storage inbox only delays the snapshot to a later turn.
+        if self
+            .storage_tx
+            .try_send(StorageMsg::SyncApplied { reply: tx })
+            .is_ok()
+        {
+            tracing::info!(
+                applied_index = applied,
+                last_snapshot_index = self.snapshot_index,
+                snapshot_count = self.config.snapshot_count,
+                "triggering snapshot"
+            );
+            self.snapshot_rx = Some(rx);
+        }
+    }
+
+    /// The state machine holds everything up to `index` durably: record a snapshot there
+    /// in the WAL (releasing the segments it covers) and compact raft's log, keeping
+    /// `snapshot_catchup_entries` entries for followers that are only a little behind.
+    fn compact(&mut self, index: u64) -> Result<(), RaftFatal> {
+        if index <= self.snapshot_index {
+            return Ok(());
+        }
+        let term = self
+            .node
+            .raft
+            .raft_log
+            .term(index)
+            .map_err(|e| RaftFatal(format!("raft: no term for applied index {index}: {e}")))?;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(self.conf_state_at(index));
+        let wal_tx = self
+            .wal_tx
+            .as_ref()
+            .ok_or_else(|| RaftFatal("wal: the WAL writer is gone".into()))?;
+        // Never full for long: the writer's queue has room for every inflight ready and
+        // snapshots are rare; a full queue postpones this snapshot to the next trigger.
+        if wal_tx
+            .try_send(WalWrite {
+                number: self.last_wal_number,
+                hs: None,
+                entries: Vec::new(),
+                snapshot: Some(SnapshotWrite { meta, blob: None }),
+            })
+            .is_err()
+        {
+            return Ok(());
+        }
+        self.snapshot_index = index;
+        let keep_from = self.conf_history.partition_point(|(i, _)| *i <= index);
+        if keep_from > 1 {
+            self.conf_history.drain(..keep_from - 1);
+        }
+        let compact_to = index.saturating_sub(self.config.snapshot_catchup_entries);
+        self.store.wl().compact(compact_to);
+        tracing::info!(snapshot_index = index, "saved snapshot");
+        tracing::info!(compact_index = compact_to, "compacted Raft logs");
         Ok(())
     }
 
@@ -595,6 +915,17 @@ impl RaftActor {
                 }
             }
         }
+    }
+}
+
+/// Receives the storage actor's answer to a snapshot request; pending forever when no
+/// snapshot is being taken.
+async fn recv_snapshot_point(
+    rx: &mut Option<oneshot::Receiver<Result<u64, String>>>,
+) -> Result<Result<u64, String>, oneshot::error::RecvError> {
+    match rx {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
     }
 }
 

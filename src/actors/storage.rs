@@ -31,6 +31,7 @@ use crate::pb::etcdserverpb::{
     HashKvResponse, HashResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
 use crate::storage::backend::{Backend, BatchOp, Bucket, WriteBatch};
+use crate::storage::snapshot;
 
 /// The meta-bucket key holding the last applied raft index (etcd's name).
 pub const CONSISTENT_INDEX_KEY: &[u8] = b"consistent_index";
@@ -90,6 +91,7 @@ pub struct StorageActor {
     backend: Box<dyn Backend>,
     applied_index: u64,
     term: u64,
+    min_lease_ttl_s: i64,
     member_id: u64,
     cluster_id: u64,
     inbox: mpsc::Receiver<StorageMsg>,
@@ -114,6 +116,9 @@ pub struct Recovered {
     pub applied_index: u64,
     /// The raft term of that entry.
     pub term: u64,
+    /// etcd's minimum lease TTL for this member's timing, kept to rebuild the lease
+    /// table when a snapshot replaces the state.
+    pub min_lease_ttl_s: i64,
 }
 
 fn decode_u64(bytes: Option<Vec<u8>>, what: &str) -> Result<u64, StorageFatal> {
@@ -126,6 +131,14 @@ fn decode_u64(bytes: Option<Vec<u8>>, what: &str) -> Result<u64, StorageFatal> {
         }
         Some(_) => Err(StorageFatal(format!("backend: corrupt {what}"))),
     }
+}
+
+/// The raft index the backend reflects (its consistent index).
+pub fn consistent_index(backend: &dyn Backend) -> Result<u64, StorageFatal> {
+    let bytes = backend
+        .get(Bucket::Meta, CONSISTENT_INDEX_KEY)
+        .map_err(|e| StorageFatal(format!("backend: {e}")))?;
+    decode_u64(bytes, "consistent index")
 }
 
 /// Rebuilds the state machine from a backend. `min_lease_ttl_s` is etcd's minimum lease
@@ -160,6 +173,7 @@ pub fn recover(backend: &dyn Backend, min_lease_ttl_s: i64) -> Result<Recovered,
         state: StateMachine { mvcc, leases },
         applied_index,
         term,
+        min_lease_ttl_s,
     })
 }
 
@@ -178,6 +192,7 @@ impl StorageActor {
             backend,
             applied_index: recovered.applied_index,
             term: recovered.term,
+            min_lease_ttl_s: recovered.min_lease_ttl_s,
             member_id,
             cluster_id,
             inbox,
@@ -230,19 +245,7 @@ impl StorageActor {
                 },
             );
         }
-        let stored = self
-            .backend
-            .scan(Bucket::Members)
-            .map_err(|e| StorageFatal(format!("backend: {e}")))?;
-        for (key, value) in stored {
-            let record = MemberRecord::decode(&value[..]).map_err(|e| {
-                StorageFatal(format!(
-                    "backend: corrupt member record {}: {e}",
-                    String::from_utf8_lossy(&key)
-                ))
-            })?;
-            self.members.insert(record.id, record);
-        }
+        self.reload_members()?;
         Ok(self)
     }
 
@@ -322,6 +325,29 @@ impl StorageActor {
                 }
             }
             StorageMsg::Shutdown => {}
+            StorageMsg::SyncApplied { reply } => {
+                let result = self
+                    .backend
+                    .sync()
+                    .map(|()| self.applied_index)
+                    .map_err(|e| format!("backend: failed to sync: {e}"));
+                let failed = result.is_err();
+                let _ = reply.send(result.clone());
+                if failed {
+                    return Err(StorageFatal(result.err().unwrap_or_default()));
+                }
+            }
+            StorageMsg::InstallSnapshot { index, blob } => {
+                self.install_snapshot(index, &blob).await?;
+            }
+            StorageMsg::SnapshotBlob { reply } => {
+                // The dump is taken between two applied batches, so it is a consistent
+                // state at exactly `applied_index`.
+                let result = snapshot::encode(self.backend.as_ref())
+                    .map(|blob| (self.applied_index, blob))
+                    .map_err(|e| EtcdError::Internal(format!("etcdserver: snapshot: {e}")));
+                let _ = reply.send(result);
+            }
             StorageMsg::LeaseInfo { id, reply } => {
                 let info = self
                     .state
@@ -392,6 +418,69 @@ impl StorageActor {
                     });
                 let _ = reply.send(result);
             }
+        }
+        Ok(())
+    }
+
+    /// Replaces the state machine with a snapshot's. The blob was checked by the transport
+    /// and the raft actor; a blob that fails here, or a backend that cannot take it, stops
+    /// the member rather than leave it serving a half-installed state.
+    async fn install_snapshot(&mut self, index: u64, blob: &[u8]) -> Result<(), StorageFatal> {
+        if index <= self.applied_index {
+            // The backend is already at least this new (a restart loaded the saved copy).
+            return Ok(());
+        }
+        snapshot::install(self.backend.as_mut(), blob)
+            .map_err(|e| StorageFatal(format!("installing the snapshot at index {index}: {e}")))?;
+        let recovered = recover(self.backend.as_ref(), self.min_lease_ttl_s)?;
+        if recovered.applied_index < index {
+            return Err(StorageFatal(format!(
+                "the snapshot for raft index {index} reflects only index {}",
+                recovered.applied_index
+            )));
+        }
+        self.state = recovered.state;
+        self.applied_index = recovered.applied_index;
+        self.term = self.term.max(recovered.term);
+        self.reload_members()?;
+        tracing::info!(
+            index,
+            applied_index = self.applied_index,
+            revision = self.state.mvcc.current_revision(),
+            "restored the backend from the snapshot"
+        );
+        let leases: Vec<(i64, i64)> = self.state.leases.leases().collect();
+        if self
+            .lease_tx
+            .send(LeaseMsg::Restored(leases))
+            .await
+            .is_err()
+        {
+            return Err(StorageFatal("the lease timer stopped".into()));
+        }
+        if self.watch_tx.is_some() {
+            self.to_watch.push(WatchMsg::Restored {
+                revision: self.state.mvcc.current_revision(),
+            });
+        }
+        self.serve_waiting_reads();
+        Ok(())
+    }
+
+    /// Overlays the member records the Members bucket holds on the known members.
+    fn reload_members(&mut self) -> Result<(), StorageFatal> {
+        let stored = self
+            .backend
+            .scan(Bucket::Members)
+            .map_err(|e| StorageFatal(format!("backend: {e}")))?;
+        for (key, value) in stored {
+            let record = MemberRecord::decode(&value[..]).map_err(|e| {
+                StorageFatal(format!(
+                    "backend: corrupt member record {}: {e}",
+                    String::from_utf8_lossy(&key)
+                ))
+            })?;
+            self.members.insert(record.id, record);
         }
         Ok(())
     }

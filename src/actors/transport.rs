@@ -29,13 +29,16 @@ use tonic::{Request, Response, Status};
 
 use crate::actors::lease_timer::LeaseMsg;
 use crate::error::EtcdError;
-use crate::msg::{RaftMsg, RaftStatus};
+use crate::msg::{RaftMsg, RaftStatus, StorageMsg};
 use crate::pb::detcdraftpb::raft_client::RaftClient;
 use crate::pb::detcdraftpb::raft_server::Raft;
-use crate::pb::detcdraftpb::{LeaseRenewRequest, LeaseRenewResponse, RaftAck, RaftBatch};
+use crate::pb::detcdraftpb::{
+    LeaseRenewRequest, LeaseRenewResponse, RaftAck, RaftBatch, SnapshotChunk,
+};
 use crate::raft::MAX_PEER_MESSAGE_BYTES;
 use crate::rt;
 use crate::rt::watch;
+use crate::storage::snapshot;
 
 /// Messages queued for one peer, at most; past it new messages are dropped (etcd's
 /// rafthttp queues 4096 per peer stream).
@@ -49,6 +52,17 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The first and the largest pause between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The bytes of state in one snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// The largest snapshot a member accepts: twice etcd's largest recommended backend quota
+/// (8 GiB), so a hostile or confused peer cannot make it buffer without bound.
+pub const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+/// How long preparing a snapshot in the storage actor may take.
+const SNAPSHOT_PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The time allowed to stream a snapshot: a base plus one second per MiB, so a slow but
+/// working link finishes while a stalled one is given up.
+const SNAPSHOT_SEND_BASE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The largest gRPC message the peer service accepts: a full batch of maximal raft
 /// messages is never built (see [`PeerSender`]), so this leaves room for framing only.
 pub const MAX_PEER_GRPC_BYTES: usize = MAX_PEER_MESSAGE_BYTES + 64 * 1024;
@@ -67,13 +81,35 @@ pub struct PeerConfig {
 /// The raft actor's side of the transport: one bounded queue per peer.
 pub struct Transport {
     queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    /// One snapshot at a time per peer (raft sends a follower nothing else until it hears
+    /// how the snapshot went).
+    snapshot_queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    raft_tx: mpsc::Sender<RaftMsg>,
 }
 
 impl Transport {
-    /// Starts one sender task per peer. `raft_tx` receives unreachability reports.
-    pub fn start(config: &PeerConfig, raft_tx: mpsc::Sender<RaftMsg>) -> Transport {
+    /// Starts one sender task and one snapshot sender task per peer. `raft_tx` receives
+    /// unreachability and snapshot reports; `storage_tx` provides snapshots' state.
+    pub fn start(
+        config: &PeerConfig,
+        raft_tx: mpsc::Sender<RaftMsg>,
+        storage_tx: mpsc::Sender<StorageMsg>,
+    ) -> Transport {
         let mut queues = BTreeMap::new();
+        let mut snapshot_queues = BTreeMap::new();
         for (&id, urls) in &config.peers {
+            let (snap_tx, snap_rx) = mpsc::channel(1);
+            snapshot_queues.insert(id, snap_tx);
+            let snapshot_sender = SnapshotSender {
+                local_id: config.local_id,
+                cluster_id: config.cluster_id,
+                peer_id: id,
+                urls: urls.clone(),
+                queue: snap_rx,
+                raft_tx: raft_tx.clone(),
+                storage_tx: storage_tx.clone(),
+            };
+            rt::spawn("snapshot-sender", snapshot_sender.run());
             let (tx, rx) = mpsc::channel(PEER_QUEUE_BOUND);
             queues.insert(id, tx);
             let sender = PeerSender {
@@ -86,16 +122,139 @@ impl Transport {
             };
             rt::spawn("peer-sender", sender.run());
         }
-        Transport { queues }
+        Transport {
+            queues,
+            snapshot_queues,
+            raft_tx,
+        }
     }
 
     /// Queues `msg` for its destination without waiting. Returns false when it had to be
     /// dropped (unknown destination or a full queue); the caller then reports the peer
-    /// unreachable to raft.
+    /// unreachable to raft. A dropped snapshot is also reported as failed, because raft
+    /// waits for that report before it replicates to the follower again.
     pub fn send(&self, msg: Message) -> bool {
-        match self.queues.get(&msg.to) {
+        let to = msg.to;
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            let queued = self
+                .snapshot_queues
+                .get(&to)
+                .is_some_and(|q| q.try_send(msg).is_ok());
+            if !queued {
+                let _ = self.raft_tx.try_send(RaftMsg::SnapshotStatus {
+                    member_id: to,
+                    delivered: false,
+                });
+            }
+            return queued;
+        }
+        match self.queues.get(&to) {
             Some(q) => q.try_send(msg).is_ok(),
             None => false,
+        }
+    }
+}
+
+/// Streams snapshots to one peer: asks the storage actor for the state when raft decides
+/// to send one, sends it in chunks, and tells raft how it went.
+struct SnapshotSender {
+    local_id: u64,
+    cluster_id: u64,
+    peer_id: u64,
+    urls: Vec<String>,
+    queue: mpsc::Receiver<Message>,
+    raft_tx: mpsc::Sender<RaftMsg>,
+    storage_tx: mpsc::Sender<StorageMsg>,
+}
+
+impl SnapshotSender {
+    async fn run(mut self) {
+        while let Some(msg) = self.queue.recv().await {
+            let index = msg.get_snapshot().get_metadata().index;
+            let result = self.send(msg).await;
+            let delivered = match result {
+                Ok(size_bytes) => {
+                    tracing::info!(
+                        remote_peer_id = format!("{:x}", self.peer_id),
+                        index,
+                        size_bytes,
+                        "sent database snapshot to remote peer"
+                    );
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        remote_peer_id = format!("{:x}", self.peer_id),
+                        index,
+                        error = %e,
+                        "failed to send database snapshot to remote peer"
+                    );
+                    false
+                }
+            };
+            if self
+                .raft_tx
+                .send(RaftMsg::SnapshotStatus {
+                    member_id: self.peer_id,
+                    delivered,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Sends one snapshot; returns the size of its state.
+    async fn send(&self, msg: Message) -> Result<usize, String> {
+        // The state is taken now, after raft chose the snapshot's position, so it reflects
+        // at least that position (the storage actor applies in order; see raft::store).
+        let (tx, rx) = oneshot::channel();
+        let deadline = rt::now() + SNAPSHOT_PREPARE_TIMEOUT;
+        match rt::timeout_at(
+            deadline,
+            self.storage_tx.send(StorageMsg::SnapshotBlob { reply: tx }),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            _ => return Err("the storage actor did not take the request".into()),
+        }
+        let (_, blob) = match rt::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(answer))) => answer,
+            Ok(Ok(Err(e))) => return Err(e.to_string()),
+            _ => return Err("the storage actor did not answer".into()),
+        };
+        let header = msg
+            .write_to_bytes()
+            .map_err(|e| format!("cannot encode the snapshot message: {e}"))?;
+        let url = self.urls.first().cloned().unwrap_or_default();
+        let mut client = connect(&url)
+            .await
+            .ok_or_else(|| format!("cannot connect to {url}"))?;
+        let size = blob.len();
+        let timeout = SNAPSHOT_SEND_BASE_TIMEOUT + Duration::from_secs((size >> 20) as u64);
+        // Chunks are cut as the stream is read, so the state is not held twice.
+        let (cluster_id, from, to) = (self.cluster_id, self.local_id, self.peer_id);
+        let count = size.div_ceil(SNAPSHOT_CHUNK_BYTES).max(1);
+        let chunks = (0..count).map(move |i| {
+            let start = i * SNAPSHOT_CHUNK_BYTES;
+            let end = (start + SNAPSHOT_CHUNK_BYTES).min(size);
+            SnapshotChunk {
+                cluster_id,
+                from,
+                to,
+                message: if i == 0 { header.clone() } else { Vec::new() },
+                total_bytes: if i == 0 { size as u64 } else { 0 },
+                data: blob[start..end].to_vec(),
+            }
+        });
+        let call = client.send_snapshot(tokio_stream::iter(chunks));
+        match rt::timeout_at(rt::now() + timeout, call).await {
+            Ok(Ok(_)) => Ok(size),
+            Ok(Err(status)) => Err(status.message().to_string()),
+            Err(_) => Err("timed out".into()),
         }
     }
 }
@@ -269,8 +428,8 @@ pub fn decode_batch(
                 m.from, m.to, batch.from
             )));
         }
-        // Snapshots cannot be installed yet (nothing is compacted, so a correct leader
-        // never sends one), and local message types must never come from the network.
+        // Snapshots come only through their own stream, which carries their state, and
+        // local message types must never come from the network.
         match m.get_msg_type() {
             MessageType::MsgSnapshot
             | MessageType::MsgHup
@@ -288,6 +447,39 @@ pub fn decode_batch(
         out.push(m);
     }
     Ok(out)
+}
+
+/// Checks the first chunk of a snapshot stream and decodes its raft message.
+pub fn decode_snapshot_header(first: &SnapshotChunk, local_id: u64) -> Result<Message, EtcdError> {
+    if first.to != local_id {
+        return Err(EtcdError::InvalidArgument(format!(
+            "a snapshot addressed to member {:x} arrived at member {local_id:x}",
+            first.to
+        )));
+    }
+    if first.total_bytes > MAX_SNAPSHOT_BYTES {
+        return Err(EtcdError::InvalidArgument(format!(
+            "a snapshot of {} bytes exceeds the limit of {MAX_SNAPSHOT_BYTES}",
+            first.total_bytes
+        )));
+    }
+    if first.message.len() > MAX_PEER_MESSAGE_BYTES {
+        return Err(EtcdError::InvalidArgument(
+            "the snapshot's raft message is too large".into(),
+        ));
+    }
+    let m = Message::parse_from_bytes(&first.message)
+        .map_err(|e| EtcdError::InvalidArgument(format!("cannot decode raft message: {e}")))?;
+    if m.get_msg_type() != MessageType::MsgSnapshot
+        || m.from != first.from
+        || m.to != local_id
+        || !m.get_snapshot().data.is_empty()
+    {
+        return Err(EtcdError::InvalidArgument(
+            "the snapshot stream does not start with a snapshot message from its sender".into(),
+        ));
+    }
+    Ok(m)
 }
 
 /// The peer gRPC service: receives raft batches and forwarded lease calls.
@@ -365,6 +557,64 @@ impl Raft for PeerService {
         match rt::timeout_at(
             rt::now() + PEER_SEND_TIMEOUT,
             self.raft_tx.send(RaftMsg::Step { messages }),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(Response::new(RaftAck {})),
+            Ok(Err(_)) => Err(EtcdError::Stopped.to_status()),
+            Err(_) => Err(EtcdError::TooManyRequests.to_status()),
+        }
+    }
+
+    async fn send_snapshot(
+        &self,
+        req: Request<tonic::Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let mut stream = req.into_inner();
+        let first = match stream.message().await? {
+            Some(chunk) => chunk,
+            None => return Err(Status::invalid_argument("empty snapshot stream")),
+        };
+        self.check_peer(first.cluster_id, first.from)?;
+        let mut msg = decode_snapshot_header(&first, self.local_id)
+            .map_err(|e| Status::invalid_argument(e.message()))?;
+        let total = first.total_bytes as usize;
+        let mut blob = Vec::with_capacity(total.min(64 << 20));
+        blob.extend_from_slice(&first.data);
+        while let Some(chunk) = stream.message().await? {
+            if blob.len() + chunk.data.len() > total {
+                return Err(Status::invalid_argument(
+                    "the snapshot is larger than announced",
+                ));
+            }
+            blob.extend_from_slice(&chunk.data);
+        }
+        if blob.len() != total {
+            return Err(Status::invalid_argument(format!(
+                "the snapshot stream ended after {} of {total} bytes",
+                blob.len()
+            )));
+        }
+        snapshot::verify(&blob).map_err(|e| {
+            tracing::warn!(
+                remote_peer_id = format!("{:x}", first.from),
+                error = %e,
+                "rejected a damaged snapshot"
+            );
+            Status::data_loss(e.to_string())
+        })?;
+        tracing::info!(
+            remote_peer_id = format!("{:x}", first.from),
+            index = msg.get_snapshot().get_metadata().index,
+            size_bytes = total,
+            "received database snapshot"
+        );
+        msg.mut_snapshot().data = blob.into();
+        match rt::timeout_at(
+            rt::now() + PEER_SEND_TIMEOUT,
+            self.raft_tx.send(RaftMsg::Step {
+                messages: vec![msg],
+            }),
         )
         .await
         {

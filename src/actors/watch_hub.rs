@@ -100,6 +100,7 @@ impl WatchHubActor {
                 self.hub.on_events(revision, &events, &mut room(streams))
             }
             WatchMsg::History(answer) => self.hub.on_history(answer, &mut room(streams)),
+            WatchMsg::Restored { revision } => self.hub.on_restore(revision, &mut room(streams)),
             WatchMsg::OpenStream {
                 stream,
                 tx,

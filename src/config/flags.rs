@@ -150,6 +150,8 @@ pub(crate) const FLAGS: &[FlagSpec] = &[
     f("experimental-compaction-batch-limit", EXPERIMENTAL, "1000", "ExperimentalCompactionBatchLimit sets the maximum revisions deleted in each compaction batch."),
     f("experimental-peer-skip-client-san-verification", EXPERIMENTAL, "'false'", "Skip verification of SAN field in client certificate for peer connections."),
     f("experimental-watch-progress-notify-interval", EXPERIMENTAL, "'10m'", "Duration of periodical watch progress notification."),
+    // From etcd 3.5, which 3.4 operators may already script against.
+    f("experimental-snapshot-catchup-entries", EXPERIMENTAL, "5000", "Number of entries for a slow follower to catch up after compacting the raft storage entries."),
     f("experimental-warning-apply-duration", EXPERIMENTAL, "'100ms'", "Warning is generated if requests take more than this duration."),
     f("force-new-cluster", UNSAFE, "'false'", "Force to create a new one-member cluster."),
     f("unsafe-no-fsync", UNSAFE, "'false'", "Disables fsync, unsafe, will cause data loss."),

@@ -411,6 +411,9 @@ pub struct Config {
     pub experimental_compaction_batch_limit: i64,
     /// `--experimental-watch-progress-notify-interval`.
     pub experimental_watch_progress_notify_interval: Duration,
+    /// `--experimental-snapshot-catchup-entries` (etcd 3.5's flag): raft entries kept
+    /// behind a snapshot for slow followers.
+    pub experimental_snapshot_catchup_entries: u64,
     /// `--experimental-warning-apply-duration`.
     pub experimental_warning_apply_duration: Duration,
 
@@ -514,6 +517,7 @@ impl Default for Config {
             experimental_enable_lease_checkpoint_persist: false,
             experimental_compaction_batch_limit: 1000,
             experimental_watch_progress_notify_interval: Duration::from_secs(600),
+            experimental_snapshot_catchup_entries: 5000,
             experimental_warning_apply_duration: Duration::from_millis(100),
             unsafe_no_fsync: false,
             force_new_cluster: false,
@@ -980,6 +984,9 @@ impl Config {
             }
             "experimental-watch-progress-notify-interval" => {
                 self.experimental_watch_progress_notify_interval = dur()?
+            }
+            "experimental-snapshot-catchup-entries" => {
+                self.experimental_snapshot_catchup_entries = u64v()?
             }
             "experimental-warning-apply-duration" => {
                 self.experimental_warning_apply_duration = dur()?

@@ -49,7 +49,7 @@ fn kind_of(key: &str) -> Option<Kind> {
         | "host-whitelist"
         | "proxy"
         | "discovery-fallback" => Str,
-        "snapshot-count" => Unsigned("uint64"),
+        "snapshot-count" | "experimental-snapshot-catchup-entries" => Unsigned("uint64"),
         "max-concurrent-streams" => Unsigned("uint32"),
         "max-snapshots"
         | "max-wals"

@@ -486,6 +486,33 @@ impl WatchHub {
         self.finish()
     }
 
+    /// The store was replaced by a snapshot at `revision` (a follower that fell behind the
+    /// leader's compacted log): the events in between never went through
+    /// [`WatchHub::on_events`], so every live watcher catches up from history, which
+    /// delivers them or reports that they were compacted, as etcd's watchable store moves
+    /// its synced watchers to the unsynced group on restore.
+    pub fn on_restore(
+        &mut self,
+        revision: i64,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) -> Vec<Output> {
+        self.begin();
+        self.flush_all_control(room);
+        let next = self.current_revision + 1;
+        let synced: Vec<u64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.synced)
+            .map(|(&serial, _)| serial)
+            .collect();
+        for serial in synced {
+            self.make_unsynced(serial, next);
+        }
+        self.current_revision = self.current_revision.max(revision);
+        self.sync_unsynced(room);
+        self.finish()
+    }
+
     /// Handles the answer to a history read.
     pub fn on_history(
         &mut self,

@@ -8,8 +8,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use raft::eraftpb::{ConfState, HardState, Snapshot, SnapshotMetadata};
-use raft::storage::MemStorage;
+use raft::eraftpb::{ConfState, SnapshotMetadata};
+
+use crate::raft::store::LogStore;
 
 use crate::storage::disk::Disk;
 use crate::storage::wal::{Wal, WalError};
@@ -53,7 +54,9 @@ pub struct RaftLog {
     /// The write-ahead log.
     pub wal: Wal,
     /// raft's view of the log, rebuilt from the WAL.
-    pub storage: MemStorage,
+    pub storage: LogStore,
+    /// The latest snapshot the WAL recorded (index 0: the initial membership only).
+    pub snapshot: SnapshotMetadata,
     /// Whose log this is.
     pub identity: WalIdentity,
     /// True if the WAL was created just now (a new member).
@@ -99,17 +102,13 @@ impl std::fmt::Display for LogError {
 impl std::error::Error for LogError {}
 
 /// Opens the WAL in `dir` and rebuilds raft's log from it, or, when there is none, creates
-/// a WAL for a new member whose initial voters are `voters`.
-///
-/// `applied_index` is the index the MVCC backend has already applied: the recovered commit
-/// index is raised to it, because the backend only ever applies committed entries, while
-/// the commit index in the hard state is persisted lazily.
+/// a WAL for a new member whose initial voters are `voters` (none for a member joining an
+/// existing cluster, which learns the membership from the leader).
 pub fn open_or_create(
     disk: Arc<dyn Disk>,
     dir: &Path,
     expected: WalIdentity,
     voters: &[u64],
-    applied_index: u64,
 ) -> Result<RaftLog, LogError> {
     if !Wal::exists(disk.as_ref(), dir) {
         let wal = Wal::create(disk, dir, &expected.encode()).map_err(LogError::Io)?;
@@ -117,11 +116,12 @@ pub fn open_or_create(
         let mut meta = SnapshotMetadata::default();
         meta.set_conf_state(ConfState::from((voters.to_vec(), vec![])));
         wal.save_snapshot(&meta).map_err(LogError::Io)?;
-        let storage = MemStorage::new();
+        let storage = LogStore::new();
         storage.wl().set_conf_state(meta.get_conf_state().clone());
         return Ok(RaftLog {
             wal,
             storage,
+            snapshot: meta,
             identity: expected,
             created: true,
         });
@@ -131,44 +131,55 @@ pub fn open_or_create(
     if found != Some(expected) {
         return Err(LogError::IdentityMismatch { found, expected });
     }
-    let storage = MemStorage::new();
+    let storage = LogStore::new();
+    let snapshot = contents.snapshot.clone().unwrap_or_default();
     {
         let mut core = storage.wl();
-        if let Some(meta) = contents.snapshot.clone() {
-            if meta.index == 0 {
-                core.set_conf_state(meta.get_conf_state().clone());
-            } else {
-                let mut snap = Snapshot::default();
-                snap.set_metadata(meta);
-                core.apply_snapshot(snap)
-                    .map_err(|e| LogError::Raft(e.to_string()))?;
-            }
-        }
-        core.append(&contents.entries)
-            .map_err(|e| LogError::Raft(e.to_string()))?;
-        let mut hs = contents
-            .hard_state
-            .clone()
-            .unwrap_or_else(HardState::default);
-        let last_index = contents
-            .entries
-            .last()
-            .map(|e| e.index)
-            .unwrap_or_else(|| contents.snapshot.as_ref().map(|s| s.index).unwrap_or(0));
-        if applied_index > last_index {
-            return Err(LogError::Raft(format!(
-                "the backend has applied index {applied_index} but the WAL ends at {last_index}: the WAL lost committed entries"
-            )));
-        }
-        if hs.commit < applied_index {
-            hs.commit = applied_index;
-        }
-        core.set_hardstate(hs);
+        core.apply_snapshot(&snapshot);
+        core.append(&contents.entries).map_err(LogError::Raft)?;
+        let mut hs = contents.hard_state.clone().unwrap_or_default();
+        hs.commit = hs.commit.max(snapshot.index);
+        hs.term = hs.term.max(snapshot.term);
+        core.set_hard_state(hs);
     }
     Ok(RaftLog {
         wal,
         storage,
+        snapshot,
         identity: expected,
         created: false,
     })
+}
+
+impl RaftLog {
+    /// Reconciles the log with the state machine, which has applied up to
+    /// `backend_applied_index`, and returns the index raft should consider applied.
+    ///
+    /// The recovered commit index is raised to what the backend applied, because the
+    /// backend only ever applies committed entries while the hard state's commit index is
+    /// persisted lazily. raft restarts applying from the WAL's snapshot, not from the
+    /// backend's position: it rebuilds its membership from the snapshot's and the
+    /// membership changes after it, and the storage actor skips entries it already holds.
+    ///
+    /// A backend ahead of the end of the log is only legitimate when it was loaded from a
+    /// raft snapshot newer than the entries received so far; otherwise the WAL lost
+    /// committed entries and the member must not start.
+    pub fn reconcile(&mut self, backend_applied_index: u64) -> Result<u64, LogError> {
+        let mut core = self.storage.wl();
+        let last_index = core.last_index();
+        if backend_applied_index > last_index && backend_applied_index > 0 {
+            if self.snapshot.index == 0 {
+                return Err(LogError::Raft(format!(
+                    "the backend has applied index {backend_applied_index} but the WAL ends at {last_index}: the WAL lost committed entries"
+                )));
+            }
+            return Ok(self.snapshot.index);
+        }
+        let mut hs = core.hard_state().clone();
+        if hs.commit < backend_applied_index {
+            hs.commit = backend_applied_index;
+            core.set_hard_state(hs);
+        }
+        Ok(self.snapshot.index)
+    }
 }

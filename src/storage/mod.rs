@@ -5,4 +5,5 @@
 
 pub mod backend;
 pub mod disk;
+pub mod snapshot;
 pub mod wal;

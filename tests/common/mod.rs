@@ -685,11 +685,18 @@ pub struct ClusterProc {
     pub client_ports: Vec<u16>,
     pub peer_ports: Vec<u16>,
     pub children: Vec<Option<Child>>,
+    /// Flags every member gets besides the cluster's own.
+    pub extra_args: Vec<String>,
 }
 
 impl ClusterProc {
     /// Starts `n` members and waits until each serves clients.
     pub fn start(n: usize) -> ClusterProc {
+        ClusterProc::start_with_args(n, &[])
+    }
+
+    /// Starts `n` members, each also given `extra_args`, and waits until each serves.
+    pub fn start_with_args(n: usize, extra_args: &[&str]) -> ClusterProc {
         let dir = tempfile::Builder::new()
             .prefix("detcd-cluster-")
             .tempdir()
@@ -697,57 +704,103 @@ impl ClusterProc {
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let initial = (0..n)
-            .map(|i| format!("{}=http://127.0.0.1:{}", names[i], peer_ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
         let mut c = ClusterProc {
             dir,
             names,
             client_ports,
             peer_ports,
-            children: Vec::new(),
+            children: (0..n).map(|_| None).collect(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..n {
-            let log = File::create(c.log_path(i)).expect("log file");
-            let log2 = log.try_clone().unwrap();
-            let client = c.client_url(i);
-            let peer = format!("http://127.0.0.1:{}", c.peer_ports[i]);
-            let child = Command::new(Kind::Detcd.binary())
-                .args(["--name", &c.names[i]])
-                .arg("--data-dir")
-                .arg(c.dir.path().join(format!("data{i}")))
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-token", "detcd-test-cluster"])
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .spawn()
-                .expect("spawn detcd");
-            c.children.push(Some(child));
+            c.spawn_member(i);
         }
-        let deadline = Instant::now() + READY_TIMEOUT;
         for i in 0..n {
-            loop {
-                let ready = fs::read_to_string(c.log_path(i))
-                    .map(|s| s.contains(READY_MARKER))
-                    .unwrap_or(false);
-                if ready {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "member {i} did not become ready; log:\n{}",
-                    tail_of(&c.log_path(i), 40)
-                );
-                thread::sleep(Duration::from_millis(50));
-            }
+            c.wait_ready(i, 1);
         }
         c
+    }
+
+    /// The `--initial-cluster` value.
+    pub fn initial_cluster(&self) -> String {
+        (0..self.names.len())
+            .map(|i| format!("{}=http://127.0.0.1:{}", self.names[i], self.peer_ports[i]))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Member `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("data{i}"))
+    }
+
+    /// Starts member `i`'s process (appending to its log) without waiting.
+    fn spawn_member(&mut self, i: usize) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("log file");
+        let log2 = log.try_clone().unwrap();
+        let client = self.client_url(i);
+        let peer = format!("http://127.0.0.1:{}", self.peer_ports[i]);
+        let child = Command::new(Kind::Detcd.binary())
+            .args(["--name", &self.names[i]])
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster()])
+            .args(["--initial-cluster-token", "detcd-test-cluster"])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("spawn detcd");
+        self.children[i] = Some(child);
+    }
+
+    /// Waits until member `i`'s log shows it ready to serve for the `nth` time.
+    fn wait_ready(&self, i: usize, nth: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let ready = fs::read_to_string(self.log_path(i))
+                .map(|s| s.matches(READY_MARKER).count() >= nth)
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} did not become ready; log:\n{}",
+                tail_of(&self.log_path(i), 40)
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Restarts member `i` (after `kill_9`) and waits until it serves again. It can only
+    /// serve once a quorum is up, so restart enough members before calling this on the
+    /// last one that is needed, or use [`ClusterProc::restart_nowait`].
+    pub fn restart(&mut self, i: usize) {
+        let before = self.ready_count(i);
+        self.spawn_member(i);
+        self.wait_ready(i, before + 1);
+    }
+
+    /// Restarts member `i` without waiting for it to serve.
+    pub fn restart_nowait(&mut self, i: usize) {
+        self.spawn_member(i);
+    }
+
+    /// How many times member `i`'s log shows it ready to serve.
+    pub fn ready_count(&self, i: usize) -> usize {
+        fs::read_to_string(self.log_path(i))
+            .map(|s| s.matches(READY_MARKER).count())
+            .unwrap_or(0)
     }
 
     pub fn log_path(&self, i: usize) -> PathBuf {
