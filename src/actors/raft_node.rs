@@ -52,7 +52,13 @@ pub const MAX_PENDING_READS: usize = 10_000;
 const INBOX_BATCH: usize = 256;
 /// Readies handed to the WAL writer and not yet durable, at most. Past it the loop stops
 /// taking new readies (raft keeps the work for later) but keeps ticking and stepping.
-const MAX_INFLIGHT_READIES: usize = 64;
+/// While one fsync runs, every loop turn that changes anything (a heartbeat, an append,
+/// a batch of proposals) makes a ready, and the outgoing messages of a ready not taken
+/// wait with it, heartbeat answers included: the bound must cover the readies of the
+/// slowest fsync tolerated, or a slow disk would silence the member and cost the
+/// cluster its leader. The writer merges everything queued into one write, so the
+/// bound limits memory, not throughput.
+const MAX_INFLIGHT_READIES: usize = 4096;
 /// A read barrier not answered after this many ticks is asked again: raft drops a
 /// ReadIndex silently when the leader has not yet committed an entry in its term, or when
 /// the forwarded request or its answer is lost (etcd retries after 500 ms likewise).
@@ -142,6 +148,12 @@ async fn wal_writer(
         })
         .await;
         wal = returned;
+        // A simulated slow disk charges its sync time here, in this task only, as a real
+        // fsync blocks only the thread doing it: raft's loop keeps ticking meanwhile.
+        let delay = wal.take_io_delay();
+        if !delay.is_zero() {
+            rt::sleep(delay).await;
+        }
         let report = result.map_err(|e| format!("wal: failed to write to WAL: {e}"));
         let failed = report.is_err();
         if done.send(report).await.is_err() || failed {
@@ -612,7 +624,8 @@ impl RaftActor {
         }
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
-        let persisted_messages = rd.take_persisted_messages();
+        let (persisted_messages, immediate) = split_persisted(rd.take_persisted_messages());
+        self.send_messages(immediate);
         if entries.is_empty() && hs.is_none() && self.inflight.is_empty() {
             // Nothing to make durable and nothing ahead of it: finish the ready now.
             self.send_messages(persisted_messages);
@@ -916,6 +929,29 @@ impl RaftActor {
             }
         }
     }
+}
+
+/// Splits a follower's messages into those that must wait until the ready they belong to
+/// is durable and those that may go now.
+///
+/// raft-rs holds back every message of a follower's ready until it is persisted, heartbeat
+/// answers included, so a follower with a slow disk would look dead to its leader, which
+/// then steps down (check-quorum) although nothing is wrong. Only answers that promise
+/// durable state must wait, as etcd's raft decides: an append acknowledgement (the
+/// entries) and a vote or pre-vote (the vote and term). Heartbeat answers, forwarded
+/// proposals and read requests promise nothing about this member's disk.
+fn split_persisted(
+    msgs: Vec<raft::eraftpb::Message>,
+) -> (Vec<raft::eraftpb::Message>, Vec<raft::eraftpb::Message>) {
+    use raft::eraftpb::MessageType;
+    msgs.into_iter().partition(|m| {
+        matches!(
+            m.get_msg_type(),
+            MessageType::MsgAppendResponse
+                | MessageType::MsgRequestVoteResponse
+                | MessageType::MsgRequestPreVoteResponse
+        )
+    })
 }
 
 /// Receives the storage actor's answer to a snapshot request; pending forever when no

@@ -265,6 +265,8 @@ fn help_matches_real_etcd_layout() {
         "log-output",
         "experimental-enable-lease-checkpoint-persist",
         "unsafe-no-fsync",
+        // etcd 3.5's flag, which detcd accepts ahead of 3.4.
+        "experimental-snapshot-catchup-entries",
     ];
     let mut ours = String::new();
     let mut skip = false;

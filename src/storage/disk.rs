@@ -44,6 +44,12 @@ pub trait Disk: Send + Sync + fmt::Debug {
     fn exists(&self, path: &Path) -> bool;
     /// Makes the creation and removal of entries directly inside `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// The time the syncs done since the last call would have taken on this disk, for a
+    /// simulated disk to charge to simulated time (the caller sleeps it). A real disk
+    /// answers zero: its time was really spent.
+    fn take_io_delay(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// A file opened for appending by [`Disk::open_append`].
@@ -192,6 +198,10 @@ struct SimState {
     /// Incremented by every crash so that file handles opened before it stop working, as
     /// the process that held them would be gone.
     epoch: u64,
+    /// What one file or directory sync costs.
+    sync_delay: std::time::Duration,
+    /// Sync time not yet charged ([`Disk::take_io_delay`]).
+    pending_delay: std::time::Duration,
 }
 
 /// An in-memory disk that models durability, shared by clones (it is an `Arc` inside), so a
@@ -317,6 +327,11 @@ impl SimDisk {
             .map_or(0, |f| (f.data.len() - f.synced_len_bytes) as u64)
     }
 
+    /// Makes every file and directory sync cost `delay` of simulated time (a slow disk).
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.lock().sync_delay = delay;
+    }
+
     /// Makes syncs (file and directory) fail with an `io::Error` while `fail` is true, while
     /// appends still succeed: the state a process is in when its fsync fails, with written
     /// bytes sitting unsynced in the page cache.
@@ -335,6 +350,8 @@ impl SimDisk {
             fail_writes: state.fail_writes,
             fail_syncs: state.fail_syncs,
             epoch: state.epoch,
+            sync_delay: state.sync_delay,
+            pending_delay: std::time::Duration::ZERO,
         };
         SimDisk {
             state: Arc::new(Mutex::new(copy)),
@@ -394,7 +411,11 @@ impl DiskFile for SimDiskFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.with_file(true, |f| f.synced_len_bytes = f.data.len())
+        self.with_file(true, |f| f.synced_len_bytes = f.data.len())?;
+        let mut state = self.disk.lock();
+        let delay = state.sync_delay;
+        state.pending_delay += delay;
+        Ok(())
     }
 
     fn len_bytes(&self) -> u64 {
@@ -525,7 +546,13 @@ impl Disk for SimDisk {
             }
         }
         state.removed.retain(|path, _| path.parent() != Some(dir));
+        let delay = state.sync_delay;
+        state.pending_delay += delay;
         Ok(())
+    }
+
+    fn take_io_delay(&self) -> std::time::Duration {
+        std::mem::take(&mut self.lock().pending_delay)
     }
 }
 

@@ -729,6 +729,12 @@ impl Wal {
         Ok(())
     }
 
+    /// The simulated time the WAL's syncs since the last call would have taken (zero on
+    /// a real disk; see [`Disk::take_io_delay`]).
+    pub fn take_io_delay(&self) -> std::time::Duration {
+        self.disk.take_io_delay()
+    }
+
     /// Deletes whole segments holding only entries at or below `index`, for use after a
     /// snapshot at `index` was saved; `index` is capped at the saved snapshot index, so log
     /// not covered by a snapshot is never deleted. The last segment always stays. Returns
