@@ -4,5 +4,6 @@
 //! records the last applied raft index so the WAL can replay whatever it lacks.
 
 pub mod backend;
+pub mod bbolt;
 pub mod disk;
 pub mod wal;
