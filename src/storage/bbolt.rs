@@ -260,24 +260,6 @@ fn node_bytes(
     buf
 }
 
-/// Writes every node of `tree` in page-id order.
-fn write_tree(
-    w: &mut dyn Write,
-    entries: &[(Vec<u8>, Vec<u8>)],
-    tree: &Tree,
-    leaf_flags: u32,
-) -> io::Result<()> {
-    if tree.inline {
-        return Ok(());
-    }
-    for (level, nodes) in tree.levels.iter().enumerate() {
-        for node in nodes {
-            w.write_all(&node_bytes(entries, tree, level, node, leaf_flags))?;
-        }
-    }
-    Ok(())
-}
-
 /// bbolt's largest key.
 const MAX_KEY_BYTES: usize = 32768;
 /// bbolt's largest value ((1 << 31) - 2).
@@ -307,13 +289,12 @@ fn check_entries(name: &[u8], entries: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Bbol
 }
 
 /// A planned database file: every page id is fixed before anything is written, so the
-/// file's size is known up front and its pages can be streamed in order without holding
+/// file's size is known up front and its pages can be produced in order without holding
 /// the whole file in memory (only one node's pages at a time).
 #[derive(Debug)]
-pub struct DbWriter<'a> {
-    buckets: &'a Buckets,
-    /// One tree per bucket, in bucket-name order.
-    trees: Vec<Tree>,
+pub struct DbWriter {
+    /// The buckets, in name order, with their planned trees.
+    buckets: Vec<(Vec<(Vec<u8>, Vec<u8>)>, Tree)>,
     /// The root bucket's entries: each bucket's name and its header (with the inline
     /// page for an inline bucket).
     root_entries: Vec<(Vec<u8>, Vec<u8>)>,
@@ -322,31 +303,41 @@ pub struct DbWriter<'a> {
     page_count: u64,
 }
 
-impl<'a> DbWriter<'a> {
+/// Where a [`Pages`] iterator is in the file.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    /// 0 and 1: the meta pages; 2: the freelist; 3: the trees.
+    fixed_page: u64,
+    /// Index of the tree being written; the number of buckets means the root bucket.
+    tree: usize,
+    level: usize,
+    node: usize,
+}
+
+impl DbWriter {
     /// Plans the file holding `buckets`; fails if a bucket's entries are unsorted or
     /// exceed bbolt's limits.
-    pub fn new(buckets: &'a Buckets) -> Result<DbWriter<'a>, BboltError> {
+    pub fn new(buckets: Buckets) -> Result<DbWriter, BboltError> {
         let mut next_pgid = FIRST_DATA_PGID;
-        let mut trees = Vec::with_capacity(buckets.len());
+        let mut planned = Vec::with_capacity(buckets.len());
         let mut root_entries = Vec::with_capacity(buckets.len());
         for (name, entries) in buckets {
-            check_entries(name, entries)?;
-            let mut tree = plan_tree(entries, true);
+            check_entries(&name, &entries)?;
+            let mut tree = plan_tree(&entries, true);
             assign_pgids(&mut tree, &mut next_pgid);
             let mut value = vec![0u8; BUCKET_HEADER_BYTES];
             if tree.inline {
-                value.extend(node_bytes(entries, &tree, 0, tree.root(), 0));
+                value.extend(node_bytes(&entries, &tree, 0, tree.root(), 0));
             } else {
                 put_u64(&mut value, 0, tree.root().pgid);
             }
-            root_entries.push((name.clone(), value));
-            trees.push(tree);
+            root_entries.push((name, value));
+            planned.push((entries, tree));
         }
         let mut root_tree = plan_tree(&root_entries, false);
         assign_pgids(&mut root_tree, &mut next_pgid);
         Ok(DbWriter {
-            buckets,
-            trees,
+            buckets: planned,
             root_entries,
             root_tree,
             page_count: next_pgid,
@@ -378,28 +369,102 @@ impl<'a> DbWriter<'a> {
         page
     }
 
+    /// The next node's pages after `cursor` (advancing it), or `None` at the end.
+    fn next_pages(&self, cursor: &mut Cursor) -> Option<Vec<u8>> {
+        match cursor.fixed_page {
+            0 | 1 => {
+                cursor.fixed_page += 1;
+                return Some(self.meta_page(cursor.fixed_page - 1));
+            }
+            2 => {
+                cursor.fixed_page += 1;
+                // Every page is in use, so the freelist is empty.
+                let mut freelist = vec![0u8; PAGE_SIZE_BYTES];
+                put_page_header(&mut freelist, FREELIST_PGID, FREELIST_PAGE_FLAG, 0, 0);
+                return Some(freelist);
+            }
+            _ => {}
+        }
+        loop {
+            let (entries, tree, leaf_flags) = match self.buckets.get(cursor.tree) {
+                Some((entries, tree)) => (entries, tree, 0),
+                None if cursor.tree == self.buckets.len() => {
+                    (&self.root_entries, &self.root_tree, BUCKET_LEAF_FLAG)
+                }
+                None => return None,
+            };
+            let nodes = if tree.inline {
+                None
+            } else {
+                tree.levels.get(cursor.level)
+            };
+            match nodes.and_then(|nodes| nodes.get(cursor.node)) {
+                Some(node) => {
+                    let bytes = node_bytes(entries, tree, cursor.level, node, leaf_flags);
+                    cursor.node += 1;
+                    return Some(bytes);
+                }
+                None if nodes.is_some() => {
+                    cursor.level += 1;
+                    cursor.node = 0;
+                }
+                None => {
+                    cursor.tree += 1;
+                    cursor.level = 0;
+                    cursor.node = 0;
+                }
+            }
+        }
+    }
+
     /// Writes the whole file to `w`, page by page in page-id order.
     pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
-        w.write_all(&self.meta_page(0))?;
-        w.write_all(&self.meta_page(1))?;
-        // Every page is in use, so the freelist is empty.
-        let mut freelist = vec![0u8; PAGE_SIZE_BYTES];
-        put_page_header(&mut freelist, FREELIST_PGID, FREELIST_PAGE_FLAG, 0, 0);
-        w.write_all(&freelist)?;
-        for ((_, entries), tree) in self.buckets.iter().zip(&self.trees) {
-            write_tree(w, entries, tree, 0)?;
+        let mut cursor = Cursor::default();
+        while let Some(pages) = self.next_pages(&mut cursor) {
+            w.write_all(&pages)?;
         }
-        write_tree(w, &self.root_entries, &self.root_tree, BUCKET_LEAF_FLAG)
+        Ok(())
+    }
+
+    /// The file's pages in page-id order, one node (a page with its overflow pages) at a
+    /// time.
+    pub fn into_pages(self) -> Pages {
+        Pages {
+            writer: self,
+            cursor: Cursor::default(),
+        }
+    }
+}
+
+/// The pages of a planned file, in order; see [`DbWriter::into_pages`].
+#[derive(Debug)]
+pub struct Pages {
+    writer: DbWriter,
+    cursor: Cursor,
+}
+
+impl Pages {
+    /// The size of the whole file in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.writer.size_bytes()
+    }
+}
+
+impl Iterator for Pages {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        self.writer.next_pages(&mut self.cursor)
     }
 }
 
 /// Encodes `buckets` as a bbolt database file held in memory.
-pub fn encode(buckets: &Buckets) -> Result<Vec<u8>, BboltError> {
+pub fn encode(buckets: Buckets) -> Result<Vec<u8>, BboltError> {
     let writer = DbWriter::new(buckets)?;
     let mut out = Vec::with_capacity(writer.size_bytes() as usize);
-    writer
-        .write_to(&mut out)
-        .map_err(|e| BboltError::InvalidInput(format!("writing to memory: {e}")))?;
+    for pages in writer.into_pages() {
+        out.extend_from_slice(&pages);
+    }
     Ok(out)
 }
 
@@ -714,8 +779,11 @@ mod tests {
     }
 
     fn round_trip(buckets: &Buckets) -> Database {
-        let writer = DbWriter::new(buckets).expect("plan");
-        let bytes = encode(buckets).expect("encode");
+        let writer = DbWriter::new(buckets.clone()).expect("plan");
+        let bytes = encode(buckets.clone()).expect("encode");
+        let mut written = Vec::new();
+        writer.write_to(&mut written).expect("write");
+        assert_eq!(written, bytes);
         assert_eq!(bytes.len() as u64, writer.size_bytes());
         assert_eq!(bytes.len() % PAGE_SIZE_BYTES, 0);
         let db = read(&bytes).expect("read back");
@@ -793,21 +861,21 @@ mod tests {
         )]
         .into_iter()
         .collect();
-        assert_eq!(encode(&buckets).unwrap(), encode(&buckets).unwrap());
+        assert_eq!(encode(buckets.clone()).unwrap(), encode(buckets).unwrap());
     }
 
     #[test]
     fn writer_rejects_what_bbolt_cannot_hold() {
         let with = |e: Vec<(Vec<u8>, Vec<u8>)>| {
             let b: Buckets = [(b"x".to_vec(), e)].into_iter().collect();
-            DbWriter::new(&b).map(|_| ())
+            DbWriter::new(b).map(|_| ())
         };
         assert!(with(entries(&[(b"b", b""), (b"a", b"")])).is_err());
         assert!(with(entries(&[(b"a", b""), (b"a", b"")])).is_err());
         assert!(with(entries(&[(b"", b"v")])).is_err());
         assert!(with(vec![(vec![1; MAX_KEY_BYTES + 1], vec![])]).is_err());
         let unnamed: Buckets = [(Vec::new(), Vec::new())].into_iter().collect();
-        assert!(DbWriter::new(&unnamed).is_err());
+        assert!(DbWriter::new(unnamed).is_err());
     }
 
     #[test]
@@ -815,7 +883,7 @@ mod tests {
         let buckets: Buckets = [(b"key".to_vec(), entries(&[(b"a", b"1")]))]
             .into_iter()
             .collect();
-        let mut bytes = encode(&buckets).unwrap();
+        let mut bytes = encode(buckets.clone()).unwrap();
         // Page 1 (txid 1) is in use; damaging it makes the reader use page 0.
         bytes[PAGE_SIZE_BYTES + PAGE_HEADER_BYTES + 20] ^= 0xff;
         let db = read(&bytes).unwrap();
@@ -875,7 +943,7 @@ mod tests {
         );
         buckets.insert(b"big".to_vec(), entries(&[(b"x", &[9; 5000])]));
         buckets.insert(b"small".to_vec(), entries(&[(b"s", b"t")]));
-        encode(&buckets).unwrap()
+        encode(buckets).unwrap()
     }
 
     proptest! {
@@ -934,7 +1002,7 @@ mod tests {
                 .into_iter()
                 .map(|(name, kvs)| (name, kvs.into_iter().collect()))
                 .collect();
-            let bytes = encode(&buckets).unwrap();
+            let bytes = encode(buckets.clone()).unwrap();
             prop_assert_eq!(read(&bytes).unwrap().buckets, buckets);
         }
     }
