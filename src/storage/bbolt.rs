@@ -46,8 +46,10 @@ const FIRST_DATA_PGID: u64 = 3;
 /// would hold more pages than any disk), so the reader treats them as corrupt.
 const MAX_TREE_DEPTH: usize = 32;
 
-/// Top-level buckets by name, each with its entries in strictly ascending key order.
-pub type Buckets = BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>>;
+/// A bucket's entries: keys and values in strictly ascending key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// Top-level buckets by name.
+pub type Buckets = BTreeMap<Vec<u8>, Entries>;
 
 /// Why a database could not be written or read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -294,10 +296,10 @@ fn check_entries(name: &[u8], entries: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Bbol
 #[derive(Debug)]
 pub struct DbWriter {
     /// The buckets, in name order, with their planned trees.
-    buckets: Vec<(Vec<(Vec<u8>, Vec<u8>)>, Tree)>,
+    buckets: Vec<(Entries, Tree)>,
     /// The root bucket's entries: each bucket's name and its header (with the inline
     /// page for an inline bucket).
-    root_entries: Vec<(Vec<u8>, Vec<u8>)>,
+    root_entries: Entries,
     root_tree: Tree,
     /// The number of pages in the file (bbolt's high water mark).
     page_count: u64,
