@@ -159,6 +159,12 @@ pub enum StorageMsg {
         /// Receives the hash with its header.
         reply: oneshot::Sender<Result<HashResponse, EtcdError>>,
     },
+    /// Asks for a consistent copy of the backend in etcd's bucket layout, the content of
+    /// a `Maintenance.Snapshot` (see [`crate::actors::snapshot`]).
+    Snapshot {
+        /// Receives the buckets.
+        reply: oneshot::Sender<Result<crate::storage::bbolt::Buckets, EtcdError>>,
+    },
     /// Asks for the KV hash at a revision (0: current).
     HashKv {
         /// The revision.

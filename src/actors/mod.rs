@@ -4,6 +4,8 @@
 //! - [`raft_node`]: the raft `RawNode` and the WAL; turns proposals into committed entries.
 //! - [`storage`]: the MVCC state machine and its backend; applies committed entries and
 //!   serves reads.
+//! - [`snapshot`]: the storage actor's backend in etcd's bbolt bucket layout, for
+//!   `Maintenance.Snapshot`.
 //! - [`watch_hub`]: the watch hub; turns applied events into watch responses.
 //!
 //! - [`lease_timer`]: the leader's lease expiry schedule; proposes revocations.
@@ -12,6 +14,7 @@
 
 pub mod lease_timer;
 pub mod raft_node;
+pub mod snapshot;
 pub mod storage;
 pub mod transport;
 pub mod watch_hub;

@@ -405,6 +405,14 @@ impl StorageActor {
                     .map_err(|e| EtcdError::Internal(format!("etcdserver: backend hash: {e}")));
                 let _ = reply.send(result);
             }
+            StorageMsg::Snapshot { reply } => {
+                // Copying here, between two applies, is what makes the copy consistent;
+                // encoding and streaming it happen outside the actor.
+                let result =
+                    crate::actors::snapshot::etcd_buckets(self.backend.as_ref(), &self.members)
+                        .map_err(|e| EtcdError::Internal(format!("etcdserver: snapshot: {e}")));
+                let _ = reply.send(result);
+            }
             StorageMsg::HashKv { revision, reply } => {
                 let result = self
                     .state

@@ -1,5 +1,5 @@
-//! The Maintenance service: Status, Hash, HashKV, Alarm, Defragment and MoveLeader;
-//! Snapshot and Downgrade are not served yet.
+//! The Maintenance service: Status, Hash, HashKV, Alarm, Defragment, MoveLeader and
+//! Snapshot; Downgrade is not served yet.
 
 use tonic::{Request, Response, Status};
 
@@ -132,11 +132,13 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
 
+    /// etcd's snapshot stream, from a consistent copy of the backend in etcd's bbolt
+    /// format (see [`super::snapshot`]).
     async fn snapshot(
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("Maintenance.Snapshot"))
+        reply(super::snapshot::snapshot_stream(&self.handle).await)
     }
 
     /// etcd's MoveLeader: only the leader accepts it ("etcdserver: not leader"), the

@@ -7,6 +7,7 @@ pub mod h2_authority;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod snapshot;
 pub mod watch;
 
 use std::time::Duration;

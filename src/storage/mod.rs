@@ -4,6 +4,7 @@
 //! records the last applied raft index so the WAL can replay whatever it lacks.
 
 pub mod backend;
+pub mod bbolt;
 pub mod disk;
 pub mod snapshot;
 pub mod wal;
