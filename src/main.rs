@@ -162,6 +162,9 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         max_request_bytes: config.max_request_bytes as usize,
         max_txn_ops: config.max_txn_ops as usize,
         watch_progress_notify_interval: config.experimental_watch_progress_notify_interval,
+        quota_backend_bytes: config.quota_backend_bytes,
+        initial_corrupt_check: config.experimental_initial_corrupt_check,
+        corrupt_check_interval: config.experimental_corrupt_check_time,
         disk: Arc::new(RealDisk::new()),
         backend: BackendChoice::Sled,
     })

@@ -21,6 +21,7 @@ use crate::actors::transport::{
 };
 use crate::actors::watch_hub::WatchHubActor;
 use crate::core::lease;
+use crate::core::quota::{self, Quota};
 use crate::core::watch::WatchConfig;
 use crate::gateway::{self, Handle, MemberInfo};
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, WatchMsg, CHANNEL_BOUND};
@@ -81,6 +82,13 @@ pub struct ServerConfig {
     pub max_txn_ops: usize,
     /// `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
+    /// `--quota-backend-bytes`: 0 means etcd's 2 GiB default, a negative value disables
+    /// the quota.
+    pub quota_backend_bytes: i64,
+    /// `--experimental-initial-corrupt-check`.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`; zero disables the periodic check.
+    pub corrupt_check_interval: Duration,
     /// The disk the WAL is written through.
     pub disk: Arc<dyn Disk>,
     /// The MVCC backend.
@@ -262,6 +270,20 @@ pub async fn run(
         raft_tx.clone(),
         status_rx.clone(),
     );
+    let quota = Quota::from_flag(cfg.quota_backend_bytes);
+    match quota.limit_bytes {
+        None => tracing::info!(
+            quota_size_bytes = cfg.quota_backend_bytes,
+            "disabled backend quota"
+        ),
+        Some(limit) if limit > quota::MAX_QUOTA_BYTES => tracing::warn!(
+            quota_size_bytes = limit,
+            quota_maximum_size_bytes = quota::MAX_QUOTA_BYTES,
+            "quota exceeds the maximum value"
+        ),
+        Some(limit) => tracing::info!(quota_size_bytes = limit, "enabled backend quota"),
+    }
+    let backend_size = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let storage_actor = StorageActor::new(
         recovered,
         backend,
@@ -271,6 +293,7 @@ pub async fn run(
         lease_tx.clone(),
     )
     .with_watch_hub(watch_tx.clone())
+    .with_quota(quota, backend_size.clone())
     .with_members(
         std::iter::once((member_id, cfg.initial_advertise_peer_urls.clone())).chain(
             peer_config
@@ -299,6 +322,8 @@ pub async fn run(
         max_txn_ops: cfg.max_txn_ops,
         // etcd's request timeout: 5 s plus twice the election timeout.
         request_timeout: Duration::from_millis(5_000 + 2 * cfg.election_timeout_ms),
+        quota,
+        backend_size,
     };
 
     // The peer transport serves from the start: the member cannot elect a leader or

@@ -82,6 +82,9 @@ fn start_member(
                 max_request_bytes: 1536 * 1024,
                 max_txn_ops: 128,
                 watch_progress_notify_interval: Duration::from_secs(600),
+                quota_backend_bytes: 0,
+                initial_corrupt_check: false,
+                corrupt_check_interval: Duration::ZERO,
                 disk: Arc::new(node_disk.clone()),
                 backend: BackendChoice::Memory(backend.clone()),
             };
