@@ -685,11 +685,18 @@ pub struct ClusterProc {
     pub client_ports: Vec<u16>,
     pub peer_ports: Vec<u16>,
     pub children: Vec<Option<Child>>,
+    /// Flags every member gets after the standard ones.
+    pub extra_args: Vec<String>,
 }
 
 impl ClusterProc {
     /// Starts `n` members and waits until each serves clients.
     pub fn start(n: usize) -> ClusterProc {
+        ClusterProc::start_with_args(n, &[])
+    }
+
+    /// Starts `n` members with extra flags and waits until each serves clients.
+    pub fn start_with_args(n: usize, args: &[&str]) -> ClusterProc {
         let dir = tempfile::Builder::new()
             .prefix("detcd-cluster-")
             .tempdir()
@@ -697,37 +704,16 @@ impl ClusterProc {
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let initial = (0..n)
-            .map(|i| format!("{}=http://127.0.0.1:{}", names[i], peer_ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
         let mut c = ClusterProc {
             dir,
             names,
             client_ports,
             peer_ports,
             children: Vec::new(),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..n {
-            let log = File::create(c.log_path(i)).expect("log file");
-            let log2 = log.try_clone().unwrap();
-            let client = c.client_url(i);
-            let peer = format!("http://127.0.0.1:{}", c.peer_ports[i]);
-            let child = Command::new(Kind::Detcd.binary())
-                .args(["--name", &c.names[i]])
-                .arg("--data-dir")
-                .arg(c.dir.path().join(format!("data{i}")))
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-token", "detcd-test-cluster"])
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .spawn()
-                .expect("spawn detcd");
+            let child = c.spawn_member(i, &[]);
             c.children.push(Some(child));
         }
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -748,6 +734,106 @@ impl ClusterProc {
             }
         }
         c
+    }
+
+    /// The data directory of member `i`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("data{i}"))
+    }
+
+    /// Spawns member `i` (appending to its log) with the cluster's flags and `more`.
+    fn spawn_member(&self, i: usize, more: &[String]) -> Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("log file");
+        let log2 = log.try_clone().unwrap();
+        let initial = (0..self.names.len())
+            .map(|j| format!("{}=http://127.0.0.1:{}", self.names[j], self.peer_ports[j]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let client = self.client_url(i);
+        let peer = format!("http://127.0.0.1:{}", self.peer_ports[i]);
+        Command::new(Kind::Detcd.binary())
+            .args(["--name", &self.names[i]])
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-token", "detcd-test-cluster"])
+            .args(&self.extra_args)
+            .args(more)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("spawn detcd")
+    }
+
+    /// Stops member `i` gracefully: SIGTERM, up to 10 s, then SIGKILL.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => return,
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the stopped member `i` again with `more` flags, and waits until it serves
+    /// clients (`Ok`) or exits (`Err` with its exit status and log tail).
+    pub fn restart_with_args(&mut self, i: usize, more: &[&str]) -> Result<(), String> {
+        assert!(self.children[i].is_none(), "member {i} is still running");
+        let ready_before = fs::read_to_string(self.log_path(i))
+            .map(|s| s.matches(READY_MARKER).count())
+            .unwrap_or(0);
+        let more: Vec<String> = more.iter().map(|a| a.to_string()).collect();
+        let mut child = self.spawn_member(i, &more);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let ready = fs::read_to_string(self.log_path(i))
+                .map(|s| s.matches(READY_MARKER).count() > ready_before)
+                .unwrap_or(false);
+            if ready {
+                self.children[i] = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "member {i} exited ({status}); log:\n{}",
+                    tail_of(&self.log_path(i), 20)
+                ));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "member {i} did not become ready; log:\n{}",
+                    tail_of(&self.log_path(i), 40)
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn log_path(&self, i: usize) -> PathBuf {
