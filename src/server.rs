@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::actors::corrupt_check;
 use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig};
 use crate::actors::storage::{self, StorageActor};
@@ -20,6 +21,7 @@ use crate::actors::transport::{
     LeaseForwarder, PeerConfig, PeerService, Transport, MAX_PEER_GRPC_BYTES,
 };
 use crate::actors::watch_hub::WatchHubActor;
+use crate::core::corrupt::KvHash;
 use crate::core::lease;
 use crate::core::quota::{self, Quota};
 use crate::core::watch::WatchConfig;
@@ -172,6 +174,8 @@ pub async fn run(
         }
         BackendChoice::Memory(b) => Box::new(b),
     };
+    // etcd's request timeout: 5 s plus twice the election timeout.
+    let request_timeout = Duration::from_millis(5_000 + 2 * cfg.election_timeout_ms);
     let min_lease_ttl_s = lease::min_ttl_s(cfg.election_timeout_ms, cfg.heartbeat_interval_ms);
     let recovered = storage::recover(backend.as_ref(), min_lease_ttl_s).map_err(err)?;
     let applied_index = recovered.applied_index;
@@ -202,6 +206,19 @@ pub async fn run(
         tracing::info!(wal_dir = %wal_dir.display(), "created a new WAL");
     } else {
         tracing::info!(wal_dir = %wal_dir.display(), "restarting local member from its WAL");
+    }
+    // As etcd, only a member with data of its own is checked, before it serves anything.
+    if cfg.initial_corrupt_check && !raft_log.created {
+        let (hash, compact_revision) = recovered.state.mvcc.hash_kv(0).map_err(err)?;
+        let local = KvHash {
+            member_id,
+            hash,
+            revision: recovered.state.mvcc.current_revision(),
+            compact_revision,
+        };
+        corrupt_check::initial_check(local, &peer_config.peers, request_timeout)
+            .await
+            .map_err(ServerError)?;
     }
 
     // Bind before anything serves, so a busy port fails the start.
@@ -320,8 +337,7 @@ pub async fn run(
             client_urls: cfg.advertise_client_urls.clone(),
         },
         max_txn_ops: cfg.max_txn_ops,
-        // etcd's request timeout: 5 s plus twice the election timeout.
-        request_timeout: Duration::from_millis(5_000 + 2 * cfg.election_timeout_ms),
+        request_timeout,
         quota,
         backend_size,
     };
@@ -332,16 +348,22 @@ pub async fn run(
     let mut servers = Vec::new();
     for listener in peer_listeners {
         let addr = listener.local_addr();
-        let router = tonic::transport::Server::builder().add_service(
-            RaftServer::new(PeerService::new(
-                &peer_config,
-                handle.raft_tx.clone(),
-                lease_tx.clone(),
-                status_rx.clone(),
-            ))
-            .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
-            .max_encoding_message_size(MAX_PEER_GRPC_BYTES),
-        );
+        let router = tonic::transport::Server::builder()
+            .add_service(
+                RaftServer::new(PeerService::new(
+                    &peer_config,
+                    handle.raft_tx.clone(),
+                    lease_tx.clone(),
+                    status_rx.clone(),
+                ))
+                .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
+                .max_encoding_message_size(MAX_PEER_GRPC_BYTES),
+            )
+            // etcd's peer port serves the client API too; peers ask each other's hashes
+            // through it for the corruption checks.
+            .add_service(MaintenanceServer::new(
+                gateway::maintenance::MaintenanceService::new(handle.clone()),
+            ));
         let mut stop = stop_rx.clone();
         servers.push(rt::spawn("grpc-peer", async move {
             rt::serve_grpc(router, listener, async move {
@@ -431,6 +453,17 @@ pub async fn run(
         tracing::info!(
             address = %addr,
             "serving insecure client requests on {addr}, this is strongly discouraged!"
+        );
+    }
+    if !cfg.corrupt_check_interval.is_zero() {
+        rt::spawn(
+            "corrupt-check",
+            corrupt_check::run_periodic(
+                handle.clone(),
+                peer_config.peers.clone(),
+                cfg.corrupt_check_interval,
+                stop_rx.clone(),
+            ),
         );
     }
     let raft_tx = handle.raft_tx.clone();
