@@ -58,6 +58,8 @@ pub enum EtcdError {
     Unimplemented(String),
     /// The member's data is corrupt; it refuses to serve.
     Corrupt(String),
+    /// A CORRUPT alarm is raised: the cluster refuses writes (etcd's `ErrCorrupt`).
+    CorruptCluster,
     /// An internal failure (I/O, encoding). The message is for the log and the client.
     Internal(String),
 }
@@ -102,7 +104,7 @@ impl EtcdError {
                 Code::Unavailable
             }
             Unimplemented(_) => Code::Unimplemented,
-            Corrupt(_) => Code::DataLoss,
+            Corrupt(_) | CorruptCluster => Code::DataLoss,
             Internal(_) => Code::Internal,
         }
     }
@@ -137,6 +139,7 @@ impl EtcdError {
             }
             InvalidArgument(m) | Unimplemented(m) | Internal(m) => m.clone(),
             Corrupt(m) => format!("etcdserver: corrupt cluster: {m}"),
+            CorruptCluster => "etcdserver: corrupt cluster".into(),
         }
     }
 

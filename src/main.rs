@@ -164,6 +164,9 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         watch_progress_notify_interval: config.experimental_watch_progress_notify_interval,
         snapshot_count: config.snapshot_count,
         snapshot_catchup_entries: config.experimental_snapshot_catchup_entries,
+        quota_backend_bytes: config.quota_backend_bytes,
+        initial_corrupt_check: config.experimental_initial_corrupt_check,
+        corrupt_check_interval: config.experimental_corrupt_check_time,
         disk: Arc::new(RealDisk::new()),
         backend: BackendChoice::Sled,
     })

@@ -165,6 +165,11 @@ pub enum StorageMsg {
         /// Receives the buckets.
         reply: oneshot::Sender<Result<crate::storage::bbolt::Buckets, EtcdError>>,
     },
+    /// Gives back the backend's unused space (Maintenance.Defragment).
+    Defragment {
+        /// Receives the outcome.
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
     /// Asks for the KV hash at a revision (0: current).
     HashKv {
         /// The revision.
@@ -212,10 +217,14 @@ pub struct StorageStatus {
     pub revision: i64,
     /// The compacted revision.
     pub compact_revision: i64,
-    /// The backend's size on disk.
+    /// The backend's size (see [`crate::storage::backend::Backend::size_bytes`]).
     pub db_size_bytes: u64,
+    /// The bytes the backend holds now.
+    pub db_size_in_use_bytes: u64,
     /// The number of keys.
     pub key_count: u64,
+    /// The raised alarms.
+    pub alarms: Vec<crate::pb::etcdserverpb::AlarmMember>,
 }
 
 /// Where the watch hub puts one stream's responses: a bounded queue the gateway drains

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::actors::corrupt_check;
 use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig, DEFAULT_SNAPSHOT_COUNT};
 use crate::actors::storage::{self, StorageActor};
@@ -20,7 +21,9 @@ use crate::actors::transport::{
     LeaseForwarder, PeerConfig, PeerService, Transport, MAX_PEER_GRPC_BYTES,
 };
 use crate::actors::watch_hub::WatchHubActor;
+use crate::core::corrupt::KvHash;
 use crate::core::lease;
+use crate::core::quota::{self, Quota};
 use crate::core::watch::WatchConfig;
 use crate::gateway::{self, Handle, MemberInfo};
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, WatchMsg, CHANNEL_BOUND};
@@ -85,6 +88,13 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// Entries kept in the raft log behind a snapshot for slow followers (etcd: 5000).
     pub snapshot_catchup_entries: u64,
+    /// `--quota-backend-bytes`: 0 means etcd's 2 GiB default, a negative value disables
+    /// the quota.
+    pub quota_backend_bytes: i64,
+    /// `--experimental-initial-corrupt-check`.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`; zero disables the periodic check.
+    pub corrupt_check_interval: Duration,
     /// The disk the WAL is written through.
     pub disk: Arc<dyn Disk>,
     /// The MVCC backend.
@@ -169,6 +179,8 @@ pub async fn run(
         BackendChoice::Memory(b) => Box::new(b),
     };
     let mut backend = backend;
+    // etcd's request timeout: 5 s plus twice the election timeout.
+    let request_timeout = Duration::from_millis(5_000 + 2 * cfg.election_timeout_ms);
     let wal_dir = cfg
         .wal_dir
         .clone()
@@ -204,6 +216,19 @@ pub async fn run(
         tracing::info!(wal_dir = %wal_dir.display(), "created a new WAL");
     } else {
         tracing::info!(wal_dir = %wal_dir.display(), "restarting local member from its WAL");
+    }
+    // As etcd, only a member with data of its own is checked, before it serves anything.
+    if cfg.initial_corrupt_check && !raft_log.created {
+        let (hash, compact_revision) = recovered.state.mvcc.hash_kv(0).map_err(err)?;
+        let local = KvHash {
+            member_id,
+            hash,
+            revision: recovered.state.mvcc.current_revision(),
+            compact_revision,
+        };
+        corrupt_check::initial_check(local, &peer_config.peers, request_timeout)
+            .await
+            .map_err(ServerError)?;
     }
 
     // Bind before anything serves, so a busy port fails the start.
@@ -284,6 +309,20 @@ pub async fn run(
         raft_tx.clone(),
         status_rx.clone(),
     );
+    let quota = Quota::from_flag(cfg.quota_backend_bytes);
+    match quota.limit_bytes {
+        None => tracing::info!(
+            quota_size_bytes = cfg.quota_backend_bytes,
+            "disabled backend quota"
+        ),
+        Some(limit) if limit > quota::MAX_QUOTA_BYTES => tracing::warn!(
+            quota_size_bytes = limit,
+            quota_maximum_size_bytes = quota::MAX_QUOTA_BYTES,
+            "quota exceeds the maximum value"
+        ),
+        Some(limit) => tracing::info!(quota_size_bytes = limit, "enabled backend quota"),
+    }
+    let backend_size = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let storage_actor = StorageActor::new(
         recovered,
         backend,
@@ -293,6 +332,7 @@ pub async fn run(
         lease_tx.clone(),
     )
     .with_watch_hub(watch_tx.clone())
+    .with_quota(quota, backend_size.clone())
     .with_members(
         std::iter::once((member_id, cfg.initial_advertise_peer_urls.clone())).chain(
             peer_config
@@ -319,8 +359,9 @@ pub async fn run(
             client_urls: cfg.advertise_client_urls.clone(),
         },
         max_txn_ops: cfg.max_txn_ops,
-        // etcd's request timeout: 5 s plus twice the election timeout.
-        request_timeout: Duration::from_millis(5_000 + 2 * cfg.election_timeout_ms),
+        request_timeout,
+        quota,
+        backend_size,
     };
 
     // The peer transport serves from the start: the member cannot elect a leader or
@@ -329,16 +370,22 @@ pub async fn run(
     let mut servers = Vec::new();
     for listener in peer_listeners {
         let addr = listener.local_addr();
-        let router = tonic::transport::Server::builder().add_service(
-            RaftServer::new(PeerService::new(
-                &peer_config,
-                handle.raft_tx.clone(),
-                lease_tx.clone(),
-                status_rx.clone(),
-            ))
-            .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
-            .max_encoding_message_size(MAX_PEER_GRPC_BYTES),
-        );
+        let router = tonic::transport::Server::builder()
+            .add_service(
+                RaftServer::new(PeerService::new(
+                    &peer_config,
+                    handle.raft_tx.clone(),
+                    lease_tx.clone(),
+                    status_rx.clone(),
+                ))
+                .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
+                .max_encoding_message_size(MAX_PEER_GRPC_BYTES),
+            )
+            // etcd's peer port serves the client API too; peers ask each other's hashes
+            // through it for the corruption checks.
+            .add_service(MaintenanceServer::new(
+                gateway::maintenance::MaintenanceService::new(handle.clone()),
+            ));
         let mut stop = stop_rx.clone();
         servers.push(rt::spawn("grpc-peer", async move {
             rt::serve_grpc(router, listener, async move {
@@ -428,6 +475,17 @@ pub async fn run(
         tracing::info!(
             address = %addr,
             "serving insecure client requests on {addr}, this is strongly discouraged!"
+        );
+    }
+    if !cfg.corrupt_check_interval.is_zero() {
+        rt::spawn(
+            "corrupt-check",
+            corrupt_check::run_periodic(
+                handle.clone(),
+                peer_config.peers.clone(),
+                cfg.corrupt_check_interval,
+                stop_rx.clone(),
+            ),
         );
     }
     let raft_tx = handle.raft_tx.clone();

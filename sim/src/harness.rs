@@ -103,6 +103,9 @@ fn start_member(
                 watch_progress_notify_interval: Duration::from_secs(600),
                 snapshot_count: options.snapshot_count,
                 snapshot_catchup_entries: options.snapshot_catchup_entries,
+                quota_backend_bytes: 0,
+                initial_corrupt_check: false,
+                corrupt_check_interval: Duration::ZERO,
                 disk: Arc::new(node_disk.clone()),
                 backend: BackendChoice::Memory(backend.clone()),
             };

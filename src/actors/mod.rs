@@ -11,7 +11,9 @@
 //! - [`lease_timer`]: the leader's lease expiry schedule; proposes revocations.
 //! - [`transport`]: raft messages to and from peers, and lease calls forwarded to the
 //!   leader.
+//! - [`corrupt_check`]: the initial and periodic comparisons of KV hashes with peers.
 
+pub mod corrupt_check;
 pub mod lease_timer;
 pub mod raft_node;
 pub mod snapshot;

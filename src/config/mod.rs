@@ -86,9 +86,6 @@ pub const NOT_YET_IMPLEMENTED: &[&str] = &[
     "proxy-dial-timeout",
     "proxy-write-timeout",
     "proxy-read-timeout",
-    // Corruption checks.
-    "experimental-initial-corrupt-check",
-    "experimental-corrupt-check-time",
 ];
 
 /// etcd's default `--listen-peer-urls` and `--initial-advertise-peer-urls`.

@@ -28,6 +28,8 @@ pub enum Response {
     LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeResponse),
     /// A member's published attributes were recorded (no client sees this answer).
     MemberAttrSet,
+    /// The answer to an alarm request.
+    Alarm(crate::pb::etcdserverpb::AlarmResponse),
 }
 
 /// What applying one request produced.

@@ -10,10 +10,13 @@
 //! Nothing here reads a clock, draws randomness or does I/O, so every replica that applies
 //! the same log reaches the same state byte for byte.
 
+pub mod alarm;
 pub mod apply;
+pub mod corrupt;
 pub(crate) mod crc32c;
 pub mod lease;
 pub mod mvcc;
+pub mod quota;
 pub mod state;
 pub mod validate;
 pub mod watch;

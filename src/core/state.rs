@@ -2,6 +2,7 @@
 //! each committed request, so that a lease revocation and the deletion of its keys, or a
 //! put and its lease attachment, are one atomic step on every member.
 
+use crate::core::alarm::AlarmSet;
 use crate::core::apply::{self, ApplyOutcome, Response};
 use crate::core::lease::LeaseTable;
 use crate::core::mvcc::Mvcc;
@@ -36,6 +37,8 @@ pub struct StateMachine {
     pub mvcc: Mvcc,
     /// The granted leases and their keys.
     pub leases: LeaseTable,
+    /// The raised alarms.
+    pub alarms: AlarmSet,
 }
 
 /// What applying one request produced, beyond [`ApplyOutcome`].
@@ -52,7 +55,32 @@ impl StateMachine {
     /// requests are handled here; key-value requests go to [`apply::apply`] with the lease
     /// table answering whether a lease exists, and their events then move key attachments
     /// between leases.
+    ///
+    /// Alarm requests change the alarm set; while an alarm is raised, the requests it
+    /// forbids fail here (see [`AlarmSet::refusal`]), identically on every member.
     pub fn apply(&mut self, req: &InternalRequest, entry_term: u64) -> StateOutcome {
+        if let Some(alarm) = &req.alarm {
+            let mut batch = WriteBatch::default();
+            let resp = self.alarms.apply(alarm, &mut batch);
+            return StateOutcome {
+                outcome: ApplyOutcome {
+                    result: Ok(Response::Alarm(resp)),
+                    batch,
+                    events: vec![],
+                },
+                lease_changes: vec![],
+            };
+        }
+        if let Some(e) = self.alarms.refusal(req) {
+            return StateOutcome {
+                outcome: ApplyOutcome {
+                    result: Err(e),
+                    batch: WriteBatch::default(),
+                    events: vec![],
+                },
+                lease_changes: vec![],
+            };
+        }
         if let Some(grant) = &req.lease_grant {
             let mut batch = WriteBatch::default();
             let result = self.leases.grant(grant.id, grant.ttl, &mut batch);
@@ -172,6 +200,7 @@ mod tests {
         StateMachine {
             mvcc: Mvcc::new(),
             leases: LeaseTable::new(2),
+            alarms: AlarmSet::new(),
         }
     }
 
@@ -256,5 +285,35 @@ mod tests {
         let out = sm.apply(&revoke(9, 4), 4);
         assert!(out.outcome.result.is_ok());
         assert!(!sm.leases.exists(9));
+    }
+
+    #[test]
+    fn raised_alarms_refuse_writes_until_cleared() {
+        use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+        let mut sm = machine();
+        put(&mut sm, "a", 0).unwrap();
+        let alarm = |action: AlarmAction| InternalRequest {
+            alarm: Some(AlarmRequest {
+                action: action as i32,
+                member_id: 5,
+                alarm: AlarmType::Nospace as i32,
+            }),
+            ..Default::default()
+        };
+        let out = sm.apply(&alarm(AlarmAction::Activate), 1);
+        assert!(matches!(out.outcome.result, Ok(Response::Alarm(_))));
+        assert_eq!(out.outcome.batch.ops.len(), 1, "the alarm is persisted");
+        let before = sm.mvcc.current_revision();
+        assert_eq!(put(&mut sm, "b", 0), Err(EtcdError::NoSpace));
+        let grant = InternalRequest {
+            lease_grant: Some(LeaseGrantRequest { ttl: 10, id: 3 }),
+            ..Default::default()
+        };
+        let out = sm.apply(&grant, 1);
+        assert_eq!(out.outcome.result, Err(EtcdError::NoSpace));
+        assert!(out.lease_changes.is_empty() && out.outcome.batch.ops.is_empty());
+        assert_eq!(sm.mvcc.current_revision(), before);
+        sm.apply(&alarm(AlarmAction::Deactivate), 1);
+        put(&mut sm, "b", 0).unwrap();
     }
 }

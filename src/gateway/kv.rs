@@ -42,11 +42,15 @@ impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
         let result = async {
-            validate::check_put(&req)?;
             let request = InternalRequest {
                 put: Some(req),
                 ..Default::default()
             };
+            // etcd checks the quota before it validates the request.
+            self.handle.check_quota(&request).await?;
+            if let Some(put) = &request.put {
+                validate::check_put(put)?;
+            }
             match self.handle.propose(request).await? {
                 Applied::Put(r) => Ok(r),
                 _ => Err(unexpected("put")),
@@ -79,11 +83,15 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = req.into_inner();
         let result = async {
-            validate::check_txn(&req, self.handle.max_txn_ops)?;
             let request = InternalRequest {
                 txn: Some(req),
                 ..Default::default()
             };
+            // etcd checks the quota before it validates the request.
+            self.handle.check_quota(&request).await?;
+            if let Some(txn) = &request.txn {
+                validate::check_txn(txn, self.handle.max_txn_ops)?;
+            }
             match self.handle.propose(request).await? {
                 Applied::Txn(r) => Ok(r),
                 _ => Err(unexpected("txn")),

@@ -124,6 +124,9 @@ impl Lease for LeaseService {
             lease_grant: Some(req),
             ..Default::default()
         };
+        if let Err(e) = self.handle.check_quota(&request).await {
+            return reply(Err(e));
+        }
         reply(match self.handle.propose(request).await {
             Ok(Applied::LeaseGrant(r)) => Ok(r),
             Ok(_) => Err(EtcdError::Internal(

@@ -4,8 +4,11 @@
 use tonic::{Request, Response, Status};
 
 use super::{reply, unimplemented, Handle};
+use crate::core::alarm::alarm_text;
+use crate::core::apply::Response as Applied;
 use crate::error::EtcdError;
 use crate::msg::{RaftMsg, StorageMsg};
+use crate::pb::detcdpb::InternalRequest;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::*;
 use crate::rt;
@@ -35,19 +38,20 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// etcd's Alarm: every action, listing included, goes through raft, so the answer
+    /// reflects every alarm committed before it, on whichever member it is asked.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let req = req.into_inner();
-        let result = async {
-            // No alarm can be raised yet (quota and corruption checks arrive with the
-            // cluster work), so GET answers an empty list and ACTIVATE/DEACTIVATE are
-            // accepted as no-ops on an empty set, as etcd does for an unknown alarm.
-            let _ = req;
-            Ok(AlarmResponse {
-                header: Some(self.header().await?),
-                alarms: vec![],
-            })
-        }
-        .await;
+        let request = InternalRequest {
+            alarm: Some(req.into_inner()),
+            ..Default::default()
+        };
+        let result = match self.handle.propose(request).await {
+            Ok(Applied::Alarm(r)) => Ok(r),
+            Ok(_) => Err(EtcdError::Internal(
+                "apply returned an unexpected response to alarm".into(),
+            )),
+            Err(e) => Err(e),
+        };
         reply(result)
     }
 
@@ -71,8 +75,8 @@ impl Maintenance for MaintenanceService {
                 raft_index: raft.commit_index,
                 raft_term: raft.term,
                 raft_applied_index: storage.applied_index,
-                errors: vec![],
-                db_size_in_use: storage.db_size_bytes as i64,
+                errors: status_errors(raft.leader_id, &storage.alarms),
+                db_size_in_use: storage.db_size_in_use_bytes as i64,
                 is_learner: false,
                 ..Default::default()
             })
@@ -81,14 +85,22 @@ impl Maintenance for MaintenanceService {
         reply(result)
     }
 
-    /// Succeeds without work: etcd rewrites its bbolt file to give back freed pages, but
-    /// sled reclaims space by its own background compaction, so there is nothing to do.
+    /// Gives back the space of deleted data on this member (etcd rewrites its bbolt file):
+    /// the reported size, which the quota is measured against, falls to the bytes in use.
     /// The answer carries the usual header.
     async fn defragment(
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         let result = async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.handle
+                .call(
+                    StorageMsg::Defragment { reply: tx },
+                    rx,
+                    &self.handle.storage_tx,
+                )
+                .await??;
             Ok(DefragmentResponse {
                 header: Some(self.header().await?),
             })
@@ -180,5 +192,37 @@ impl Maintenance for MaintenanceService {
         _req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         Err(unimplemented("Maintenance.Downgrade"))
+    }
+}
+
+/// Status's `errors`, as etcd fills them: "etcdserver: no leader" without a leader, then
+/// every raised alarm in Go's compact protobuf text ("memberID:1 alarm:NOSPACE ").
+fn status_errors(leader_id: u64, alarms: &[AlarmMember]) -> Vec<String> {
+    let mut errors = Vec::new();
+    if leader_id == 0 {
+        errors.push(EtcdError::NoLeader.message());
+    }
+    errors.extend(alarms.iter().map(alarm_text));
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_errors_list_no_leader_then_alarms() {
+        let alarms = [AlarmMember {
+            member_id: 12,
+            alarm: AlarmType::Nospace as i32,
+        }];
+        assert!(status_errors(1, &[]).is_empty());
+        assert_eq!(
+            status_errors(0, &alarms),
+            vec![
+                "etcdserver: no leader".to_string(),
+                "memberID:12 alarm:NOSPACE ".to_string()
+            ]
+        );
     }
 }

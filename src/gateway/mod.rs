@@ -10,15 +10,20 @@ pub mod maintenance;
 pub mod snapshot;
 pub mod watch;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::apply::Response;
+use crate::core::quota::{self, Quota};
 use crate::error::EtcdError;
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, StorageStatus};
 use crate::pb::detcdpb::InternalRequest;
-use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
+use crate::pb::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, RangeRequest, RangeResponse,
+};
 use crate::rt;
 
 /// What this member tells clients about itself (Cluster.MemberList, Status).
@@ -51,6 +56,10 @@ pub struct Handle {
     pub max_txn_ops: usize,
     /// How long a request may wait for raft before "request timed out".
     pub request_timeout: Duration,
+    /// `--quota-backend-bytes`.
+    pub quota: Quota,
+    /// The backend's size, as the storage actor last reported it.
+    pub backend_size: Arc<AtomicU64>,
 }
 
 impl Handle {
@@ -66,6 +75,32 @@ impl Handle {
             &self.raft_tx,
         )
         .await?
+    }
+
+    /// etcd's quota check before a write (`quotaAlarmer.check`): when the backend has no
+    /// room for `request` (a put, txn or lease grant; other requests always pass), raises
+    /// this member's NOSPACE alarm through raft, waits for it, and fails with "database
+    /// space exceeded" whatever became of the alarm.
+    pub async fn check_quota(&self, request: &InternalRequest) -> Result<(), EtcdError> {
+        let Some(cost_bytes) = quota::request_cost_bytes(request) else {
+            return Ok(());
+        };
+        let size_bytes = self.backend_size.load(Ordering::Relaxed);
+        if self.quota.available(size_bytes, cost_bytes) {
+            return Ok(());
+        }
+        let alarm = InternalRequest {
+            alarm: Some(AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: self.member.member_id,
+                alarm: AlarmType::Nospace as i32,
+            }),
+            ..Default::default()
+        };
+        if let Err(e) = self.propose(alarm).await {
+            tracing::warn!(error = %e, "failed to raise the NOSPACE alarm");
+        }
+        Err(EtcdError::NoSpace)
     }
 
     /// Serves a range: linearizable (after a ReadIndex barrier) unless `serializable`.

@@ -28,6 +28,9 @@ pub enum Bucket {
     AuthRoles,
     /// Cluster membership (etcd's `members` bucket).
     Members,
+    /// Raised alarms (etcd's `alarm` bucket): each key is an encoded `AlarmMember`, each
+    /// value empty, as etcd stores them.
+    Alarm,
 }
 
 /// One change in a [`WriteBatch`].
@@ -60,7 +63,7 @@ pub struct WriteBatch {
 
 impl Bucket {
     /// Every bucket, in a fixed order.
-    pub const ALL: [Bucket; 7] = [
+    pub const ALL: [Bucket; 8] = [
         Bucket::Key,
         Bucket::Meta,
         Bucket::Lease,
@@ -68,6 +71,7 @@ impl Bucket {
         Bucket::AuthUsers,
         Bucket::AuthRoles,
         Bucket::Members,
+        Bucket::Alarm,
     ];
 
     /// etcd's name for the bucket (its bbolt bucket name).
@@ -80,6 +84,7 @@ impl Bucket {
             Bucket::AuthUsers => "authUsers",
             Bucket::AuthRoles => "authRoles",
             Bucket::Members => "members",
+            Bucket::Alarm => "alarm",
         }
     }
 
@@ -94,6 +99,7 @@ impl Bucket {
             Bucket::AuthUsers => 5,
             Bucket::AuthRoles => 6,
             Bucket::Members => 7,
+            Bucket::Alarm => 8,
         }
     }
 }
@@ -137,8 +143,18 @@ pub trait Backend: Send {
     fn get(&self, bucket: Bucket, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
     /// Every entry of `bucket`, in key order.
     fn scan(&self, bucket: Bucket) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// The approximate size of the stored data in bytes.
+    /// The backend's size as the quota measures it and Status reports it (etcd's
+    /// `dbSize`): the most bytes of keys and values held at once since the backend was
+    /// opened or last defragmented. Like etcd's bbolt file, it grows with the data but
+    /// does not shrink when data is deleted, only on [`Backend::defragment`]. Counting
+    /// stored bytes rather than the storage engine's files makes every member, on any
+    /// engine, report the same size for the same data.
     fn size_bytes(&self) -> u64;
+    /// The bytes of keys and values held now (etcd's `dbSizeInUse`).
+    fn size_in_use_bytes(&self) -> u64;
+    /// Gives back the space of deleted data: [`Backend::size_bytes`] falls to
+    /// [`Backend::size_in_use_bytes`] (etcd's defragmentation rewrites its file).
+    fn defragment(&mut self) -> io::Result<()>;
     /// Makes everything written so far durable.
     fn sync(&mut self) -> io::Result<()>;
 }
@@ -183,6 +199,8 @@ struct MemState {
     current: Buckets,
     /// Key and value bytes in `current`.
     current_size_bytes: u64,
+    /// The most `current_size_bytes` has been since the last defragmentation or crash.
+    high_water_bytes: u64,
     /// What survives [`MemBackend::crash`]: `current` as of the last sync.
     durable: Buckets,
     durable_size_bytes: u64,
@@ -216,6 +234,8 @@ impl MemBackend {
         let mut state = self.lock();
         state.current = state.durable.clone();
         state.current_size_bytes = state.durable_size_bytes;
+        // A restarted member opens its backend afresh.
+        state.high_water_bytes = state.current_size_bytes;
         state.unsynced.clear();
     }
 
@@ -235,6 +255,7 @@ impl MemBackend {
         state.durable = durable;
         state.current_size_bytes = size_bytes as u64;
         state.durable_size_bytes = size_bytes as u64;
+        state.high_water_bytes = size_bytes as u64;
     }
 
     /// Makes [`Backend::write`] and [`Backend::sync`] fail with an `io::Error` while `fail`
@@ -249,6 +270,7 @@ impl MemBackend {
         let copy = MemState {
             current: state.current.clone(),
             current_size_bytes: state.current_size_bytes,
+            high_water_bytes: state.high_water_bytes,
             durable: state.durable.clone(),
             durable_size_bytes: state.durable_size_bytes,
             unsynced: state.unsynced.clone(),
@@ -272,6 +294,7 @@ impl Backend for MemBackend {
         }
         let delta_bytes = apply_batch(&mut state.current, batch);
         state.current_size_bytes = (state.current_size_bytes as i64 + delta_bytes) as u64;
+        state.high_water_bytes = state.high_water_bytes.max(state.current_size_bytes);
         state.unsynced.push(batch.clone());
         if state.unsynced.len() > MEM_BACKEND_MAX_UNSYNCED_BATCHES {
             let persisted: Vec<WriteBatch> = state
@@ -303,7 +326,17 @@ impl Backend for MemBackend {
     }
 
     fn size_bytes(&self) -> u64 {
+        self.lock().high_water_bytes
+    }
+
+    fn size_in_use_bytes(&self) -> u64 {
         self.lock().current_size_bytes
+    }
+
+    fn defragment(&mut self) -> io::Result<()> {
+        let mut state = self.lock();
+        state.high_water_bytes = state.current_size_bytes;
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -324,16 +357,60 @@ impl Backend for MemBackend {
 
 /// The production [`Backend`] on sled. All buckets share one sled tree, each key prefixed
 /// with its bucket's [`Bucket::tag`], so a batch spanning buckets is one atomic sled batch.
+///
+/// It counts the bytes of keys and values it holds (bucket tags excluded, as
+/// [`MemBackend`] counts them) as it writes, for [`Backend::size_bytes`].
 #[derive(Debug, Clone)]
 pub struct SledBackend {
     db: sled::Db,
+    /// Key and value bytes stored now.
+    in_use_bytes: u64,
+    /// The most `in_use_bytes` has been since opening or the last defragmentation.
+    high_water_bytes: u64,
 }
 
 impl SledBackend {
     /// Opens (or creates) the sled database in the directory `path`.
     pub fn open(path: &Path) -> io::Result<SledBackend> {
         let db = sled::Config::new().path(path).open()?;
-        Ok(SledBackend { db })
+        let mut in_use_bytes = 0u64;
+        for item in db.iter() {
+            let (key, value) = item?;
+            in_use_bytes += (key.len().saturating_sub(1) + value.len()) as u64;
+        }
+        Ok(SledBackend {
+            db,
+            in_use_bytes,
+            high_water_bytes: in_use_bytes,
+        })
+    }
+
+    /// The change in stored key and value bytes that `batch` makes, reading the values it
+    /// replaces or deletes (and, for keys the batch touches more than once, what the
+    /// batch itself wrote before).
+    fn size_delta_bytes(&self, batch: &WriteBatch) -> io::Result<i64> {
+        let mut touched: std::collections::HashMap<Vec<u8>, Option<usize>> =
+            std::collections::HashMap::new();
+        let mut delta_bytes = 0i64;
+        for op in &batch.ops {
+            let (key, new_len) = match op {
+                BatchOp::Put { bucket, key, value } => (sled_key(*bucket, key), Some(value.len())),
+                BatchOp::Delete { bucket, key } => (sled_key(*bucket, key), None),
+            };
+            let old_len = match touched.get(&key) {
+                Some(len) => *len,
+                None => self.db.get(&key)?.map(|v| v.len()),
+            };
+            let user_key_len = (key.len() - 1) as i64;
+            if let Some(old) = old_len {
+                delta_bytes -= user_key_len + old as i64;
+            }
+            if let Some(new) = new_len {
+                delta_bytes += user_key_len + new as i64;
+            }
+            touched.insert(key, new_len);
+        }
+        Ok(delta_bytes)
     }
 }
 
@@ -346,6 +423,7 @@ fn sled_key(bucket: Bucket, key: &[u8]) -> Vec<u8> {
 
 impl Backend for SledBackend {
     fn write(&mut self, batch: &WriteBatch) -> io::Result<()> {
+        let delta_bytes = self.size_delta_bytes(batch)?;
         let mut sled_batch = sled::Batch::default();
         for op in &batch.ops {
             match op {
@@ -356,6 +434,8 @@ impl Backend for SledBackend {
             }
         }
         self.db.apply_batch(sled_batch)?;
+        self.in_use_bytes = (self.in_use_bytes as i64 + delta_bytes).max(0) as u64;
+        self.high_water_bytes = self.high_water_bytes.max(self.in_use_bytes);
         Ok(())
     }
 
@@ -373,8 +453,19 @@ impl Backend for SledBackend {
     }
 
     fn size_bytes(&self) -> u64 {
-        // The size on disk is what matters for quotas; 0 if sled cannot tell.
-        self.db.size_on_disk().unwrap_or(0)
+        self.high_water_bytes
+    }
+
+    fn size_in_use_bytes(&self) -> u64 {
+        self.in_use_bytes
+    }
+
+    /// sled reuses the space of deleted data by its own background compaction, so
+    /// flushing is all the engine needs; the reported size falls to what is in use.
+    fn defragment(&mut self) -> io::Result<()> {
+        self.db.flush()?;
+        self.high_water_bytes = self.in_use_bytes;
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -465,11 +556,53 @@ mod tests {
         let mut backend = MemBackend::new();
         exercise(&mut backend);
         // Remaining: Key b=2, Meta a=meta, Auth ""=empty, 0x00=lo, ff00=hi.
-        assert_eq!(backend.size_bytes(), 2 + 5 + 5 + 3 + 4);
+        assert_eq!(backend.size_in_use_bytes(), 2 + 5 + 5 + 3 + 4);
         backend
             .write(&batch(&[(Bucket::Key, "b", Some("22"))]))
             .unwrap();
-        assert_eq!(backend.size_bytes(), 2 + 5 + 5 + 3 + 4 + 1);
+        assert_eq!(backend.size_in_use_bytes(), 2 + 5 + 5 + 3 + 4 + 1);
+    }
+
+    /// Size accounting every backend must share: the size grows with the data, stays
+    /// when data is deleted, and falls to what is in use on defragmentation.
+    fn exercise_size(backend: &mut dyn Backend) {
+        let start = backend.size_in_use_bytes();
+        assert_eq!(backend.size_bytes(), start);
+        backend
+            .write(&batch(&[
+                (Bucket::Key, "k1", Some("0123456789")),
+                (Bucket::Key, "k1", Some("01234")),
+                (Bucket::Key, "k2", Some("abc")),
+            ]))
+            .unwrap();
+        assert_eq!(backend.size_in_use_bytes(), start + 7 + 5);
+        assert_eq!(backend.size_bytes(), start + 12);
+        backend
+            .write(&batch(&[
+                (Bucket::Key, "k1", None),
+                (Bucket::Key, "zz", None),
+            ]))
+            .unwrap();
+        assert_eq!(backend.size_in_use_bytes(), start + 5);
+        assert_eq!(backend.size_bytes(), start + 12, "deleting does not shrink");
+        backend.defragment().unwrap();
+        assert_eq!(backend.size_bytes(), start + 5);
+        assert_eq!(backend.size_in_use_bytes(), start + 5);
+    }
+
+    #[test]
+    fn backends_count_size_alike() {
+        exercise_size(&mut MemBackend::new());
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("db");
+        let mut sled = SledBackend::open(&path).unwrap();
+        exercise_size(&mut sled);
+        sled.sync().unwrap();
+        let in_use = sled.size_in_use_bytes();
+        drop(sled);
+        let reopened = SledBackend::open(&path).unwrap();
+        assert_eq!(reopened.size_in_use_bytes(), in_use);
+        assert_eq!(reopened.size_bytes(), in_use);
     }
 
     #[test]

@@ -713,7 +713,8 @@ impl ClusterProc {
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..n {
-            c.spawn_member(i);
+            let child = c.spawn_member(i, &[]);
+            c.children[i] = Some(child);
         }
         for i in 0..n {
             c.wait_ready(i, 1);
@@ -734,8 +735,9 @@ impl ClusterProc {
         self.dir.path().join(format!("data{i}"))
     }
 
-    /// Starts member `i`'s process (appending to its log) without waiting.
-    fn spawn_member(&mut self, i: usize) {
+    /// Spawns member `i` (appending to its log) with the cluster's flags and `more`,
+    /// without waiting.
+    fn spawn_member(&self, i: usize, more: &[String]) -> Child {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -744,7 +746,7 @@ impl ClusterProc {
         let log2 = log.try_clone().unwrap();
         let client = self.client_url(i);
         let peer = format!("http://127.0.0.1:{}", self.peer_ports[i]);
-        let child = Command::new(Kind::Detcd.binary())
+        Command::new(Kind::Detcd.binary())
             .args(["--name", &self.names[i]])
             .arg("--data-dir")
             .arg(self.data_dir(i))
@@ -755,22 +757,19 @@ impl ClusterProc {
             .args(["--initial-cluster", &self.initial_cluster()])
             .args(["--initial-cluster-token", "detcd-test-cluster"])
             .args(&self.extra_args)
+            .args(more)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .expect("spawn detcd");
-        self.children[i] = Some(child);
+            .expect("spawn detcd")
     }
 
     /// Waits until member `i`'s log shows it ready to serve for the `nth` time.
     fn wait_ready(&self, i: usize, nth: usize) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let ready = fs::read_to_string(self.log_path(i))
-                .map(|s| s.matches(READY_MARKER).count() >= nth)
-                .unwrap_or(false);
-            if ready {
+            if self.ready_count(i) >= nth {
                 return;
             }
             assert!(
@@ -782,25 +781,84 @@ impl ClusterProc {
         }
     }
 
-    /// Restarts member `i` (after `kill_9`) and waits until it serves again. It can only
-    /// serve once a quorum is up, so restart enough members before calling this on the
-    /// last one that is needed, or use [`ClusterProc::restart_nowait`].
-    pub fn restart(&mut self, i: usize) {
-        let before = self.ready_count(i);
-        self.spawn_member(i);
-        self.wait_ready(i, before + 1);
-    }
-
-    /// Restarts member `i` without waiting for it to serve.
-    pub fn restart_nowait(&mut self, i: usize) {
-        self.spawn_member(i);
-    }
-
     /// How many times member `i`'s log shows it ready to serve.
     pub fn ready_count(&self, i: usize) -> usize {
         fs::read_to_string(self.log_path(i))
             .map(|s| s.matches(READY_MARKER).count())
             .unwrap_or(0)
+    }
+
+    /// Restarts member `i` (after `kill_9` or `stop`) and waits until it serves again. It
+    /// can only serve once a quorum is up; use [`ClusterProc::restart_nowait`] to bring
+    /// several members back at once.
+    pub fn restart(&mut self, i: usize) {
+        if let Err(e) = self.restart_with_args(i, &[]) {
+            panic!("{e}");
+        }
+    }
+
+    /// Restarts member `i` without waiting for it to serve.
+    pub fn restart_nowait(&mut self, i: usize) {
+        assert!(self.children[i].is_none(), "member {i} is still running");
+        let child = self.spawn_member(i, &[]);
+        self.children[i] = Some(child);
+    }
+
+    /// Stops member `i` gracefully: SIGTERM, up to 10 s, then SIGKILL.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => return,
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the stopped member `i` again with `more` flags, and waits until it serves
+    /// clients (`Ok`) or exits (`Err` with its exit status and log tail).
+    pub fn restart_with_args(&mut self, i: usize, more: &[&str]) -> Result<(), String> {
+        assert!(self.children[i].is_none(), "member {i} is still running");
+        let ready_before = self.ready_count(i);
+        let more: Vec<String> = more.iter().map(|a| a.to_string()).collect();
+        let mut child = self.spawn_member(i, &more);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.ready_count(i) > ready_before {
+                self.children[i] = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "member {i} exited ({status}); log:\n{}",
+                    tail_of(&self.log_path(i), 20)
+                ));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "member {i} did not become ready; log:\n{}",
+                    tail_of(&self.log_path(i), 40)
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn log_path(&self, i: usize) -> PathBuf {
