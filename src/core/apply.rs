@@ -28,6 +28,8 @@ pub enum Response {
     LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeResponse),
     /// A member's published attributes were recorded (no client sees this answer).
     MemberAttrSet,
+    /// A membership change was applied: the members afterwards, in id order.
+    Members(Vec<crate::pb::detcdpb::MemberRecord>),
 }
 
 /// What applying one request produced.

@@ -73,7 +73,7 @@ impl Maintenance for MaintenanceService {
                 raft_applied_index: storage.applied_index,
                 errors: vec![],
                 db_size_in_use: storage.db_size_bytes as i64,
-                is_learner: false,
+                is_learner: raft.is_learner,
                 ..Default::default()
             })
         }

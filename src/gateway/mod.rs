@@ -50,6 +50,12 @@ pub struct Handle {
     pub max_txn_ops: usize,
     /// How long a request may wait for raft before "request timed out".
     pub request_timeout: Duration,
+    /// The applied membership.
+    pub membership: crate::msg::MembershipRx,
+    /// Peer reachability, for `--strict-reconfig-check`.
+    pub peer_health: crate::actors::transport::PeerHealth,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
 }
 
 impl Handle {
@@ -65,6 +71,16 @@ impl Handle {
             &self.raft_tx,
         )
         .await?
+    }
+
+    /// etcd's learner interceptor: a learner refuses client requests other than
+    /// serializable reads and status with "rpc not supported for learner".
+    pub fn refuse_if_learner(&self) -> Result<(), EtcdError> {
+        if self.raft_status.borrow().is_learner {
+            Err(EtcdError::NotSupportedForLearner)
+        } else {
+            Ok(())
+        }
     }
 
     /// Serves a range: linearizable (after a ReadIndex barrier) unless `serializable`.

@@ -3,6 +3,7 @@
 
 pub mod ids;
 pub mod log;
+pub mod membership;
 
 /// Peer messages are bounded in size before they are decoded, because the `protobuf` 2
 /// decoder the raft crate uses can be driven into deep recursion by hostile input.

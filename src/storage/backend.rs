@@ -28,6 +28,8 @@ pub enum Bucket {
     AuthRoles,
     /// Cluster membership (etcd's `members` bucket).
     Members,
+    /// Ids of removed members, which may never rejoin (etcd's `members_removed` bucket).
+    MembersRemoved,
 }
 
 /// One change in a [`WriteBatch`].
@@ -60,7 +62,7 @@ pub struct WriteBatch {
 
 impl Bucket {
     /// Every bucket, in a fixed order.
-    pub const ALL: [Bucket; 7] = [
+    pub const ALL: [Bucket; 8] = [
         Bucket::Key,
         Bucket::Meta,
         Bucket::Lease,
@@ -68,6 +70,7 @@ impl Bucket {
         Bucket::AuthUsers,
         Bucket::AuthRoles,
         Bucket::Members,
+        Bucket::MembersRemoved,
     ];
 
     /// etcd's name for the bucket (its bbolt bucket name).
@@ -80,6 +83,7 @@ impl Bucket {
             Bucket::AuthUsers => "authUsers",
             Bucket::AuthRoles => "authRoles",
             Bucket::Members => "members",
+            Bucket::MembersRemoved => "members_removed",
         }
     }
 
@@ -94,6 +98,7 @@ impl Bucket {
             Bucket::AuthUsers => 5,
             Bucket::AuthRoles => 6,
             Bucket::Members => 7,
+            Bucket::MembersRemoved => 8,
         }
     }
 }
