@@ -376,8 +376,8 @@ pub async fn run(
                     gateway::cluster::ClusterService::new(handle.clone())
                         .with_forwarder(LeaseForwarder::new(&peer_config)),
                 )
-                    .max_decoding_message_size(max_recv)
-                    .max_encoding_message_size(usize::MAX),
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
             )
             .add_service(
                 LeaseServer::new(
@@ -500,7 +500,10 @@ struct Bootstrap {
 /// the WAL names, ignoring `--initial-cluster`; a new member of a new cluster derives the
 /// ids from `--initial-cluster` and the token; a member joining a running cluster asks the
 /// listed peers for the cluster and finds itself among its members by peer URLs.
-async fn bootstrap(cfg: &ServerConfig, wal_dir: &std::path::Path) -> Result<Bootstrap, ServerError> {
+async fn bootstrap(
+    cfg: &ServerConfig,
+    wal_dir: &std::path::Path,
+) -> Result<Bootstrap, ServerError> {
     if log::exists(cfg.disk.as_ref(), wal_dir) {
         let identity = log::read_identity(cfg.disk.clone(), wal_dir).map_err(err)?;
         return Ok(Bootstrap {
@@ -557,18 +560,19 @@ async fn join_existing(cfg: &ServerConfig) -> Result<Bootstrap, ServerError> {
                 .into(),
         ));
     };
-    let assigned = membership::assign_ids(&cfg.initial_cluster, &existing.members).map_err(|e| {
-        ServerError(format!(
-            "error validating peerURLs {{ClusterID:{:x} Members:[{}]}}: {e}",
-            existing.cluster_id,
-            existing
-                .members
-                .iter()
-                .map(|m| format!("{:x}={}", m.id, m.peer_urls.join(",")))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ))
-    })?;
+    let assigned =
+        membership::assign_ids(&cfg.initial_cluster, &existing.members).map_err(|e| {
+            ServerError(format!(
+                "error validating peerURLs {{ClusterID:{:x} Members:[{}]}}: {e}",
+                existing.cluster_id,
+                existing
+                    .members
+                    .iter()
+                    .map(|m| format!("{:x}={}", m.id, m.peer_urls.join(",")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))
+        })?;
     let Some((_, _, member_id)) = assigned.iter().find(|(name, _, _)| *name == cfg.name) else {
         return Err(ServerError(format!(
             "couldn't find local name {:?} in the initial cluster configuration",

@@ -118,7 +118,10 @@ async fn wait_leader(members: &[SimMember], group: &[usize]) -> usize {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "no agreed leader among {group:?}: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader among {group:?}: {seen:?}"
+        );
         sleep(Duration::from_millis(200)).await;
     }
 }
@@ -188,7 +191,11 @@ async fn scenario(mut members: Vec<SimMember>) -> u64 {
     sleep(Duration::from_secs(6)).await;
 
     let mut urls: Vec<String> = members.iter().map(|m| m.client_url()).collect();
-    urls.push(format!("http://{}:{}", harness::member_ip(3), harness::CLIENT_PORT));
+    urls.push(format!(
+        "http://{}:{}",
+        harness::member_ip(3),
+        harness::CLIENT_PORT
+    ));
     let urls = Arc::new(urls);
     let load = Arc::new(Load {
         via: Mutex::new(vec![0, 1, 2]),
@@ -222,7 +229,10 @@ async fn scenario(mut members: Vec<SimMember>) -> u64 {
         })
         .await
         .expect_err("a second learner");
-    assert_eq!(e.message(), "etcdserver: too many learner members in cluster");
+    assert_eq!(
+        e.message(),
+        "etcdserver: too many learner members in cluster"
+    );
     // The same peer URL cannot be added twice. (Within the same second the new id, from
     // the URLs and the time in seconds, would collide first, as in etcd.)
     sleep(Duration::from_secs(1)).await;
@@ -297,7 +307,9 @@ async fn scenario(mut members: Vec<SimMember>) -> u64 {
         for m in &list.members {
             by_url.insert(m.peer_ur_ls[0].clone(), m.id);
         }
-        (0..4).map(|i| by_url[&harness::member_peer_url(i)]).collect()
+        (0..4)
+            .map(|i| by_url[&harness::member_peer_url(i)])
+            .collect()
     };
     let leader = wait_leader(&members, &[0, 1, 2, 3]).await;
     trace.record(("leader before removals", leader));
@@ -320,7 +332,9 @@ async fn scenario(mut members: Vec<SimMember>) -> u64 {
 
     // Remove the leader itself: it stops, the other two elect a leader, writes continue.
     load.via.lock().unwrap().retain(|&i| i != leader);
-    let r = cl.member_remove(MemberRemoveRequest { id: ids[leader] }).await;
+    let r = cl
+        .member_remove(MemberRemoveRequest { id: ids[leader] })
+        .await;
     trace.record(("removed leader", leader, r.is_ok()));
     let rest: Vec<usize> = (0..4).filter(|&i| i != leader && i != victim).collect();
     let new_leader = wait_leader(&members, &rest).await;
@@ -347,7 +361,10 @@ async fn scenario(mut members: Vec<SimMember>) -> u64 {
     names.sort();
     trace.record(format!("{names:?}"));
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(status_of(&urls[leader]).await.is_none(), "the removed leader still serves");
+    assert!(
+        status_of(&urls[leader]).await.is_none(),
+        "the removed leader still serves"
+    );
     trace.record(format!("{acked:?}"));
     trace.record(format!("{:?}", Instant::now()));
     trace.hasher.finish()

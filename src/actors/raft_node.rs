@@ -657,7 +657,8 @@ impl RaftActor {
             member = format!("{:x}", change.member.id),
             "applied a configuration change through raft"
         );
-        if change.kind == membership::ChangeKind::Remove && change.member.id == self.config.member_id
+        if change.kind == membership::ChangeKind::Remove
+            && change.member.id == self.config.member_id
         {
             self.removed = true;
         }

@@ -27,11 +27,11 @@ use crate::core::watch::HistoryAnswer;
 use crate::error::EtcdError;
 use crate::msg::{ApplyReply, Membership, StorageMsg, StorageStatus, Waiter, WatchMsg};
 use crate::pb::detcdpb::{InternalRequest, MemberAttrSet, MemberRecord, MemberUpdate};
-use crate::raft::membership::{self, ChangeKind, MemberChange};
-use crate::rt::watch;
 use crate::pb::etcdserverpb::{
     HashKvResponse, HashResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
+use crate::raft::membership::{self, ChangeKind, MemberChange};
+use crate::rt::watch;
 use crate::storage::backend::{Backend, BatchOp, Bucket, WriteBatch};
 
 /// The meta-bucket key holding the last applied raft index (etcd's name).
@@ -305,7 +305,11 @@ impl StorageActor {
             return Err(EtcdError::MemberNotFound);
         };
         record.peer_urls = update.peer_urls.clone();
-        batch.put(Bucket::Members, member_key(record.id), record.encode_to_vec());
+        batch.put(
+            Bucket::Members,
+            member_key(record.id),
+            record.encode_to_vec(),
+        );
         Ok(self.member_list())
     }
 
@@ -400,7 +404,11 @@ impl StorageActor {
         };
         record.name = attrs.name.clone();
         record.client_urls = attrs.client_urls.clone();
-        batch.put(Bucket::Members, member_key(record.id), record.encode_to_vec());
+        batch.put(
+            Bucket::Members,
+            member_key(record.id),
+            record.encode_to_vec(),
+        );
     }
 
     /// Runs until the inbox closes (shutdown) or a fatal error.

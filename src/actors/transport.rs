@@ -499,8 +499,8 @@ impl Raft for PeerService {
         let batch = req.into_inner();
         self.check_peer(batch.cluster_id, batch.from)?;
         let members = self.member_ids();
-        let messages = decode_batch(&batch, self.local_id, self.cluster_id, &members)
-            .map_err(|e| {
+        let messages =
+            decode_batch(&batch, self.local_id, self.cluster_id, &members).map_err(|e| {
                 tracing::warn!(
                     remote_peer_id = format!("{:x}", batch.from),
                     error = %e,

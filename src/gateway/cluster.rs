@@ -68,9 +68,7 @@ impl ClusterService {
         let members = self.members();
         if self.handle.strict_reconfig_check {
             if !record.is_learner && !membership::ready_to_add_voter(&members) {
-                tracing::warn!(
-                    "rejecting member add request; not enough healthy members"
-                );
+                tracing::warn!("rejecting member add request; not enough healthy members");
                 return Err(EtcdError::MemberNotEnoughStarted);
             }
             if !membership::connected_fully(self.handle.member.member_id, &members, |id| {
@@ -416,7 +414,14 @@ mod tests {
     fn peer_urls_are_checked_like_etcd() {
         assert!(parse_peer_urls(&["http://10.0.0.1:2380".into()]).is_ok());
         assert!(parse_peer_urls(&["https://host:1".into()]).is_ok());
-        for bad in ["", "10.0.0.1:2380", "http://host", "http://:2380", "http://h:x", "unix://a:1"] {
+        for bad in [
+            "",
+            "10.0.0.1:2380",
+            "http://host",
+            "http://:2380",
+            "http://h:x",
+            "unix://a:1",
+        ] {
             assert_eq!(
                 parse_peer_urls(&[bad.to_string()]),
                 Err(EtcdError::MemberBadUrls),

@@ -168,7 +168,11 @@ pub fn check_add(members: &[MemberRecord], new: &MemberRecord) -> Result<(), Etc
 }
 
 /// Checks a MemberUpdate: the member must exist and no other member may use the new URLs.
-pub fn check_update(members: &[MemberRecord], id: u64, peer_urls: &[String]) -> Result<(), EtcdError> {
+pub fn check_update(
+    members: &[MemberRecord],
+    id: u64,
+    peer_urls: &[String],
+) -> Result<(), EtcdError> {
     if !members.iter().any(|m| m.id == id) {
         return Err(EtcdError::MemberNotFound);
     }
@@ -369,7 +373,10 @@ mod tests {
                 ..Default::default()
             },
         };
-        assert_eq!(check_conf_change(&conf, &ch(ChangeKind::AddVoter, 5)), Ok(()));
+        assert_eq!(
+            check_conf_change(&conf, &ch(ChangeKind::AddVoter, 5)),
+            Ok(())
+        );
         assert_eq!(
             check_conf_change(&conf, &ch(ChangeKind::AddVoter, 2)),
             Err(EtcdError::MemberExist)
@@ -378,7 +385,10 @@ mod tests {
             check_conf_change(&conf, &ch(ChangeKind::AddLearner, 5)),
             Err(EtcdError::TooManyLearners)
         );
-        assert_eq!(check_conf_change(&conf, &ch(ChangeKind::Promote, 4)), Ok(()));
+        assert_eq!(
+            check_conf_change(&conf, &ch(ChangeKind::Promote, 4)),
+            Ok(())
+        );
         assert_eq!(
             check_conf_change(&conf, &ch(ChangeKind::Promote, 1)),
             Err(EtcdError::MemberNotLearner)
@@ -397,7 +407,10 @@ mod tests {
     #[test]
     fn propose_time_rules() {
         let ms = three();
-        assert_eq!(check_add(&ms, &member(4, "", "http://d:2380", false)), Ok(()));
+        assert_eq!(
+            check_add(&ms, &member(4, "", "http://d:2380", false)),
+            Ok(())
+        );
         assert_eq!(
             check_add(&ms, &member(2, "", "http://d:2380", false)),
             Err(EtcdError::MemberExist)
@@ -440,9 +453,21 @@ mod tests {
         assert!(connected_fully(1, &ms, |id| id != 9));
         assert!(!connected_fully(1, &ms, |id| id != 3));
         // Removing a down member is safe; removing a live one needs a connected quorum.
-        assert!(remove_keeps_active_quorum(1, &ms, 3, |id| id != 3, |id| id != 3));
+        assert!(remove_keeps_active_quorum(
+            1,
+            &ms,
+            3,
+            |id| id != 3,
+            |id| id != 3
+        ));
         assert!(remove_keeps_active_quorum(1, &ms, 2, |_| true, |_| true));
-        assert!(!remove_keeps_active_quorum(1, &ms, 2, |id| id != 3, |id| id == 2));
+        assert!(!remove_keeps_active_quorum(
+            1,
+            &ms,
+            2,
+            |id| id != 3,
+            |id| id == 2
+        ));
     }
 
     #[test]
@@ -462,7 +487,9 @@ mod tests {
         ];
         let got = assign_ids(&local, &existing).unwrap();
         assert_eq!(
-            got.iter().map(|(n, _, id)| (n.as_str(), *id)).collect::<Vec<_>>(),
+            got.iter()
+                .map(|(n, _, id)| (n.as_str(), *id))
+                .collect::<Vec<_>>(),
             [("x", 3), ("y", 1), ("z", 2)]
         );
         assert_eq!(
