@@ -51,8 +51,10 @@ impl MemberChange {
     /// The raft conf change that carries this change, with the member record in its
     /// context as etcd carries its `ConfigChangeContext`.
     pub fn to_conf_change(&self) -> ConfChange {
-        let mut cc = ConfChange::default();
-        cc.node_id = self.member.id;
+        let mut cc = ConfChange {
+            node_id: self.member.id,
+            ..Default::default()
+        };
         cc.set_change_type(match self.kind {
             ChangeKind::AddVoter | ChangeKind::Promote => ConfChangeType::AddNode,
             ChangeKind::AddLearner => ConfChangeType::AddLearnerNode,
@@ -214,21 +216,26 @@ pub fn ready_to_add_voter(members: &[MemberRecord]) -> bool {
     if started == 1 && n == 2 {
         return true;
     }
-    started >= n / 2 + 1
+    started >= quorum(n)
+}
+
+/// The majority of `n` voters.
+fn quorum(n: usize) -> usize {
+    n / 2 + 1
 }
 
 /// etcd's `IsReadyToRemoveVotingMember`: without `id`, the started voters must still be
 /// a quorum of the remaining voters.
 pub fn ready_to_remove_voter(members: &[MemberRecord], id: u64) -> bool {
     let (n, started) = started_voters(members, Some(id));
-    started >= n / 2 + 1
+    started >= quorum(n)
 }
 
 /// etcd's `IsReadyToPromoteMember`: counting the learner as a started voter, the started
 /// voters must be a quorum.
 pub fn ready_to_promote(members: &[MemberRecord]) -> bool {
     let (n, started) = started_voters(members, None);
-    started + 1 >= (n + 1) / 2 + 1
+    started + 1 >= quorum(n + 1)
 }
 
 /// etcd's `isConnectedFullySince`: every voting member but this one has been connected
@@ -262,7 +269,9 @@ pub fn remove_keeps_active_quorum(
         .iter()
         .filter(|m| m.id == local_id || connected(m.id))
         .count();
-    connected_count >= 1 + (1 + (voters.len().saturating_sub(1)) / 2)
+    // etcd: `(active - 1) < 1 + (len - 1) / 2` rejects.
+    let needed = 1 + voters.len().saturating_sub(1) / 2;
+    connected_count.saturating_sub(1) >= needed
 }
 
 /// etcd's `isLearnerReady`, given the leader's and the learner's match indexes.
