@@ -55,6 +55,8 @@ const MAX_INFLIGHT_READIES: usize = 64;
 /// ReadIndex silently when the leader has not yet committed an entry in its term, or when
 /// the forwarded request or its answer is lost (etcd retries after 500 ms likewise).
 const READ_RETRY_TICKS: u64 = 5;
+/// A removed member keeps running this many ticks before it stops (etcd's stopWithDelay).
+const REMOVED_STOP_TICKS: u64 = 10;
 /// Every this many ticks the waiters whose clients gave up are forgotten.
 const CLEANUP_TICKS: u64 = 10;
 
@@ -158,6 +160,8 @@ pub struct RaftActor {
     stopping: bool,
     /// Set once this member applied its own removal (or a peer said it was removed).
     removed: bool,
+    /// The tick at which the removal was noticed; the loop stops a few ticks later.
+    removed_at_tick: Option<u64>,
 }
 
 /// A read barrier waiting for raft, and the tick at which it was last asked.
@@ -224,6 +228,7 @@ impl RaftActor {
             last_leader_id: 0,
             stopping: false,
             removed: false,
+            removed_at_tick: None,
         })
     }
 
@@ -307,7 +312,16 @@ impl RaftActor {
             if self.stopping {
                 return Ok(());
             }
-            if self.removed {
+            if self.removed && self.removed_at_tick.is_none() {
+                self.removed_at_tick = Some(self.ticks);
+            }
+            // etcd stops a removed member after ten ticks rather than at once, so the
+            // client that removed it gets its answer and the other members learn that the
+            // removal committed.
+            if self
+                .removed_at_tick
+                .is_some_and(|t| self.ticks >= t + REMOVED_STOP_TICKS)
+            {
                 tracing::warn!(
                     local_member_id = format!("{:x}", self.config.member_id),
                     "the member has been permanently removed from the cluster"
