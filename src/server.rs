@@ -388,10 +388,10 @@ pub async fn run(
                 .max_encoding_message_size(usize::MAX),
             )
             .add_service(
-                WatchServer::new(gateway::watch::WatchService::new(
-                    watch_tx.clone(),
-                    next_watch_stream.clone(),
-                ))
+                WatchServer::new(
+                    gateway::watch::WatchService::new(watch_tx.clone(), next_watch_stream.clone())
+                        .with_learner_check(status_rx.clone()),
+                )
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
             );

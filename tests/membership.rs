@@ -333,6 +333,11 @@ fn fourth_member_joins_serves_and_leaves() {
         refused.err_line(),
         "Error: etcdserver: rpc not supported for learner"
     );
+    let refused = c.etcdctl(&url4, &["lease", "grant", "10"]);
+    assert_eq!(
+        refused.err_line(),
+        "Error: etcdserver: rpc not supported for learner"
+    );
     assert_eq!(
         c.etcdctl(
             &url4,
