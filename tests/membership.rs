@@ -336,7 +336,7 @@ fn fourth_member_joins_serves_and_leaves() {
     let refused = c.etcdctl(&url4, &["lease", "grant", "10"]);
     assert_eq!(
         refused.err_line(),
-        "Error: etcdserver: rpc not supported for learner"
+        "Error: failed to grant lease (etcdserver: rpc not supported for learner)"
     );
     assert_eq!(
         c.etcdctl(
