@@ -52,6 +52,27 @@ pub enum EtcdError {
     BadLeaderTransferee,
     /// MoveLeader's target did not become leader within the request's time.
     TimeoutLeaderTransfer,
+    /// MemberAdd: the new member's id is already a member.
+    MemberExist,
+    /// MemberAdd or MemberUpdate: another member already has one of the peer URLs.
+    PeerUrlExist,
+    /// A reconfiguration would leave fewer started members than a quorum
+    /// (`--strict-reconfig-check`).
+    MemberNotEnoughStarted,
+    /// MemberAdd or MemberUpdate: a peer URL does not parse.
+    MemberBadUrls,
+    /// The member id is not a member.
+    MemberNotFound,
+    /// MemberPromote named a member that is not a learner.
+    MemberNotLearner,
+    /// MemberPromote named a learner that has not caught up with the leader.
+    LearnerNotReady,
+    /// MemberAdd of a learner when the cluster already has the most learners allowed.
+    TooManyLearners,
+    /// A reconfiguration would break the active quorum (`--strict-reconfig-check`).
+    Unhealthy,
+    /// A learner refuses every client request but serializable reads and status.
+    NotSupportedForLearner,
     /// A request was malformed in a way etcd reports with a custom message.
     InvalidArgument(String),
     /// The method is not implemented.
@@ -86,6 +107,8 @@ pub enum Code {
     DataLoss,
     /// `Internal` (13).
     Internal,
+    /// `Unknown` (2): what gRPC sends for an error etcd does not map to a status.
+    Unknown,
 }
 
 impl EtcdError {
@@ -94,7 +117,14 @@ impl EtcdError {
         use EtcdError::*;
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | InvalidArgument(_) => Code::InvalidArgument,
+            | RequestTooLarge | InvalidArgument(_) | MemberBadUrls => Code::InvalidArgument,
+            MemberNotFound => Code::NotFound,
+            MemberExist | PeerUrlExist | MemberNotLearner | LearnerNotReady | TooManyLearners => {
+                Code::FailedPrecondition
+            }
+            // etcd's map holds a plain error for this one, which gRPC sends as Unknown.
+            MemberNotEnoughStarted => Code::Unknown,
+            Unhealthy | NotSupportedForLearner => Code::Unavailable,
             Compacted | FutureRev => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
             LeaseExist | NotCapable | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
@@ -137,6 +167,20 @@ impl EtcdError {
             TimeoutLeaderTransfer => {
                 "etcdserver: request timed out, leader transfer took too long".into()
             }
+            MemberExist => "etcdserver: member ID already exist".into(),
+            PeerUrlExist => "etcdserver: Peer URLs already exists".into(),
+            MemberNotEnoughStarted => {
+                "etcdserver: re-configuration failed due to not enough started members".into()
+            }
+            MemberBadUrls => "etcdserver: given member URLs are invalid".into(),
+            MemberNotFound => "etcdserver: member not found".into(),
+            MemberNotLearner => "etcdserver: can only promote a learner member".into(),
+            LearnerNotReady => {
+                "etcdserver: can only promote a learner member which is in sync with leader".into()
+            }
+            TooManyLearners => "etcdserver: too many learner members in cluster".into(),
+            Unhealthy => "etcdserver: unhealthy cluster".into(),
+            NotSupportedForLearner => "etcdserver: rpc not supported for learner".into(),
             InvalidArgument(m) | Unimplemented(m) | Internal(m) => m.clone(),
             Corrupt(m) => format!("etcdserver: corrupt cluster: {m}"),
             CorruptCluster => "etcdserver: corrupt cluster".into(),
@@ -155,6 +199,7 @@ impl EtcdError {
             Code::Unimplemented => tonic::Code::Unimplemented,
             Code::DataLoss => tonic::Code::DataLoss,
             Code::Internal => tonic::Code::Internal,
+            Code::Unknown => tonic::Code::Unknown,
         };
         tonic::Status::new(code, self.message())
     }

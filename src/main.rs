@@ -132,10 +132,6 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         .iter()
         .map(listen_addr)
         .collect::<Result<Vec<_>, _>>()?;
-    // `--initial-cluster-state existing` bootstraps exactly like `new` for now: the member
-    // must be listed in --initial-cluster (verify_bootstrap checks it), so the cluster's
-    // static membership already contains it and it catches up through raft's log.
-    // Joining through MemberAdd arrives with membership changes.
     Ok(ServerConfig {
         name: config.name.clone(),
         data_dir,
@@ -157,6 +153,8 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
             .map(|(name, urls)| (name, urls.iter().map(|u| u.to_string()).collect()))
             .collect(),
         initial_cluster_token: config.initial_cluster_token.clone(),
+        join_existing: config.initial_cluster_state == detcd::config::ClusterState::Existing,
+        strict_reconfig_check: config.strict_reconfig_check,
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
         max_request_bytes: config.max_request_bytes as usize,

@@ -17,6 +17,28 @@ use crate::pb::etcdserverpb::{
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use crate::pb::mvccpb::Event;
 
+/// The cluster's membership as the storage actor has applied it: the members by id and
+/// the ids of removed members. The storage actor publishes it on a watch channel whenever
+/// it changes; the transport, the peer service and the gateway read it from there, so the
+/// applied member records stay the single source of membership.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Membership {
+    /// The members by id.
+    pub members: std::collections::BTreeMap<u64, crate::pb::detcdpb::MemberRecord>,
+    /// Ids of removed members.
+    pub removed: std::collections::BTreeSet<u64>,
+}
+
+impl Membership {
+    /// The members in id order.
+    pub fn list(&self) -> Vec<crate::pb::detcdpb::MemberRecord> {
+        self.members.values().cloned().collect()
+    }
+}
+
+/// The membership watch channel's receiving half.
+pub type MembershipRx = crate::rt::watch::Receiver<std::sync::Arc<Membership>>;
+
 /// The capacity of every inter-actor channel.
 pub const CHANNEL_BOUND: usize = 1024;
 
@@ -58,6 +80,25 @@ pub enum RaftMsg {
         /// `BadLeaderTransferee` for a target that is not a voting member.
         reply: oneshot::Sender<Result<(), EtcdError>>,
     },
+    /// Replicates a membership change through raft's configuration; `reply` receives the
+    /// member list once the change is applied, or why it was rejected.
+    ProposeConfChange {
+        /// The change.
+        change: crate::raft::membership::MemberChange,
+        /// Receives [`Response::Members`] or the error.
+        reply: Waiter,
+    },
+    /// Asks the leader whether learner `member_id` has caught up enough to be promoted
+    /// (etcd's `isLearnerReady`); a follower answers `NotLeader`.
+    LearnerReady {
+        /// The learner's member id.
+        member_id: u64,
+        /// Receives `Ok` if ready, or `NotLeader`, `MemberNotFound`, `LearnerNotReady`.
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
+    /// A peer refused this member's messages because the cluster removed it: the member
+    /// stops, as etcd does when a peer answers that it was removed.
+    Removed,
     /// Stops the actor. Proposals still waiting are dropped, which their clients see as
     /// "server stopped".
     Shutdown,
@@ -99,6 +140,10 @@ pub struct RaftStatus {
     pub last_index: u64,
     /// The index of the latest snapshot (taken here or received from the leader).
     pub snapshot_index: u64,
+    /// True while this member is a learner in raft's configuration.
+    pub is_learner: bool,
+    /// True once this member has been removed from the cluster; it is stopping.
+    pub removed: bool,
 }
 
 /// Messages to the storage (apply) actor.
@@ -111,6 +156,16 @@ pub enum StorageMsg {
         entries: Vec<raft::eraftpb::Entry>,
         /// One slot per entry.
         waiters: Vec<Option<Waiter>>,
+    },
+    /// One committed membership change, in log order with the [`StorageMsg::Apply`]
+    /// batches around it. The raft actor has already decided whether it takes effect.
+    ApplyConfChange {
+        /// The committed conf-change entry (for its index and term).
+        entry: raft::eraftpb::Entry,
+        /// The decoded change if it takes effect, or why it was rejected.
+        change: Result<crate::raft::membership::MemberChange, EtcdError>,
+        /// The client waiting for it, if this member proposed it.
+        waiter: Option<Waiter>,
     },
     /// A read, served once the applied index reaches `min_applied_index`.
     Range {

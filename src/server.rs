@@ -18,7 +18,7 @@ use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig, DEFAULT_SNAPSHOT_COUNT};
 use crate::actors::storage::{self, StorageActor};
 use crate::actors::transport::{
-    LeaseForwarder, PeerConfig, PeerService, Transport, MAX_PEER_GRPC_BYTES,
+    self, LeaseForwarder, PeerConfig, PeerHealth, PeerService, Transport, MAX_PEER_GRPC_BYTES,
 };
 use crate::actors::watch_hub::WatchHubActor;
 use crate::core::corrupt::KvHash;
@@ -26,13 +26,14 @@ use crate::core::lease;
 use crate::core::quota::{self, Quota};
 use crate::core::watch::WatchConfig;
 use crate::gateway::{self, Handle, MemberInfo};
-use crate::msg::{RaftMsg, RaftStatus, StorageMsg, WatchMsg, CHANNEL_BOUND};
+use crate::msg::{Membership, RaftMsg, RaftStatus, StorageMsg, WatchMsg, CHANNEL_BOUND};
+use crate::pb::detcdpb::MemberRecord;
 use crate::pb::detcdraftpb::raft_server::RaftServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
-use crate::raft::{ids, log};
+use crate::raft::{ids, log, membership};
 use crate::rt;
 use crate::rt::watch;
 use crate::storage::backend::{Backend, MemBackend, SledBackend};
@@ -74,6 +75,11 @@ pub struct ServerConfig {
     pub initial_cluster: Vec<(String, Vec<String>)>,
     /// `--initial-cluster-token`.
     pub initial_cluster_token: String,
+    /// `--initial-cluster-state existing`: join a running cluster (which has already
+    /// added this member) instead of bootstrapping a new one.
+    pub join_existing: bool,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
     /// `--heartbeat-interval`.
     pub heartbeat_interval_ms: u64,
     /// `--election-timeout`.
@@ -127,46 +133,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
     ready: Option<ReadySender>,
 ) -> Result<(), ServerError> {
-    let member_id = ids::member_id(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token);
-    let mut voter_ids: Vec<u64> = cfg
-        .initial_cluster
-        .iter()
-        .map(|(_, urls)| ids::member_id(urls, &cfg.initial_cluster_token))
-        .collect();
-    if !voter_ids.contains(&member_id) {
-        return Err(ServerError(format!(
-            "couldn't find local name {:?} in the initial cluster configuration",
-            cfg.name
-        )));
-    }
-    voter_ids.sort_unstable();
-    voter_ids.dedup();
-    let cluster_id = ids::cluster_id(&voter_ids);
-    let peer_config = PeerConfig {
-        local_id: member_id,
-        cluster_id,
-        peers: cfg
-            .initial_cluster
-            .iter()
-            .map(|(_, urls)| {
-                (
-                    ids::member_id(urls, &cfg.initial_cluster_token),
-                    urls.clone(),
-                )
-            })
-            .filter(|(id, _)| *id != member_id)
-            .collect(),
-    };
-    tracing::info!(
-        name = %cfg.name,
-        data_dir = %cfg.data_dir.display(),
-        member_id = format!("{member_id:x}"),
-        cluster_id = format!("{cluster_id:x}"),
-        "starting detcd member"
-    );
-
-    // The MVCC backend first: it says how far the state machine got.
     let member_dir = cfg.data_dir.join("member");
+    let wal_dir = cfg
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| member_dir.join("wal"));
+    let Bootstrap {
+        member_id,
+        cluster_id,
+        voters,
+        seeds,
+    } = bootstrap(&cfg, &wal_dir).await?;
+
+    // The MVCC backend next: it says how far the state machine got.
     let backend: Box<dyn Backend> = match cfg.backend {
         BackendChoice::Sled => {
             let snap_dir = member_dir.join("snap");
@@ -179,12 +158,20 @@ pub async fn run(
         BackendChoice::Memory(b) => Box::new(b),
     };
     let mut backend = backend;
+    if let Some(seeds) = &seeds {
+        // Before the WAL exists: a member with a WAL always has its initial membership.
+        storage::seed_members(backend.as_mut(), seeds)
+            .map_err(|e| ServerError(format!("backend: cannot record members: {e}")))?;
+    }
+    tracing::info!(
+        name = %cfg.name,
+        data_dir = %cfg.data_dir.display(),
+        member_id = format!("{member_id:x}"),
+        cluster_id = format!("{cluster_id:x}"),
+        "starting detcd member"
+    );
     // etcd's request timeout: 5 s plus twice the election timeout.
     let request_timeout = Duration::from_millis(5_000 + 2 * cfg.election_timeout_ms);
-    let wal_dir = cfg
-        .wal_dir
-        .clone()
-        .unwrap_or_else(|| member_dir.join("wal"));
     let mut raft_log = log::open_or_create(
         cfg.disk.clone(),
         &wal_dir,
@@ -192,7 +179,7 @@ pub async fn run(
             member_id,
             cluster_id,
         },
-        &voter_ids,
+        &voters,
     )
     .map_err(err)?;
     let snap_dir = member_dir.join("snap");
@@ -212,6 +199,15 @@ pub async fn run(
         "recovered the MVCC backend"
     );
     let applied_index = raft_log.reconcile(recovered.applied_index).map_err(err)?;
+    // The configuration the log starts from, which members joining later replay it from.
+    let bootstrap_voters = {
+        use raft::Storage as _;
+        let first = raft_log.storage.first_index().unwrap_or(0);
+        match raft_log.storage.initial_state() {
+            Ok(state) if first == 1 => state.conf_state.voters,
+            _ => Vec::new(),
+        }
+    };
     if raft_log.created {
         tracing::info!(wal_dir = %wal_dir.display(), "created a new WAL");
     } else {
@@ -226,7 +222,9 @@ pub async fn run(
             revision: recovered.state.mvcc.current_revision(),
             compact_revision,
         };
-        corrupt_check::initial_check(local, &peer_config.peers, request_timeout)
+        let members = storage::stored_membership(backend.as_ref()).map_err(err)?;
+        let peers = corrupt_check::peers_of(&members, member_id);
+        corrupt_check::initial_check(local, &peers, request_timeout)
             .await
             .map_err(ServerError)?;
     }
@@ -288,15 +286,19 @@ pub async fn run(
         cluster_id,
     );
     let next_watch_stream = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let raft_actor = if peer_config.peers.is_empty() {
-        raft_actor
-    } else {
-        raft_actor.with_transport(Transport::start(
-            &peer_config,
-            raft_tx.clone(),
-            storage_tx.clone(),
-        ))
+    let (membership_tx, membership_rx) = watch::channel(Arc::new(Membership::default()));
+    let peer_config = PeerConfig {
+        local_id: member_id,
+        cluster_id,
+        membership: membership_rx.clone(),
+        health: PeerHealth::default(),
     };
+    // Every member has a transport, even alone: members can be added at any time.
+    let raft_actor = raft_actor.with_transport(Transport::start(
+        &peer_config,
+        raft_tx.clone(),
+        storage_tx.clone(),
+    ));
     let (lease_tx, lease_rx) = mpsc::channel(CHANNEL_BOUND);
     let lease_timer = LeaseTimer::new(
         LeaseTimerConfig {
@@ -333,14 +335,7 @@ pub async fn run(
     )
     .with_watch_hub(watch_tx.clone())
     .with_quota(quota, backend_size.clone())
-    .with_members(
-        std::iter::once((member_id, cfg.initial_advertise_peer_urls.clone())).chain(
-            peer_config
-                .peers
-                .iter()
-                .map(|(&id, urls)| (id, urls.clone())),
-        ),
-    )
+    .with_members(membership_tx)
     .map_err(err)?;
     let mut raft_task = rt::spawn("raft", raft_actor.run());
     let mut storage_task = rt::spawn("storage", storage_actor.run());
@@ -362,6 +357,9 @@ pub async fn run(
         request_timeout,
         quota,
         backend_size,
+        membership: membership_rx.clone(),
+        peer_health: peer_config.health.clone(),
+        strict_reconfig_check: cfg.strict_reconfig_check,
     };
 
     // The peer transport serves from the start: the member cannot elect a leader or
@@ -372,12 +370,15 @@ pub async fn run(
         let addr = listener.local_addr();
         let router = tonic::transport::Server::builder()
             .add_service(
-                RaftServer::new(PeerService::new(
-                    &peer_config,
-                    handle.raft_tx.clone(),
-                    lease_tx.clone(),
-                    status_rx.clone(),
-                ))
+                RaftServer::new(
+                    PeerService::new(
+                        &peer_config,
+                        handle.raft_tx.clone(),
+                        lease_tx.clone(),
+                        status_rx.clone(),
+                    )
+                    .with_cluster(bootstrap_voters.clone(), handle.clone()),
+                )
                 .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
                 .max_encoding_message_size(MAX_PEER_GRPC_BYTES),
             )
@@ -441,9 +442,12 @@ pub async fn run(
                 .max_encoding_message_size(usize::MAX),
             )
             .add_service(
-                ClusterServer::new(gateway::cluster::ClusterService::new(handle.clone()))
-                    .max_decoding_message_size(max_recv)
-                    .max_encoding_message_size(usize::MAX),
+                ClusterServer::new(
+                    gateway::cluster::ClusterService::new(handle.clone())
+                        .with_forwarder(LeaseForwarder::new(&peer_config)),
+                )
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
             )
             .add_service(
                 LeaseServer::new(
@@ -454,10 +458,10 @@ pub async fn run(
                 .max_encoding_message_size(usize::MAX),
             )
             .add_service(
-                WatchServer::new(gateway::watch::WatchService::new(
-                    watch_tx.clone(),
-                    next_watch_stream.clone(),
-                ))
+                WatchServer::new(
+                    gateway::watch::WatchService::new(watch_tx.clone(), next_watch_stream.clone())
+                        .with_learner_check(status_rx.clone()),
+                )
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
             );
@@ -482,7 +486,6 @@ pub async fn run(
             "corrupt-check",
             corrupt_check::run_periodic(
                 handle.clone(),
-                peer_config.peers.clone(),
                 cfg.corrupt_check_interval,
                 stop_rx.clone(),
             ),
@@ -495,6 +498,7 @@ pub async fn run(
         let _ = ready.send(bound);
     }
 
+    let mut raft_stopped = false;
     let outcome = tokio::select! {
         // Branches are polled in order, not at random, so a simulation replays from its seed.
         biased;
@@ -502,7 +506,16 @@ pub async fn run(
             tracing::info!("received a stop request; closing client listeners after in-flight requests");
             Ok(())
         }
-        r = &mut raft_task => Err(actor_exit("raft", r.map(|r| r.map_err(err)))),
+        r = &mut raft_task => {
+            if status_rx.borrow().removed && matches!(r, Ok(Ok(()))) {
+                // etcd stops a member the cluster removed; the process exits normally.
+                tracing::warn!("the member has been permanently removed from the cluster; stopping");
+                raft_stopped = true;
+                Ok(())
+            } else {
+                Err(actor_exit("raft", r.map(|r| r.map_err(err))))
+            }
+        }
         r = &mut storage_task => Err(actor_exit("storage", r.map(|r| r.map_err(err)))),
     };
     let _ = stop_tx.send(true);
@@ -525,11 +538,13 @@ pub async fn run(
         // so they are stopped by message rather than by closing their channels. The raft
         // actor stops first, so nothing new commits; the storage actor then applies what
         // was queued before its stop message and syncs the backend.
-        let _ = raft_tx.send(RaftMsg::Shutdown).await;
-        match raft_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(err(e)),
-            Err(e) => return Err(err(e)),
+        if !raft_stopped {
+            let _ = raft_tx.send(RaftMsg::Shutdown).await;
+            match raft_task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(err(e)),
+                Err(e) => return Err(err(e)),
+            }
         }
         let _ = storage_tx.send(StorageMsg::Shutdown).await;
         match storage_task.await {
@@ -549,6 +564,112 @@ pub async fn run(
         tracing::info!("stopped detcd member");
     }
     outcome
+}
+
+/// Who this member is and what it starts from.
+struct Bootstrap {
+    member_id: u64,
+    cluster_id: u64,
+    /// The raft configuration a new WAL starts with (ignored when the WAL exists).
+    voters: Vec<u64>,
+    /// The membership to record before creating the WAL (none when it exists).
+    seeds: Option<Vec<MemberRecord>>,
+}
+
+/// Decides the member's identity as etcd does: a member with a WAL restarts as the member
+/// the WAL names, ignoring `--initial-cluster`; a new member of a new cluster derives the
+/// ids from `--initial-cluster` and the token; a member joining a running cluster asks the
+/// listed peers for the cluster and finds itself among its members by peer URLs.
+async fn bootstrap(
+    cfg: &ServerConfig,
+    wal_dir: &std::path::Path,
+) -> Result<Bootstrap, ServerError> {
+    if log::exists(cfg.disk.as_ref(), wal_dir) {
+        let identity = log::read_identity(cfg.disk.clone(), wal_dir).map_err(err)?;
+        return Ok(Bootstrap {
+            member_id: identity.member_id,
+            cluster_id: identity.cluster_id,
+            voters: Vec::new(),
+            seeds: None,
+        });
+    }
+    if cfg.join_existing {
+        return join_existing(cfg).await;
+    }
+    let member_id = ids::member_id(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token);
+    let seeds: Vec<MemberRecord> = cfg
+        .initial_cluster
+        .iter()
+        .map(|(_, urls)| MemberRecord {
+            id: ids::member_id(urls, &cfg.initial_cluster_token),
+            peer_urls: urls.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let mut voters: Vec<u64> = seeds.iter().map(|m| m.id).collect();
+    if !voters.contains(&member_id) {
+        return Err(ServerError(format!(
+            "couldn't find local name {:?} in the initial cluster configuration",
+            cfg.name
+        )));
+    }
+    voters.sort_unstable();
+    voters.dedup();
+    Ok(Bootstrap {
+        member_id,
+        cluster_id: ids::cluster_id(&voters),
+        voters,
+        seeds: Some(seeds),
+    })
+}
+
+/// etcd's join path (`GetClusterFromRemotePeers`, `ValidateClusterAndAssignIDs`): the new
+/// member learns the cluster id and members from a listed peer, takes the id of the member
+/// whose peer URLs match its own entry, and starts its log from the configuration the
+/// cluster's log starts from, then catches up from the leader.
+async fn join_existing(cfg: &ServerConfig) -> Result<Bootstrap, ServerError> {
+    let remote: Vec<String> = cfg
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| *name != cfg.name)
+        .flat_map(|(_, urls)| urls.iter().cloned())
+        .collect();
+    let Some(existing) = transport::fetch_cluster(&remote, Duration::from_secs(2)).await else {
+        return Err(ServerError(
+            "cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs"
+                .into(),
+        ));
+    };
+    let assigned =
+        membership::assign_ids(&cfg.initial_cluster, &existing.members).map_err(|e| {
+            ServerError(format!(
+                "error validating peerURLs {{ClusterID:{:x} Members:[{}]}}: {e}",
+                existing.cluster_id,
+                existing
+                    .members
+                    .iter()
+                    .map(|m| format!("{:x}={}", m.id, m.peer_urls.join(",")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))
+        })?;
+    let Some((_, _, member_id)) = assigned.iter().find(|(name, _, _)| *name == cfg.name) else {
+        return Err(ServerError(format!(
+            "couldn't find local name {:?} in the initial cluster configuration",
+            cfg.name
+        )));
+    };
+    tracing::info!(
+        member_id = format!("{member_id:x}"),
+        cluster_id = format!("{:x}", existing.cluster_id),
+        "joining an existing cluster"
+    );
+    Ok(Bootstrap {
+        member_id: *member_id,
+        cluster_id: existing.cluster_id,
+        voters: existing.bootstrap_voters,
+        seeds: Some(existing.members),
+    })
 }
 
 /// An I/O error in the words Go's net package uses, which operators' scripts match on.

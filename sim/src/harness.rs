@@ -44,7 +44,14 @@ pub fn member_ip(i: usize) -> IpAddr {
 /// Starts a single-member cluster named `name` on a fresh simulated disk.
 pub fn start_single_member(handle: &Handle, name: &str) -> SimMember {
     let initial_cluster = vec![(name.to_string(), vec![member_peer_url(0)])];
-    start_member(handle, 0, name, initial_cluster, MemberOptions::default())
+    start_member(
+        handle,
+        0,
+        name,
+        initial_cluster,
+        MemberOptions::default(),
+        false,
+    )
 }
 
 /// Settings a test may change for every member of a simulated cluster.
@@ -65,6 +72,25 @@ impl Default for MemberOptions {
     }
 }
 
+/// Starts member `i` as a new member joining a running cluster that has already added it
+/// (`--initial-cluster-state existing`), with `initial_cluster` listing every member, this
+/// one included, as etcdctl's `member add` prints it.
+pub fn start_joining_member(
+    handle: &Handle,
+    i: usize,
+    name: &str,
+    initial_cluster: Vec<(String, Vec<String>)>,
+) -> SimMember {
+    start_member(
+        handle,
+        i,
+        name,
+        initial_cluster,
+        MemberOptions::default(),
+        true,
+    )
+}
+
 /// Starts member `i` (IP, ports and peer URL from its index) of the cluster that
 /// `initial_cluster` describes, on its own node with a fresh simulated disk and backend.
 /// The node's init closure rebuilds the configuration on every (re)start, while the disk
@@ -75,6 +101,7 @@ fn start_member(
     name: &str,
     initial_cluster: Vec<(String, Vec<String>)>,
     options: MemberOptions,
+    join_existing: bool,
 ) -> SimMember {
     let ip = member_ip(i);
     let disk = SimDisk::new();
@@ -96,6 +123,8 @@ fn start_member(
                 initial_advertise_peer_urls: vec![member_peer_url(i)],
                 initial_cluster: initial_cluster.clone(),
                 initial_cluster_token: "etcd-cluster".to_string(),
+                join_existing,
+                strict_reconfig_check: true,
                 heartbeat_interval_ms: 100,
                 election_timeout_ms: 1000,
                 max_request_bytes: 1536 * 1024,
@@ -178,7 +207,16 @@ pub fn start_cluster_with(handle: &Handle, n: usize, options: MemberOptions) -> 
         .map(|i| (member_name(i), vec![member_peer_url(i)]))
         .collect();
     (0..n)
-        .map(|i| start_member(handle, i, &member_name(i), initial_cluster.clone(), options))
+        .map(|i| {
+            start_member(
+                handle,
+                i,
+                &member_name(i),
+                initial_cluster.clone(),
+                options,
+                false,
+            )
+        })
         .collect()
 }
 

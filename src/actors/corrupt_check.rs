@@ -149,14 +149,19 @@ async fn check_once(handle: &Handle, peers: &BTreeMap<u64, Vec<String>>) -> Resu
     handle.propose(alarm).await.map(|_| ())
 }
 
+/// The other members' peer URLs, by id, from a membership.
+pub fn peers_of(membership: &crate::msg::Membership, local_id: u64) -> BTreeMap<u64, Vec<String>> {
+    membership
+        .members
+        .iter()
+        .filter(|(&id, _)| id != local_id)
+        .map(|(&id, m)| (id, m.peer_urls.clone()))
+        .collect()
+}
+
 /// Runs the periodic check every `interval` while this member leads, until `stop` turns
-/// true.
-pub async fn run_periodic(
-    handle: Handle,
-    peers: BTreeMap<u64, Vec<String>>,
-    interval: Duration,
-    mut stop: rt::watch::Receiver<bool>,
-) {
+/// true. Each round checks the members of the membership applied at that time.
+pub async fn run_periodic(handle: Handle, interval: Duration, mut stop: rt::watch::Receiver<bool>) {
     tracing::info!(interval = ?interval, "enabled corruption checking");
     loop {
         tokio::select! {
@@ -169,6 +174,7 @@ pub async fn run_periodic(
         if status.leader_id != status.member_id {
             continue;
         }
+        let peers = peers_of(&handle.membership.borrow(), status.member_id);
         if let Err(e) = check_once(&handle, &peers).await {
             tracing::warn!(error = %e, "failed to check hash KV");
         }

@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, HardState, SnapshotMetadata};
 use raft::RawNode;
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,6 +36,7 @@ use crate::error::EtcdError;
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, Waiter};
 use crate::pb::detcdpb::RequestHeader;
 use crate::raft::log::RaftLog;
+use crate::raft::membership::{self, ConfIds, MemberChange};
 use crate::raft::store::LogStore;
 use crate::rt;
 use crate::rt::watch;
@@ -63,6 +65,8 @@ const MAX_INFLIGHT_READIES: usize = 4096;
 /// ReadIndex silently when the leader has not yet committed an entry in its term, or when
 /// the forwarded request or its answer is lost (etcd retries after 500 ms likewise).
 const READ_RETRY_TICKS: u64 = 5;
+/// A removed member keeps running this many ticks before it stops (etcd's stopWithDelay).
+const REMOVED_STOP_TICKS: u64 = 10;
 /// Every this many ticks the waiters whose clients gave up are forgotten.
 const CLEANUP_TICKS: u64 = 10;
 
@@ -239,6 +243,10 @@ pub struct RaftActor {
     next_request_id: u64,
     last_leader_id: u64,
     stopping: bool,
+    /// Set once this member applied its own removal (or a peer said it was removed).
+    removed: bool,
+    /// The tick at which the removal was noticed; the loop stops a few ticks later.
+    removed_at_tick: Option<u64>,
 }
 
 /// A read barrier waiting for raft, and the tick at which it was last asked.
@@ -266,6 +274,10 @@ impl RaftActor {
             id: config.member_id,
             election_tick,
             heartbeat_tick: 1,
+            // raft hands out every committed entry after its snapshot again (the storage
+            // actor skips what the backend already has), as etcd replays its WAL, so that
+            // the membership changes among them rebuild raft's configuration. The snapshot
+            // index is where the log starts anyway.
             applied: config.applied_index,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
@@ -309,6 +321,8 @@ impl RaftActor {
             next_request_id,
             last_leader_id: 0,
             stopping: false,
+            removed: false,
+            removed_at_tick: None,
         })
     }
 
@@ -410,6 +424,22 @@ impl RaftActor {
             if self.stopping {
                 return Ok(());
             }
+            if self.removed && self.removed_at_tick.is_none() {
+                self.removed_at_tick = Some(self.ticks);
+            }
+            // etcd stops a removed member after ten ticks rather than at once, so the
+            // client that removed it gets its answer and the other members learn that the
+            // removal committed.
+            if self
+                .removed_at_tick
+                .is_some_and(|t| self.ticks >= t + REMOVED_STOP_TICKS)
+            {
+                tracing::warn!(
+                    local_member_id = format!("{:x}", self.config.member_id),
+                    "the member has been permanently removed from the cluster"
+                );
+                return Ok(());
+            }
         }
     }
 
@@ -479,6 +509,12 @@ impl RaftActor {
             commit_index: raft.raft_log.committed,
             last_index: raft.raft_log.last_index(),
             snapshot_index: self.snapshot_index,
+            is_learner: raft
+                .prs()
+                .conf()
+                .learners()
+                .contains(&self.config.member_id),
+            removed: self.removed,
         }
     }
 
@@ -573,7 +609,7 @@ impl RaftActor {
                     let _ = reply.send(Err(EtcdError::NotLeader));
                     return;
                 }
-                if target == 0 || self.node.raft.prs().get(target).is_none() {
+                if target == 0 || !self.node.raft.prs().conf().voters().contains(target) {
                     let _ = reply.send(Err(EtcdError::BadLeaderTransferee));
                     return;
                 }
@@ -607,6 +643,11 @@ impl RaftActor {
                 };
                 self.node.report_snapshot(member_id, status);
             }
+            RaftMsg::ProposeConfChange { change, reply } => self.propose_conf_change(change, reply),
+            RaftMsg::LearnerReady { member_id, reply } => {
+                let _ = reply.send(self.learner_ready(member_id));
+            }
+            RaftMsg::Removed => self.removed = true,
         }
     }
 
@@ -879,7 +920,139 @@ impl RaftActor {
         Ok(())
     }
 
-    async fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), RaftFatal> {
+    /// Proposes a membership change as a raft conf change whose entry context is the
+    /// request id, so the waiter is found when it is applied, like any proposal.
+    fn propose_conf_change(&mut self, change: MemberChange, reply: Waiter) {
+        if self.node.raft.leader_id == 0 {
+            let _ = reply.send(Err(EtcdError::NoLeader));
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_PROPOSALS {
+            let _ = reply.send(Err(EtcdError::TooManyRequests));
+            return;
+        }
+        let id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        match self
+            .node
+            .propose_conf_change(id.to_be_bytes().to_vec(), change.to_conf_change())
+        {
+            Ok(()) => {
+                self.pending.insert(id, reply);
+            }
+            Err(_) => {
+                let _ = reply.send(Err(if self.node.raft.leader_id == 0 {
+                    EtcdError::NoLeader
+                } else {
+                    EtcdError::LeaderChanged
+                }));
+            }
+        }
+    }
+
+    /// etcd's `isLearnerReady`: only the leader knows how far a learner has replicated.
+    fn learner_ready(&self, member_id: u64) -> Result<(), EtcdError> {
+        let raft = &self.node.raft;
+        if raft.leader_id != self.config.member_id {
+            return Err(EtcdError::NotLeader);
+        }
+        let Some(learner) = raft.prs().get(member_id) else {
+            return Err(EtcdError::MemberNotFound);
+        };
+        let leader_match = raft
+            .prs()
+            .get(self.config.member_id)
+            .map(|p| p.matched)
+            .unwrap_or(0);
+        if membership::learner_ready(leader_match, learner.matched) {
+            Ok(())
+        } else {
+            Err(EtcdError::LearnerNotReady)
+        }
+    }
+
+    fn conf_ids(&self) -> ConfIds {
+        let conf = self.node.raft.prs().conf();
+        ConfIds {
+            voters: conf.voters().ids().iter().collect(),
+            learners: conf.learners().iter().copied().collect(),
+        }
+    }
+
+    /// Decides whether a committed conf change takes effect and, if so, applies it to
+    /// raft's configuration. The decision depends only on the configuration the entry
+    /// applies to, so every member (and every replay of the log) decides the same.
+    fn apply_conf_change_entry(&mut self, entry: &Entry) -> Result<MemberChange, EtcdError> {
+        let mut cc = ConfChange::default();
+        cc.merge_from_bytes(&entry.data)
+            .map_err(|e| EtcdError::Internal(format!("raft: conf change does not decode: {e}")))?;
+        let change = MemberChange::from_conf_change(&cc).map_err(EtcdError::Internal)?;
+        if let Err(e) = membership::check_conf_change(&self.conf_ids(), &change) {
+            tracing::warn!(
+                index = entry.index,
+                member = format!("{:x}", change.member.id),
+                error = %e,
+                "validation on configuration change failed"
+            );
+            return Err(e);
+        }
+        let cs = self
+            .node
+            .apply_conf_change(&cc)
+            .map_err(|e| EtcdError::Internal(format!("raft: {e}")))?;
+        // Snapshots taken at or after this index describe the new membership.
+        self.record_conf_state(entry.index, cs);
+        tracing::info!(
+            index = entry.index,
+            change = ?change.kind,
+            member = format!("{:x}", change.member.id),
+            "applied a configuration change through raft"
+        );
+        if change.kind == membership::ChangeKind::Remove
+            && change.member.id == self.config.member_id
+        {
+            self.removed = true;
+        }
+        Ok(change)
+    }
+
+    async fn apply_committed(&mut self, mut entries: Vec<Entry>) -> Result<(), RaftFatal> {
+        // Conf changes go to the storage actor one by one, in order between the batches of
+        // other entries, each with the decision taken here when it was applied to raft.
+        while let Some(pos) = entries
+            .iter()
+            .position(|e| e.get_entry_type() == EntryType::EntryConfChange)
+        {
+            let mut rest = entries.split_off(pos);
+            let rest_tail = rest.split_off(1);
+            self.apply_entries(entries).await?;
+            let entry = rest.remove(0);
+            let change = self.apply_conf_change_entry(&entry);
+            let waiter = self.take_waiter(&entry);
+            self.storage_tx
+                .send(StorageMsg::ApplyConfChange {
+                    entry,
+                    change,
+                    waiter,
+                })
+                .await
+                .map_err(|_| RaftFatal("storage actor stopped".into()))?;
+            entries = rest_tail;
+        }
+        self.apply_entries(entries).await
+    }
+
+    fn take_waiter(&mut self, e: &Entry) -> Option<Waiter> {
+        if e.context.len() == 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&e.context);
+            self.pending.remove(&u64::from_be_bytes(b))
+        } else {
+            None
+        }
+    }
+
+    async fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftFatal> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -915,7 +1088,7 @@ impl RaftActor {
     fn send_messages(&mut self, msgs: Vec<raft::eraftpb::Message>) {
         for m in msgs {
             let to = m.to;
-            let sent = match &self.transport {
+            let sent = match &mut self.transport {
                 Some(t) => t.send(m),
                 None => false,
             };

@@ -8,6 +8,7 @@
 //! What differs is translated here:
 //! - `members` holds etcd's JSON member records under the unpadded hex id, built from
 //!   the storage actor's member list rather than detcd's protobuf records;
+//! - `members_removed` holds etcd's "removed" markers under the unpadded hex id;
 //! - `meta` loses detcd's raft `term` key, which etcd 3.4 does not have;
 //! - `cluster` gets etcd's `clusterVersion`, and `auth` etcd's initial `authRevision`
 //!   (1) while detcd stores no auth state, since etcd 3.4 always writes both;
@@ -86,6 +87,9 @@ pub fn etcd_member_entry(record: &MemberRecord) -> (Vec<u8>, Vec<u8>) {
         json.push_str(",\"clientURLs\":");
         push_json_strings(&mut json, &record.client_urls);
     }
+    if record.is_learner {
+        json.push_str(",\"isLearner\":true");
+    }
     json.push('}');
     (format!("{:x}", record.id).into_bytes(), json.into_bytes())
 }
@@ -104,6 +108,19 @@ pub fn etcd_buckets(
     for bucket in Bucket::ALL {
         let entries = match bucket {
             Bucket::Members => continue,
+            // etcd keys removed ids in unpadded hex, each with the value "removed".
+            Bucket::MembersRemoved => {
+                let mut entries: Vec<(Vec<u8>, Vec<u8>)> = backend
+                    .scan(bucket)?
+                    .into_iter()
+                    .filter_map(|(k, _)| {
+                        let id = u64::from_str_radix(std::str::from_utf8(&k).ok()?, 16).ok()?;
+                        Some((format!("{id:x}").into_bytes(), b"removed".to_vec()))
+                    })
+                    .collect();
+                entries.sort();
+                entries
+            }
             Bucket::Meta => {
                 let mut entries = backend.scan(bucket)?;
                 entries.retain(|(k, _)| k != TERM_KEY);
@@ -145,6 +162,7 @@ mod tests {
             name: "fixture".into(),
             peer_urls: vec!["http://127.0.0.1:23802".into()],
             client_urls: vec!["http://127.0.0.1:23792".into()],
+            is_learner: false,
         };
         let (key, value) = etcd_member_entry(&record);
         assert_eq!(key, b"2943212f5e2cf73");
@@ -157,10 +175,11 @@ mod tests {
             name: String::new(),
             peer_urls: vec!["http://h:1/<&>\"\\\n".into()],
             client_urls: vec![],
+            is_learner: true,
         };
         assert_eq!(
             String::from_utf8(etcd_member_entry(&unstarted).1).unwrap(),
-            r#"{"id":10,"peerURLs":["http://h:1/\u003c\u0026\u003e\"\\\n"]}"#
+            r#"{"id":10,"peerURLs":["http://h:1/\u003c\u0026\u003e\"\\\n"],"isLearner":true}"#
         );
     }
 

@@ -29,11 +29,13 @@ use crate::core::quota::{self, Quota};
 use crate::core::state::{LeaseChange, StateMachine, StateOutcome};
 use crate::core::watch::HistoryAnswer;
 use crate::error::EtcdError;
-use crate::msg::{ApplyReply, StorageMsg, StorageStatus, Waiter, WatchMsg};
-use crate::pb::detcdpb::{InternalRequest, MemberAttrSet, MemberRecord};
+use crate::msg::{ApplyReply, Membership, StorageMsg, StorageStatus, Waiter, WatchMsg};
+use crate::pb::detcdpb::{InternalRequest, MemberAttrSet, MemberRecord, MemberUpdate};
 use crate::pb::etcdserverpb::{
     HashKvResponse, HashResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
+use crate::raft::membership::{self, ChangeKind, MemberChange};
+use crate::rt::watch;
 use crate::storage::backend::{Backend, BatchOp, Bucket, WriteBatch};
 use crate::storage::snapshot;
 
@@ -115,6 +117,33 @@ pub struct StorageActor {
     /// The backend's [`Backend::size_bytes`] after the last write, for the gateway's
     /// quota check, which must not wait behind applies.
     size_gauge: Arc<AtomicU64>,
+    /// Ids of members removed from the cluster.
+    removed: std::collections::BTreeSet<u64>,
+    /// Where the membership is published whenever it changes.
+    membership_tx: Option<watch::Sender<std::sync::Arc<Membership>>>,
+}
+
+/// The Members-bucket key of a member record.
+fn member_key(id: u64) -> Vec<u8> {
+    format!("{id:016x}").into_bytes()
+}
+
+/// Replaces the recorded membership with `members`, as a new member does before it
+/// creates its WAL: the static `--initial-cluster`, or the member list a joining member
+/// fetched from the cluster. Written before the WAL exists, so a member that has a WAL
+/// always has its initial membership in the backend.
+pub fn seed_members(backend: &mut dyn Backend, members: &[MemberRecord]) -> std::io::Result<()> {
+    let mut batch = WriteBatch::default();
+    for (key, _) in backend.scan(Bucket::Members)? {
+        batch.ops.push(BatchOp::Delete {
+            bucket: Bucket::Members,
+            key,
+        });
+    }
+    for m in members {
+        batch.put(Bucket::Members, member_key(m.id), m.encode_to_vec());
+    }
+    backend.write(&batch)
 }
 
 /// What a backend holds at start: the state machine and the raft position it reflects.
@@ -148,6 +177,30 @@ pub fn consistent_index(backend: &dyn Backend) -> Result<u64, StorageFatal> {
         .get(Bucket::Meta, CONSISTENT_INDEX_KEY)
         .map_err(|e| StorageFatal(format!("backend: {e}")))?;
     decode_u64(bytes, "consistent index")
+}
+
+/// The membership the backend records (members and removed ids).
+pub fn stored_membership(backend: &dyn Backend) -> Result<Membership, StorageFatal> {
+    let io = |e: std::io::Error| StorageFatal(format!("backend: {e}"));
+    let mut membership = Membership::default();
+    for (key, _) in backend.scan(Bucket::MembersRemoved).map_err(io)? {
+        if let Some(id) = std::str::from_utf8(&key)
+            .ok()
+            .and_then(|k| u64::from_str_radix(k, 16).ok())
+        {
+            membership.removed.insert(id);
+        }
+    }
+    for (key, value) in backend.scan(Bucket::Members).map_err(io)? {
+        let record = MemberRecord::decode(&value[..]).map_err(|e| {
+            StorageFatal(format!(
+                "backend: corrupt member record {}: {e}",
+                String::from_utf8_lossy(&key)
+            ))
+        })?;
+        membership.members.insert(record.id, record);
+    }
+    Ok(membership)
 }
 
 /// Rebuilds the state machine from a backend. `min_lease_ttl_s` is etcd's minimum lease
@@ -219,6 +272,8 @@ impl StorageActor {
             members: BTreeMap::new(),
             quota: Quota { limit_bytes: None },
             size_gauge: Arc::new(AtomicU64::new(0)),
+            removed: Default::default(),
+            membership_tx: None,
         }
     }
 
@@ -253,25 +308,128 @@ impl StorageActor {
         }
     }
 
-    /// Seeds the member list with the static initial cluster (id and peer URLs; name and
-    /// client URLs stay empty until the member publishes them, as etcd lists an unstarted
-    /// member), then overlays what the Members bucket recorded from earlier publications.
+    /// Loads the membership the Members bucket records (seeded by [`seed_members`] when
+    /// the member was created, then changed by applied entries) and publishes it on `tx`.
     pub fn with_members(
         mut self,
-        initial: impl IntoIterator<Item = (u64, Vec<String>)>,
+        tx: watch::Sender<std::sync::Arc<Membership>>,
     ) -> Result<StorageActor, StorageFatal> {
-        for (id, peer_urls) in initial {
-            self.members.insert(
-                id,
-                MemberRecord {
-                    id,
-                    peer_urls,
-                    ..Default::default()
-                },
-            );
-        }
         self.reload_members()?;
+        self.membership_tx = Some(tx);
+        self.publish_membership();
         Ok(self)
+    }
+
+    fn publish_membership(&self) {
+        if let Some(tx) = &self.membership_tx {
+            let _ = tx.send(std::sync::Arc::new(Membership {
+                members: self.members.clone(),
+                removed: self.removed.clone(),
+            }));
+        }
+    }
+
+    fn member_list(&self) -> Vec<MemberRecord> {
+        self.members.values().cloned().collect()
+    }
+
+    /// Applies a MemberUpdate (new peer URLs), validated against the applied membership so
+    /// every member decides the same.
+    fn update_member(
+        &mut self,
+        update: &MemberUpdate,
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<MemberRecord>, EtcdError> {
+        membership::check_update(&self.member_list(), update.member_id, &update.peer_urls)?;
+        let Some(record) = self.members.get_mut(&update.member_id) else {
+            return Err(EtcdError::MemberNotFound);
+        };
+        record.peer_urls = update.peer_urls.clone();
+        batch.put(
+            Bucket::Members,
+            member_key(record.id),
+            record.encode_to_vec(),
+        );
+        Ok(self.member_list())
+    }
+
+    /// Applies one committed membership change that raft has accepted (or, on `Err`,
+    /// rejected), recording it in the Members bucket with the applied index.
+    fn apply_conf_change(
+        &mut self,
+        entry: raft::eraftpb::Entry,
+        change: Result<MemberChange, EtcdError>,
+        waiter: Option<Waiter>,
+    ) -> Result<(), StorageFatal> {
+        if entry.index <= self.applied_index {
+            // Replayed from the WAL after a restart but already in the backend.
+            return Ok(());
+        }
+        if entry.index != self.applied_index + 1 {
+            return Err(StorageFatal(format!(
+                "apply: conf change at index {} follows applied index {}",
+                entry.index, self.applied_index
+            )));
+        }
+        self.applied_index = entry.index;
+        self.term = self.term.max(entry.term);
+        let mut batch = WriteBatch::default();
+        let result = change.map(|change| {
+            let id = change.member.id;
+            match change.kind {
+                ChangeKind::AddVoter | ChangeKind::AddLearner => {
+                    let record = MemberRecord {
+                        id,
+                        name: String::new(),
+                        peer_urls: change.member.peer_urls,
+                        client_urls: Vec::new(),
+                        is_learner: change.kind == ChangeKind::AddLearner,
+                    };
+                    batch.put(Bucket::Members, member_key(id), record.encode_to_vec());
+                    self.members.insert(id, record);
+                }
+                ChangeKind::Promote => {
+                    if let Some(record) = self.members.get_mut(&id) {
+                        record.is_learner = false;
+                        batch.put(Bucket::Members, member_key(id), record.encode_to_vec());
+                    }
+                }
+                ChangeKind::Remove => {
+                    self.members.remove(&id);
+                    self.removed.insert(id);
+                    batch.ops.push(BatchOp::Delete {
+                        bucket: Bucket::Members,
+                        key: member_key(id),
+                    });
+                    batch.put(Bucket::MembersRemoved, member_key(id), Vec::new());
+                }
+            }
+            self.member_list()
+        });
+        self.write_applied(batch)?;
+        self.publish_membership();
+        if let Some(w) = waiter {
+            self.pending_replies
+                .push((w, result.map(crate::core::apply::Response::Members)));
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` with the applied index and term, atomically.
+    fn write_applied(&mut self, mut batch: WriteBatch) -> Result<(), StorageFatal> {
+        batch.ops.push(BatchOp::Put {
+            bucket: Bucket::Meta,
+            key: CONSISTENT_INDEX_KEY.to_vec(),
+            value: self.applied_index.to_be_bytes().to_vec(),
+        });
+        batch.ops.push(BatchOp::Put {
+            bucket: Bucket::Meta,
+            key: TERM_KEY.to_vec(),
+            value: self.term.to_be_bytes().to_vec(),
+        });
+        self.backend
+            .write(&batch)
+            .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))
     }
 
     /// Records a member's published name and client URLs. An id outside the membership is
@@ -288,7 +446,7 @@ impl StorageActor {
         record.client_urls = attrs.client_urls.clone();
         batch.put(
             Bucket::Members,
-            format!("{:016x}", record.id).into_bytes(),
+            member_key(record.id),
             record.encode_to_vec(),
         );
     }
@@ -429,6 +587,14 @@ impl StorageActor {
                     }));
                 }
             }
+            StorageMsg::ApplyConfChange {
+                entry,
+                change,
+                waiter,
+            } => {
+                self.apply_conf_change(entry, change, waiter)?;
+                self.serve_waiting_reads();
+            }
             StorageMsg::MemberList { reply } => {
                 let _ = reply.send(self.members.values().cloned().collect());
             }
@@ -487,6 +653,7 @@ impl StorageActor {
         self.applied_index = recovered.applied_index;
         self.term = self.term.max(recovered.term);
         self.reload_members()?;
+        self.publish_membership();
         tracing::info!(
             index,
             applied_index = self.applied_index,
@@ -511,21 +678,11 @@ impl StorageActor {
         Ok(())
     }
 
-    /// Overlays the member records the Members bucket holds on the known members.
+    /// Loads the membership (members and removed ids) the backend records.
     fn reload_members(&mut self) -> Result<(), StorageFatal> {
-        let stored = self
-            .backend
-            .scan(Bucket::Members)
-            .map_err(|e| StorageFatal(format!("backend: {e}")))?;
-        for (key, value) in stored {
-            let record = MemberRecord::decode(&value[..]).map_err(|e| {
-                StorageFatal(format!(
-                    "backend: corrupt member record {}: {e}",
-                    String::from_utf8_lossy(&key)
-                ))
-            })?;
-            self.members.insert(record.id, record);
-        }
+        let Membership { members, removed } = stored_membership(self.backend.as_ref())?;
+        self.members = members;
+        self.removed = removed;
         Ok(())
     }
 
@@ -560,6 +717,7 @@ impl StorageActor {
         let mut lease_changes = Vec::new();
         let mut applied_any = false;
         let mut events = Vec::new();
+        let mut membership_changed = false;
         for (entry, waiter) in entries.into_iter().zip(waiters) {
             if entry.index <= self.applied_index {
                 // Replayed from the WAL after a restart but already in the backend.
@@ -585,6 +743,7 @@ impl StorageActor {
             })?;
             if let Some(attrs) = &request.member_attr_set {
                 self.set_member_attrs(attrs, &mut batch);
+                membership_changed = true;
                 if let Some(w) = waiter {
                     replies.push((w, Ok(Response::MemberAttrSet)));
                 }
@@ -598,6 +757,14 @@ impl StorageActor {
                 Some(cost) => self.quota.available(self.backend.size_bytes(), cost),
                 None => true,
             };
+            if let Some(update) = &request.member_update {
+                let result = self.update_member(update, &mut batch);
+                membership_changed = true;
+                if let Some(w) = waiter {
+                    replies.push((w, result.map(Response::Members)));
+                }
+                continue;
+            }
             let StateOutcome {
                 mut outcome,
                 lease_changes: changes,
@@ -631,6 +798,9 @@ impl StorageActor {
             .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))?;
         self.size_gauge
             .store(self.backend.size_bytes(), Ordering::Relaxed);
+        if membership_changed {
+            self.publish_membership();
+        }
         if !events.is_empty() && self.watch_tx.is_some() {
             self.to_watch.push(WatchMsg::Applied {
                 revision: self.state.mvcc.current_revision(),
@@ -678,6 +848,7 @@ fn with_header(resp: Response, header: ResponseHeader) -> Response {
         // etcd answers alarm requests without a header (its apply step sets none and its
         // Maintenance service fills none); `etcdctl alarm list -w json` shows none.
         Response::Alarm(r) => Response::Alarm(r),
+        Response::Members(m) => Response::Members(m),
     }
 }
 

@@ -19,7 +19,7 @@
 //! runs over real TCP and over the simulated network.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -29,11 +29,14 @@ use tonic::{Request, Response, Status};
 
 use crate::actors::lease_timer::LeaseMsg;
 use crate::error::EtcdError;
-use crate::msg::{RaftMsg, RaftStatus, StorageMsg};
+use crate::gateway::Handle;
+use crate::msg::{MembershipRx, RaftMsg, RaftStatus, StorageMsg};
+use crate::pb::detcdpb::MemberRecord;
 use crate::pb::detcdraftpb::raft_client::RaftClient;
 use crate::pb::detcdraftpb::raft_server::Raft;
 use crate::pb::detcdraftpb::{
-    LeaseRenewRequest, LeaseRenewResponse, RaftAck, RaftBatch, SnapshotChunk,
+    LeaseRenewRequest, LeaseRenewResponse, MembersRequest, MembersResponse, PromoteRequest,
+    PromoteResponse, RaftAck, RaftBatch, SnapshotChunk,
 };
 use crate::raft::MAX_PEER_MESSAGE_BYTES;
 use crate::rt;
@@ -67,24 +70,73 @@ const SNAPSHOT_SEND_BASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// messages is never built (see [`PeerSender`]), so this leaves room for framing only.
 pub const MAX_PEER_GRPC_BYTES: usize = MAX_PEER_MESSAGE_BYTES + 64 * 1024;
 
-/// The static facts about the cluster the transport needs.
-#[derive(Debug, Clone)]
+/// An idle sender probes its peer this often with an empty batch, so that every peer's
+/// reachability is known even where raft sends nothing (followers talk only to the
+/// leader), as etcd's rafthttp keeps a stream to every peer. `--strict-reconfig-check`
+/// relies on it.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// The text of the refusal a removed member's messages get from its former peers.
+pub const MEMBER_REMOVED_MESSAGE: &str = "the member has been permanently removed from the cluster";
+
+/// Since when each peer has been reachable without interruption (absent: not reachable
+/// now), as the peer senders observe it (etcd's `ActiveSince`).
+#[derive(Debug, Clone, Default)]
+pub struct PeerHealth {
+    active_since: Arc<Mutex<BTreeMap<u64, rt::Instant>>>,
+}
+
+impl PeerHealth {
+    /// Since when `id` has been reachable, if it is.
+    pub fn active_since(&self, id: u64) -> Option<rt::Instant> {
+        self.lock().get(&id).copied()
+    }
+
+    fn mark(&self, id: u64, active: bool) {
+        let mut map = self.lock();
+        if active {
+            map.entry(id).or_insert_with(rt::now);
+        } else {
+            map.remove(&id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, rt::Instant>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.active_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What the transport needs about the cluster. The membership is live: members added or
+/// removed through raft appear here once the storage actor applies them.
+#[derive(Clone)]
 pub struct PeerConfig {
     /// This member's id.
     pub local_id: u64,
     /// The cluster id.
     pub cluster_id: u64,
-    /// Every other member's id and peer URLs.
-    pub peers: BTreeMap<u64, Vec<String>>,
+    /// The applied membership.
+    pub membership: MembershipRx,
+    /// Peer reachability, written by the senders.
+    pub health: PeerHealth,
 }
 
-/// The raft actor's side of the transport: one bounded queue per peer.
+struct PeerQueue {
+    urls: Vec<String>,
+    tx: mpsc::Sender<Message>,
+    /// One snapshot at a time (raft sends a follower nothing else until it hears how the
+    /// snapshot went); dropping it ends the peer's snapshot sender.
+    snapshot_tx: mpsc::Sender<Message>,
+}
+
+/// The raft actor's side of the transport: one bounded queue per peer, following the
+/// applied membership.
 pub struct Transport {
-    queues: BTreeMap<u64, mpsc::Sender<Message>>,
-    /// One snapshot at a time per peer (raft sends a follower nothing else until it hears
-    /// how the snapshot went).
-    snapshot_queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    config: PeerConfig,
     raft_tx: mpsc::Sender<RaftMsg>,
+    storage_tx: mpsc::Sender<StorageMsg>,
+    queues: BTreeMap<u64, PeerQueue>,
 }
 
 impl Transport {
@@ -95,37 +147,66 @@ impl Transport {
         raft_tx: mpsc::Sender<RaftMsg>,
         storage_tx: mpsc::Sender<StorageMsg>,
     ) -> Transport {
-        let mut queues = BTreeMap::new();
-        let mut snapshot_queues = BTreeMap::new();
-        for (&id, urls) in &config.peers {
-            let (snap_tx, snap_rx) = mpsc::channel(1);
-            snapshot_queues.insert(id, snap_tx);
+        let mut t = Transport {
+            config: config.clone(),
+            raft_tx,
+            storage_tx,
+            queues: BTreeMap::new(),
+        };
+        t.sync();
+        t
+    }
+
+    /// Brings the sender tasks in line with the membership: a task for every new member,
+    /// none for removed ones (dropping a queue ends its task), and a fresh task for a
+    /// member whose peer URLs changed.
+    fn sync(&mut self) {
+        let membership = self.config.membership.borrow_and_update().clone();
+        let health = &self.config.health;
+        self.queues.retain(|id, q| {
+            let keep = membership
+                .members
+                .get(id)
+                .is_some_and(|m| m.peer_urls == q.urls);
+            if !keep {
+                health.mark(*id, false);
+            }
+            keep
+        });
+        for (&id, m) in &membership.members {
+            if id == self.config.local_id || self.queues.contains_key(&id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_BOUND);
+            let (snapshot_tx, snapshot_rx) = mpsc::channel(1);
+            self.queues.insert(
+                id,
+                PeerQueue {
+                    urls: m.peer_urls.clone(),
+                    tx,
+                    snapshot_tx,
+                },
+            );
             let snapshot_sender = SnapshotSender {
-                local_id: config.local_id,
-                cluster_id: config.cluster_id,
+                local_id: self.config.local_id,
+                cluster_id: self.config.cluster_id,
                 peer_id: id,
-                urls: urls.clone(),
-                queue: snap_rx,
-                raft_tx: raft_tx.clone(),
-                storage_tx: storage_tx.clone(),
+                urls: m.peer_urls.clone(),
+                queue: snapshot_rx,
+                raft_tx: self.raft_tx.clone(),
+                storage_tx: self.storage_tx.clone(),
             };
             rt::spawn("snapshot-sender", snapshot_sender.run());
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_BOUND);
-            queues.insert(id, tx);
             let sender = PeerSender {
-                local_id: config.local_id,
-                cluster_id: config.cluster_id,
+                local_id: self.config.local_id,
+                cluster_id: self.config.cluster_id,
                 peer_id: id,
-                urls: urls.clone(),
+                urls: m.peer_urls.clone(),
                 queue: rx,
-                raft_tx: raft_tx.clone(),
+                raft_tx: self.raft_tx.clone(),
+                health: self.config.health.clone(),
             };
             rt::spawn("peer-sender", sender.run());
-        }
-        Transport {
-            queues,
-            snapshot_queues,
-            raft_tx,
         }
     }
 
@@ -133,13 +214,16 @@ impl Transport {
     /// dropped (unknown destination or a full queue); the caller then reports the peer
     /// unreachable to raft. A dropped snapshot is also reported as failed, because raft
     /// waits for that report before it replicates to the follower again.
-    pub fn send(&self, msg: Message) -> bool {
+    pub fn send(&mut self, msg: Message) -> bool {
+        if self.config.membership.has_changed() {
+            self.sync();
+        }
         let to = msg.to;
         if msg.get_msg_type() == MessageType::MsgSnapshot {
             let queued = self
-                .snapshot_queues
+                .queues
                 .get(&to)
-                .is_some_and(|q| q.try_send(msg).is_ok());
+                .is_some_and(|q| q.snapshot_tx.try_send(msg).is_ok());
             if !queued {
                 let _ = self.raft_tx.try_send(RaftMsg::SnapshotStatus {
                     member_id: to,
@@ -149,7 +233,7 @@ impl Transport {
             return queued;
         }
         match self.queues.get(&to) {
-            Some(q) => q.try_send(msg).is_ok(),
+            Some(q) => q.tx.try_send(msg).is_ok(),
             None => false,
         }
     }
@@ -266,6 +350,7 @@ struct PeerSender {
     urls: Vec<String>,
     queue: mpsc::Receiver<Message>,
     raft_tx: mpsc::Sender<RaftMsg>,
+    health: PeerHealth,
 }
 
 impl PeerSender {
@@ -275,14 +360,28 @@ impl PeerSender {
         let mut url_index = 0usize;
         let mut active = false;
         loop {
-            let Some(first) = self.queue.recv().await else {
-                // The raft actor dropped the transport: the member is stopping.
-                return;
+            let first = tokio::select! {
+                // Branches are polled in order, not at random, so a simulation replays from its seed.
+                biased;
+                m = self.queue.recv() => match m {
+                    Some(m) => Some(m),
+                    // The raft actor dropped the queue: the peer was removed, or the
+                    // member is stopping.
+                    None => return,
+                },
+                _ = rt::sleep(PROBE_INTERVAL) => None,
             };
-            let batch = self.take_batch(first);
-            if batch.is_empty() {
-                continue;
-            }
+            let batch = match first {
+                Some(first) => {
+                    let batch = self.take_batch(first);
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    batch
+                }
+                // An empty batch is a probe: the peer checks and acknowledges it.
+                None => Vec::new(),
+            };
             if client.is_none() {
                 let url = self.urls[url_index % self.urls.len().max(1)].clone();
                 url_index = url_index.wrapping_add(1);
@@ -299,6 +398,12 @@ impl PeerSender {
                     });
                     match rt::timeout_at(rt::now() + PEER_SEND_TIMEOUT, call).await {
                         Ok(Ok(_)) => Ok(()),
+                        Ok(Err(status)) if status.message() == MEMBER_REMOVED_MESSAGE => {
+                            // The peer knows this member was removed: stop, as etcd does
+                            // on its peers' "member removed" answer.
+                            let _ = self.raft_tx.send(RaftMsg::Removed).await;
+                            return;
+                        }
                         Ok(Err(status)) => Err(status.message().to_string()),
                         Err(_) => Err("timed out".to_string()),
                     }
@@ -306,6 +411,7 @@ impl PeerSender {
             };
             match delivered {
                 Ok(()) => {
+                    self.health.mark(self.peer_id, true);
                     if !active {
                         tracing::info!(
                             remote_peer_id = format!("{:x}", self.peer_id),
@@ -316,6 +422,7 @@ impl PeerSender {
                     backoff = BACKOFF_MIN;
                 }
                 Err(e) => {
+                    self.health.mark(self.peer_id, false);
                     if active {
                         tracing::warn!(
                             remote_peer_id = format!("{:x}", self.peer_id),
@@ -370,6 +477,23 @@ impl PeerSender {
         }
         batch
     }
+}
+
+/// Asks the members at `urls` (peer URLs) for the cluster's id and members, as a member
+/// joining with `--initial-cluster-state existing` does (etcd's `GetClusterFromRemotePeers`),
+/// trying each URL in turn until one answers.
+pub async fn fetch_cluster(urls: &[String], timeout: Duration) -> Option<MembersResponse> {
+    for url in urls {
+        let Some(mut client) = connect(url).await else {
+            tracing::warn!(remote_peer_url = %url, "failed to get cluster response");
+            continue;
+        };
+        match rt::timeout_at(rt::now() + timeout, client.members(MembersRequest {})).await {
+            Ok(Ok(r)) => return Some(r.into_inner()),
+            _ => tracing::warn!(remote_peer_url = %url, "failed to get cluster response"),
+        }
+    }
+    None
 }
 
 async fn connect(url: &str) -> Option<RaftClient<tonic::transport::Channel>> {
@@ -482,34 +606,51 @@ pub fn decode_snapshot_header(first: &SnapshotChunk, local_id: u64) -> Result<Me
     Ok(m)
 }
 
-/// The peer gRPC service: receives raft batches and forwarded lease calls.
+/// The peer gRPC service: receives raft batches, forwarded lease calls and promotions,
+/// and tells joining members about the cluster.
 pub struct PeerService {
     local_id: u64,
     cluster_id: u64,
-    members: BTreeSet<u64>,
+    membership: MembershipRx,
     raft_tx: mpsc::Sender<RaftMsg>,
     lease_tx: mpsc::Sender<LeaseMsg>,
     status: watch::Receiver<RaftStatus>,
+    bootstrap_voters: Vec<u64>,
+    handle: Option<Handle>,
 }
 
 impl PeerService {
-    /// Builds the service; `members` are all member ids, this one included.
+    /// Builds the service over the live membership.
     pub fn new(
         config: &PeerConfig,
         raft_tx: mpsc::Sender<RaftMsg>,
         lease_tx: mpsc::Sender<LeaseMsg>,
         status: watch::Receiver<RaftStatus>,
     ) -> PeerService {
-        let mut members: BTreeSet<u64> = config.peers.keys().copied().collect();
-        members.insert(config.local_id);
         PeerService {
             local_id: config.local_id,
             cluster_id: config.cluster_id,
-            members,
+            membership: config.membership.clone(),
             raft_tx,
             lease_tx,
             status,
+            bootstrap_voters: Vec::new(),
+            handle: None,
         }
+    }
+
+    /// Answers joining members with `voters` as the configuration the raft log starts
+    /// from, and serves forwarded promotions through `handle`.
+    pub fn with_cluster(mut self, voters: Vec<u64>, handle: Handle) -> PeerService {
+        self.bootstrap_voters = voters;
+        self.handle = Some(handle);
+        self
+    }
+
+    fn member_ids(&self) -> BTreeSet<u64> {
+        let mut ids: BTreeSet<u64> = self.membership.borrow().members.keys().copied().collect();
+        ids.insert(self.local_id);
+        ids
     }
 
     fn check_peer(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
@@ -525,7 +666,10 @@ impl PeerService {
                 self.cluster_id
             )));
         }
-        if !self.members.contains(&from) {
+        if self.membership.borrow().removed.contains(&from) {
+            return Err(Status::permission_denied(MEMBER_REMOVED_MESSAGE));
+        }
+        if !self.member_ids().contains(&from) {
             return Err(Status::permission_denied(format!(
                 "member {from:x} is not a member of cluster {:x}",
                 self.cluster_id
@@ -540,8 +684,9 @@ impl Raft for PeerService {
     async fn send(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
         let batch = req.into_inner();
         self.check_peer(batch.cluster_id, batch.from)?;
-        let messages = decode_batch(&batch, self.local_id, self.cluster_id, &self.members)
-            .map_err(|e| {
+        let members = self.member_ids();
+        let messages =
+            decode_batch(&batch, self.local_id, self.cluster_id, &members).map_err(|e| {
                 tracing::warn!(
                     remote_peer_id = format!("{:x}", batch.from),
                     error = %e,
@@ -665,6 +810,45 @@ impl Raft for PeerService {
         };
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }
+
+    async fn members(
+        &self,
+        _req: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        self.members_impl().await
+    }
+
+    async fn promote(
+        &self,
+        req: Request<PromoteRequest>,
+    ) -> Result<Response<PromoteResponse>, Status> {
+        self.promote_impl(req).await
+    }
+}
+
+impl PeerService {
+    async fn members_impl(&self) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.cluster_id,
+            members: self.membership.borrow().list(),
+            bootstrap_voters: self.bootstrap_voters.clone(),
+        }))
+    }
+
+    async fn promote_impl(
+        &self,
+        req: Request<PromoteRequest>,
+    ) -> Result<Response<PromoteResponse>, Status> {
+        let req = req.into_inner();
+        self.check_peer(req.cluster_id, req.from)?;
+        let Some(handle) = &self.handle else {
+            return Err(EtcdError::NotCapable.to_status());
+        };
+        let members = crate::gateway::cluster::promote_on_leader(handle, req.member_id)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(PromoteResponse { members }))
+    }
 }
 
 async fn send_lease<T>(
@@ -685,31 +869,74 @@ async fn send_lease<T>(
     }
 }
 
-/// Forwards lease calls from a follower to the leader's peer service.
+/// Forwards lease calls and promotions from a follower to the leader's peer service.
 #[derive(Clone)]
 pub struct LeaseForwarder {
     local_id: u64,
     cluster_id: u64,
-    channels: Arc<BTreeMap<u64, tonic::transport::Channel>>,
+    membership: MembershipRx,
+    /// Lazily connecting channels by member id, with the peer URL each was built for.
+    channels: Arc<Mutex<BTreeMap<u64, (String, tonic::transport::Channel)>>>,
 }
 
 impl LeaseForwarder {
-    /// Builds lazily connecting channels to every peer (nothing connects until used).
+    /// Builds a forwarder over the live membership (nothing connects until used).
     pub fn new(config: &PeerConfig) -> LeaseForwarder {
-        let mut channels = BTreeMap::new();
-        for (&id, urls) in &config.peers {
-            let Some(url) = urls.first() else { continue };
-            if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) {
-                let endpoint = endpoint
-                    .connect_timeout(PEER_CONNECT_TIMEOUT)
-                    .timeout(PEER_SEND_TIMEOUT);
-                channels.insert(id, endpoint.connect_lazy());
-            }
-        }
         LeaseForwarder {
             local_id: config.local_id,
             cluster_id: config.cluster_id,
-            channels: Arc::new(channels),
+            membership: config.membership.clone(),
+            channels: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// A channel to member `id`'s first peer URL, reused while that URL stays the same.
+    fn channel(&self, id: u64) -> Option<tonic::transport::Channel> {
+        let url = self
+            .membership
+            .borrow()
+            .members
+            .get(&id)
+            .and_then(|m| m.peer_urls.first().cloned())?;
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((u, c)) = channels.get(&id) {
+            if *u == url {
+                return Some(c.clone());
+            }
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .ok()?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .timeout(PEER_SEND_TIMEOUT);
+        let channel = endpoint.connect_lazy();
+        channels.insert(id, (url, channel.clone()));
+        Some(channel)
+    }
+
+    /// Asks the leader `leader_id` to promote learner `member_id`, within `timeout`, and
+    /// returns the member list after the promotion.
+    pub async fn promote(
+        &self,
+        leader_id: u64,
+        member_id: u64,
+        timeout: Duration,
+    ) -> Result<Vec<MemberRecord>, Status> {
+        let Some(channel) = self.channel(leader_id) else {
+            return Err(EtcdError::NoLeader.to_status());
+        };
+        let mut client = RaftClient::new(channel);
+        let call = client.promote(PromoteRequest {
+            cluster_id: self.cluster_id,
+            from: self.local_id,
+            member_id,
+        });
+        match rt::timeout_at(rt::now() + timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner().members),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(EtcdError::Timeout.to_status()),
         }
     }
 
@@ -722,10 +949,10 @@ impl LeaseForwarder {
         query_only: bool,
         timeout: Duration,
     ) -> Result<i64, EtcdError> {
-        let Some(channel) = self.channels.get(&leader_id) else {
+        let Some(channel) = self.channel(leader_id) else {
             return Err(EtcdError::NoLeader);
         };
-        let mut client = RaftClient::new(channel.clone());
+        let mut client = RaftClient::new(channel);
         let call = client.lease_renew(LeaseRenewRequest {
             cluster_id: self.cluster_id,
             from: self.local_id,

@@ -39,9 +39,7 @@ pub const NOT_YET_IMPLEMENTED: &[&str] = &[
     "listen-peer-urls",
     "initial-advertise-peer-urls",
     "initial-cluster",
-    "initial-cluster-state",
     "initial-cluster-token",
-    "strict-reconfig-check",
     "pre-vote",
     // Discovery.
     "discovery",

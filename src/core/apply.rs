@@ -30,6 +30,8 @@ pub enum Response {
     MemberAttrSet,
     /// The answer to an alarm request.
     Alarm(crate::pb::etcdserverpb::AlarmResponse),
+    /// A membership change was applied: the members afterwards, in id order.
+    Members(Vec<crate::pb::detcdpb::MemberRecord>),
 }
 
 /// What applying one request produced.

@@ -33,6 +33,9 @@ fn unexpected(what: &str) -> EtcdError {
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = req.into_inner();
+        if !req.serializable {
+            self.handle.refuse_if_learner()?;
+        }
         reply(match validate::check_range(&req) {
             Ok(()) => self.handle.range(req).await,
             Err(e) => Err(e),
@@ -42,6 +45,7 @@ impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
         let result = async {
+            self.handle.refuse_if_learner()?;
             let request = InternalRequest {
                 put: Some(req),
                 ..Default::default()
@@ -66,6 +70,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = req.into_inner();
         let result = async {
+            self.handle.refuse_if_learner()?;
             validate::check_delete(&req)?;
             let request = InternalRequest {
                 delete_range: Some(req),
@@ -83,6 +88,7 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = req.into_inner();
         let result = async {
+            self.handle.refuse_if_learner()?;
             let request = InternalRequest {
                 txn: Some(req),
                 ..Default::default()
@@ -107,6 +113,7 @@ impl Kv for KvService {
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = req.into_inner();
         let result = async {
+            self.handle.refuse_if_learner()?;
             let request = InternalRequest {
                 compaction: Some(req),
                 ..Default::default()

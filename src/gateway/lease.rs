@@ -116,6 +116,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        // etcd's learner interceptor refuses every lease call on a learner.
+        self.handle.refuse_if_learner()?;
         let mut req = req.into_inner();
         if req.id == 0 {
             req.id = new_lease_id();
@@ -140,6 +142,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        // etcd's learner interceptor refuses every lease call on a learner.
+        self.handle.refuse_if_learner()?;
         let request = InternalRequest {
             lease_revoke: Some(req.into_inner()),
             ..Default::default()
@@ -160,6 +164,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        // etcd's learner interceptor refuses every lease call on a learner.
+        self.handle.refuse_if_learner()?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(CHANNEL_BOUND);
         let handle = self.handle.clone();
@@ -195,6 +201,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        // etcd's learner interceptor refuses every lease call on a learner.
+        self.handle.refuse_if_learner()?;
         let req = req.into_inner();
         let result = async {
             let (tx, rx) = oneshot::channel();
@@ -251,6 +259,8 @@ impl Lease for LeaseService {
         &self,
         _req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        // etcd's learner interceptor refuses every lease call on a learner.
+        self.handle.refuse_if_learner()?;
         let result = async {
             let (tx, rx) = oneshot::channel();
             let mut resp = self

@@ -77,7 +77,7 @@ impl Maintenance for MaintenanceService {
                 raft_applied_index: storage.applied_index,
                 errors: status_errors(raft.leader_id, &storage.alarms),
                 db_size_in_use: storage.db_size_in_use_bytes as i64,
-                is_learner: false,
+                is_learner: raft.is_learner,
                 ..Default::default()
             })
         }

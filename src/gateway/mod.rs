@@ -60,6 +60,12 @@ pub struct Handle {
     pub quota: Quota,
     /// The backend's size, as the storage actor last reported it.
     pub backend_size: Arc<AtomicU64>,
+    /// The applied membership.
+    pub membership: crate::msg::MembershipRx,
+    /// Peer reachability, for `--strict-reconfig-check`.
+    pub peer_health: crate::actors::transport::PeerHealth,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
 }
 
 impl Handle {
@@ -101,6 +107,16 @@ impl Handle {
             tracing::warn!(error = %e, "failed to raise the NOSPACE alarm");
         }
         Err(EtcdError::NoSpace)
+    }
+
+    /// etcd's learner interceptor: a learner refuses client requests other than
+    /// serializable reads and status with "rpc not supported for learner".
+    pub fn refuse_if_learner(&self) -> Result<(), EtcdError> {
+        if self.raft_status.borrow().is_learner {
+            Err(EtcdError::NotSupportedForLearner)
+        } else {
+            Ok(())
+        }
     }
 
     /// Serves a range: linearizable (after a ReadIndex barrier) unless `serializable`.

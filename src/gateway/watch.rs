@@ -30,6 +30,8 @@ pub const STREAM_QUEUE_BOUND: usize = 128;
 pub struct WatchService {
     watch_tx: mpsc::Sender<WatchMsg>,
     next_stream: Arc<AtomicU64>,
+    /// The raft status, to refuse streams while this member is a learner.
+    raft_status: Option<rt::watch::Receiver<crate::msg::RaftStatus>>,
 }
 
 impl WatchService {
@@ -39,7 +41,18 @@ impl WatchService {
         WatchService {
             watch_tx,
             next_stream,
+            raft_status: None,
         }
+    }
+
+    /// Refuses new streams while `raft_status` says this member is a learner, as etcd's
+    /// stream interceptor refuses every stream on a learner.
+    pub fn with_learner_check(
+        mut self,
+        raft_status: rt::watch::Receiver<crate::msg::RaftStatus>,
+    ) -> WatchService {
+        self.raft_status = Some(raft_status);
+        self
     }
 }
 
@@ -63,6 +76,13 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        if self
+            .raft_status
+            .as_ref()
+            .is_some_and(|s| s.borrow().is_learner)
+        {
+            return Err(EtcdError::NotSupportedForLearner.to_status());
+        }
         let mut inbound = req.into_inner();
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_BOUND);

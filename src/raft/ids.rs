@@ -27,6 +27,19 @@ pub fn cluster_id(member_ids: &[u64]) -> u64 {
     first_u64(&hasher.finalize())
 }
 
+/// The id etcd 3.4 gives a member added at run time (`MemberAdd`): the first 8 bytes of
+/// SHA-1 over the sorted peer URLs, an empty cluster name (etcd's gRPC handler passes
+/// none) and the decimal Unix time in seconds, so re-adding the same URLs later yields a
+/// new id. `now_unix_s` comes from the runtime seam's clock, so simulations replay.
+pub fn new_member_id(peer_urls: &[String], now_unix_s: u64) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let mut hasher = Sha1::new();
+    hasher.update(urls.concat().as_bytes());
+    hasher.update(now_unix_s.to_string().as_bytes());
+    first_u64(&hasher.finalize())
+}
+
 fn first_u64(digest: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest[..8]);
@@ -44,6 +57,21 @@ mod tests {
         let id = member_id(&["http://localhost:2380".to_string()], "etcd-cluster");
         assert_eq!(format!("{id:x}"), "8e9e05c52164694d");
         assert_eq!(format!("{:x}", cluster_id(&[id])), "cdf818194e3a8c32");
+    }
+
+    #[test]
+    fn added_member_id_depends_on_urls_and_time_only() {
+        // sha1("http://10.0.0.4:2380" + "" + "1700000000"), first 8 bytes, as etcd's
+        // membership.NewMember computes it.
+        let urls = vec!["http://10.0.0.4:2380".to_string()];
+        let id = new_member_id(&urls, 1_700_000_000);
+        let mut h = Sha1::new();
+        h.update(b"http://10.0.0.4:23801700000000");
+        assert_eq!(id, first_u64(&h.finalize()));
+        assert_ne!(id, new_member_id(&urls, 1_700_000_001));
+        let two = vec!["http://b:1".to_string(), "http://a:1".to_string()];
+        let sorted = vec!["http://a:1".to_string(), "http://b:1".to_string()];
+        assert_eq!(new_member_id(&two, 5), new_member_id(&sorted, 5));
     }
 
     #[test]

@@ -101,6 +101,25 @@ impl std::fmt::Display for LogError {
 
 impl std::error::Error for LogError {}
 
+/// True if `dir` holds a WAL: the member has been created before, and restarts from it.
+pub fn exists(disk: &dyn Disk, dir: &Path) -> bool {
+    Wal::exists(disk, dir)
+}
+
+/// The identity recorded in the WAL in `dir`. A restarted member takes its member and
+/// cluster ids from here, not from its flags, as etcd does: a member that joined a running
+/// cluster got an id its flags cannot reproduce. (This reads the WAL once more than the
+/// open that follows; starts are rare and the WAL is bounded by compaction.)
+pub fn read_identity(disk: Arc<dyn Disk>, dir: &Path) -> Result<WalIdentity, LogError> {
+    let (_, contents) = Wal::open(disk, dir).map_err(LogError::Wal)?;
+    WalIdentity::decode(&contents.metadata).ok_or_else(|| {
+        LogError::Raft(format!(
+            "the WAL in {} has no valid member identity",
+            dir.display()
+        ))
+    })
+}
+
 /// Opens the WAL in `dir` and rebuilds raft's log from it, or, when there is none, creates
 /// a WAL for a new member whose initial voters are `voters` (none for a member joining an
 /// existing cluster, which learns the membership from the leader).

@@ -3,6 +3,7 @@
 
 pub mod ids;
 pub mod log;
+pub mod membership;
 pub mod store;
 
 /// Peer messages are bounded in size before they are decoded, because the `protobuf` 2

@@ -175,6 +175,11 @@ impl<T> Receiver<T> {
         Ref(self.shared.read())
     }
 
+    /// True if the value changed since this receiver last marked it seen.
+    pub fn has_changed(&self) -> bool {
+        self.shared.read().1 != self.seen
+    }
+
     /// The current value, marked seen.
     pub fn borrow_and_update(&mut self) -> Ref<'_, T> {
         let state = self.shared.read();

@@ -31,6 +31,8 @@ pub enum Bucket {
     /// Raised alarms (etcd's `alarm` bucket): each key is an encoded `AlarmMember`, each
     /// value empty, as etcd stores them.
     Alarm,
+    /// Ids of removed members, which may never rejoin (etcd's `members_removed` bucket).
+    MembersRemoved,
 }
 
 /// One change in a [`WriteBatch`].
@@ -63,7 +65,7 @@ pub struct WriteBatch {
 
 impl Bucket {
     /// Every bucket, in a fixed order.
-    pub const ALL: [Bucket; 8] = [
+    pub const ALL: [Bucket; 9] = [
         Bucket::Key,
         Bucket::Meta,
         Bucket::Lease,
@@ -72,6 +74,7 @@ impl Bucket {
         Bucket::AuthRoles,
         Bucket::Members,
         Bucket::Alarm,
+        Bucket::MembersRemoved,
     ];
 
     /// etcd's name for the bucket (its bbolt bucket name).
@@ -85,6 +88,7 @@ impl Bucket {
             Bucket::AuthRoles => "authRoles",
             Bucket::Members => "members",
             Bucket::Alarm => "alarm",
+            Bucket::MembersRemoved => "members_removed",
         }
     }
 
@@ -100,6 +104,7 @@ impl Bucket {
             Bucket::AuthRoles => 6,
             Bucket::Members => 7,
             Bucket::Alarm => 8,
+            Bucket::MembersRemoved => 9,
         }
     }
 }
@@ -600,7 +605,19 @@ mod tests {
         sled.sync().unwrap();
         let in_use = sled.size_in_use_bytes();
         drop(sled);
-        let reopened = SledBackend::open(&path).unwrap();
+        // sled's background flusher may hold the file lock for a moment after the drop.
+        let mut attempts = 0;
+        let reopened = loop {
+            match SledBackend::open(&path) {
+                Ok(b) => break b,
+                Err(e) if attempts < 100 => {
+                    attempts += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("reopening sled: {e}"),
+            }
+        };
         assert_eq!(reopened.size_in_use_bytes(), in_use);
         assert_eq!(reopened.size_bytes(), in_use);
     }
