@@ -81,14 +81,18 @@ pub fn start_joining_member(
     name: &str,
     initial_cluster: Vec<(String, Vec<String>)>,
 ) -> SimMember {
-    start_member(
-        handle,
-        i,
-        name,
-        initial_cluster,
-        MemberOptions::default(),
-        true,
-    )
+    start_joining_member_with(handle, i, name, initial_cluster, MemberOptions::default())
+}
+
+/// [`start_joining_member`] with non-default member settings.
+pub fn start_joining_member_with(
+    handle: &Handle,
+    i: usize,
+    name: &str,
+    initial_cluster: Vec<(String, Vec<String>)>,
+    options: MemberOptions,
+) -> SimMember {
+    start_member(handle, i, name, initial_cluster, options, true)
 }
 
 /// Starts member `i` (IP, ports and peer URL from its index) of the cluster that

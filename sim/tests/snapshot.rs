@@ -1,15 +1,17 @@
 //! Raft snapshots in simulation: a follower cut off while the leader takes snapshots and
 //! compacts its log can only catch up through a streamed snapshot of the state machine;
 //! afterwards it serves every write, its watchers see every event, it restarts from the
-//! snapshot, and all members hash equal. Each run twice from one seed, with one trace.
+//! snapshot, and all members hash equal. A member added after the log was compacted
+//! starts from a snapshot too. Each run twice from one seed, with one trace.
 #![cfg(madsim)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use detcd::pb::etcdserverpb::cluster_client::ClusterClient;
 use detcd::pb::etcdserverpb::watch_request::RequestUnion;
-use detcd::pb::etcdserverpb::{WatchCreateRequest, WatchRequest};
+use detcd::pb::etcdserverpb::{MemberAddRequest, WatchCreateRequest, WatchRequest};
 use detcd::storage::disk::Disk;
 use detcd_sim::client::{self, Trace};
 use detcd_sim::harness::{self, MemberOptions, SimMember};
@@ -25,6 +27,14 @@ const OPTIONS: MemberOptions = MemberOptions {
 };
 
 fn run(seed: u64) -> u64 {
+    run_scenario(seed, |members| Box::pin(lagging_follower(members)))
+}
+
+/// A scenario run on a client node beside the cluster.
+type Scenario =
+    fn(Vec<SimMember>) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
+
+fn run_scenario(seed: u64, scenario: Scenario) -> u64 {
     harness::on_fresh_thread(move || {
         let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
         rt.block_on(async move {
@@ -35,10 +45,7 @@ fn run(seed: u64) -> u64 {
                 .name("client")
                 .ip("10.0.0.100".parse().unwrap())
                 .build();
-            client
-                .spawn(lagging_follower(members))
-                .await
-                .expect("client task")
+            client.spawn(scenario(members)).await.expect("client task")
         })
     })
 }
@@ -192,6 +199,79 @@ async fn lagging_follower(members: Vec<SimMember>) -> u64 {
     // Let the cluster run on a little, so that the trace covers its settling.
     sleep(Duration::from_secs(1)).await;
     trace.finish()
+}
+
+/// A member added once the log is compacted past its beginning can only start from a
+/// snapshot, which must include its own addition.
+async fn join_after_compaction(members: Vec<SimMember>) -> u64 {
+    let handle = Handle::current();
+    let mut trace = Trace::default();
+    let all: Vec<usize> = (0..members.len()).collect();
+    for m in &members {
+        harness::connect_kv(&m.client_url()).await;
+    }
+    let leader = client::wait_leader(&members, &all).await;
+    let mut acked = BTreeMap::new();
+    for i in 0..150 {
+        let (k, v) = (format!("k{i:03}"), format!("v{i}"));
+        client::put_retrying(&members, &all, &k, &v).await;
+        acked.insert(k, v);
+    }
+    let channel = client::channel(&members[leader].client_url())
+        .await
+        .expect("connect");
+    let added = ClusterClient::new(channel)
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![harness::member_peer_url(3)],
+            is_learner: false,
+        })
+        .await
+        .expect("member add")
+        .into_inner();
+    trace.record(("members", added.members.len()));
+    // More writes, so the addition itself is compacted away before the new member asks.
+    for i in 150..250 {
+        let (k, v) = (format!("k{i:03}"), format!("v{i}"));
+        client::put_retrying(&members, &all, &k, &v).await;
+        acked.insert(k, v);
+    }
+    let initial: Vec<(String, Vec<String>)> = (0..4)
+        .map(|i| (harness::member_name(i), vec![harness::member_peer_url(i)]))
+        .collect();
+    let mut members = members;
+    members.push(harness::start_joining_member_with(
+        &handle,
+        3,
+        &harness::member_name(3),
+        initial,
+        OPTIONS,
+    ));
+    harness::connect_kv(&members[3].client_url()).await;
+    client::wait_has(&members, 3, "k", &acked).await;
+    let files = snap_files(&members[3]);
+    assert_eq!(files.len(), 1, "the new member's snapshot files: {files:?}");
+    trace.record(("snap files", files));
+    // It is a full voter: with one of the old members down, it makes up the quorum of
+    // three out of four.
+    let down = (leader + 1) % 3;
+    handle.kill(members[down].node.id());
+    let up: Vec<usize> = (0..4).filter(|&i| i != down).collect();
+    let rev = client::put_retrying(&members, &up, "k-joined", "j").await;
+    acked.insert("k-joined".to_string(), "j".to_string());
+    trace.record(("after join", rev));
+    client::wait_has(&members, 3, "k", &acked).await;
+    trace.finish()
+}
+
+#[test]
+fn a_member_added_after_compaction_starts_from_a_snapshot() {
+    run_scenario(61, |members| Box::pin(join_after_compaction(members)));
+}
+
+#[test]
+fn joining_after_compaction_replays_from_its_seed() {
+    let run = || run_scenario(67, |members| Box::pin(join_after_compaction(members)));
+    assert_eq!(run(), run(), "same seed, different traces");
 }
 
 #[test]
