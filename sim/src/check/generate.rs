@@ -206,8 +206,7 @@ fn random_input(rng: &mut Rng, model: &Model, keys: u64, next_lease: &mut i64, n
             }
         }
         88..=92 => Input::LeaseRevoke {
-            id: i64::try_from(rng.between(1, u64::try_from(*next_lease).unwrap_or(1)))
-                .unwrap_or(1),
+            id: i64::try_from(rng.between(1, u64::try_from(*next_lease).unwrap_or(1))).unwrap_or(1),
         },
         93..=95 => {
             let rev = model.revision();
@@ -292,7 +291,9 @@ pub fn random_history(config: &GenerateConfig) -> Generated {
             busy_until_ns[client] = Some(now_ns.saturating_add(config.window_max_ns));
         } else {
             let return_ns = rng.between(now_ns, now_ns.saturating_add(config.window_max_ns));
-            history.push(Operation::returned(client_id, call_ns, return_ns, input, output));
+            history.push(Operation::returned(
+                client_id, call_ns, return_ns, input, output,
+            ));
             busy_until_ns[client] = Some(return_ns);
         }
     }

@@ -232,6 +232,12 @@ pub enum Rejection {
     /// The outcome is unknown and the operation would change nothing here; that is the
     /// same as leaving it out.
     NoEffect,
+    /// The last operation of the prefix has an unknown outcome and this one commutes with
+    /// it, so the search considers the order with the unknown one later instead.
+    CommutesWithUnknown {
+        /// The index of the operation with unknown outcome.
+        unknown_op: usize,
+    },
     /// The operation can be placed here, but every way to continue after it was explored
     /// and failed.
     DeadEnd,
@@ -273,8 +279,10 @@ pub struct Violation {
     /// For the keys the blocking operation and the mismatching candidates touch, the
     /// prefix operation that changed each last.
     pub last_writers: Vec<LastWriter>,
-    /// The small set of operations to highlight: the blocking operation and the last
-    /// writers of the keys it involves, in history order.
+    /// The small set of operations to highlight, in history order: the blocking
+    /// operation, the operations the candidates' rejections name (one whose reported
+    /// revision a candidate would skip, or that claimed its revision), and the last
+    /// writers of the keys these involve.
     pub ops: Vec<usize>,
     /// A human-readable account of all of the above.
     pub explanation: String,
@@ -317,10 +325,16 @@ impl fmt::Display for HistoryError {
                 write!(f, "operation #{op} has an output but no return time")
             }
             HistoryError::WrongResponseKind { op } => {
-                write!(f, "operation #{op} has a response of the wrong kind for its request")
+                write!(
+                    f,
+                    "operation #{op} has a response of the wrong kind for its request"
+                )
             }
             HistoryError::TooManyOperations { count } => {
-                write!(f, "the history has {count} operations, more than the checker indexes")
+                write!(
+                    f,
+                    "the history has {count} operations, more than the checker indexes"
+                )
             }
         }
     }
@@ -433,7 +447,7 @@ struct Search<'h> {
     /// The XOR of the tags of the linearized operations.
     set_tag: u128,
     /// The (linearized set, model state) pairs already reached.
-    seen: HashSet<(u128, u64)>,
+    seen: HashSet<(u128, u64, usize)>,
     /// The reported revision of every known successful operation not linearized yet.
     pending: BTreeSet<(i64, usize)>,
     /// The operation that reported writing each revision.
@@ -605,15 +619,17 @@ impl<'h> Search<'h> {
         let Some(o) = self.ops.get(op) else {
             return Verdict::Rejected(Rejection::DeadEnd);
         };
+        let (input, output, window, reported, tag) =
+            (o.input, o.output, o.window, o.reported, o.tag);
         let current = self.model.revision();
-        if let (Some((lo, hi)), Some(reported)) = (o.window, o.reported) {
+        if let (Some((lo, hi)), Some(reported)) = (window, reported) {
             if current < lo || current > hi {
                 return Verdict::Rejected(Rejection::RevisionWindow { reported, current });
             }
         }
         let mut undo = self.spare.pop().unwrap_or_default();
-        let out = self.model.apply(o.input, &mut undo);
-        let rejection = match o.output {
+        let out = self.model.apply(input, &mut undo);
+        let rejection = match output {
             Some(expected) if out != *expected => Some(Rejection::OutputMismatch { model: out }),
             None if undo.is_empty() => Some(Rejection::NoEffect),
             _ => None,
@@ -643,8 +659,18 @@ impl<'h> Search<'h> {
                 _ => None,
             }
         });
+        let rejection = match rejection {
+            None => self
+                .commutes_with_unknown_top(op, &mut undo)
+                .map(|unknown_op| Rejection::CommutesWithUnknown { unknown_op }),
+            r => r,
+        };
         let rejection = rejection.or_else(|| {
-            let key = (self.set_tag ^ o.tag, self.model.fingerprint());
+            // The future from here depends on the set, the state and, if this operation's
+            // outcome is unknown, on the rule that what follows it must not commute with
+            // it; so that operation is part of the key.
+            let constraint = if output.is_none() { op } else { usize::MAX };
+            let key = (self.set_tag ^ tag, self.model.fingerprint(), constraint);
             let fresh = if record {
                 self.seen.insert(key)
             } else {
@@ -660,6 +686,41 @@ impl<'h> Search<'h> {
             }
             None => Verdict::Placed(undo),
         }
+    }
+
+    /// If the last linearized operation has an unknown outcome and `op`, just applied with
+    /// `undo`, commutes with it (the same output and the same final state in either
+    /// order), returns the unknown operation's history index; the model is left as it was.
+    ///
+    /// Such a placement is redundant: an operation with unknown outcome can always be
+    /// moved later past an operation it commutes with (it has no return to respect), so
+    /// every linearization has a twin in which each unknown operation is directly followed
+    /// by one it does not commute with, or is left out at the end. Searching only those
+    /// twins stops the search from trying a lost grant, revoke or compaction, which
+    /// take no revision and so fit anywhere, at every position of the history.
+    fn commutes_with_unknown_top(&mut self, op: usize, undo: &mut Undo) -> Option<usize> {
+        let top = self.stack.last_mut()?;
+        let unknown = self.ops.get(top.op)?;
+        if unknown.output.is_some() {
+            return None;
+        }
+        let y = self.ops.get(op)?.input;
+        let u = unknown.input;
+        let after_uy = self.model.fingerprint();
+        self.model.revert(undo);
+        let out_uy = self.model.apply(y, undo);
+        self.model.revert(undo);
+        self.model.revert(&mut top.undo);
+        let mut y_first = Undo::new();
+        let out_yu = self.model.apply(y, &mut y_first);
+        let mut u_second = Undo::new();
+        let _ = self.model.apply(u, &mut u_second);
+        let after_yu = self.model.fingerprint();
+        self.model.revert(&mut u_second);
+        self.model.revert(&mut y_first);
+        let _ = self.model.apply(u, &mut top.undo);
+        let _ = self.model.apply(y, undo);
+        (after_uy == after_yu && out_uy == out_yu).then_some(unknown.orig)
     }
 
     /// Pushes `op`, whose placement `try_place` has applied to the model.
@@ -709,6 +770,13 @@ impl<'h> Search<'h> {
     /// Runs the search.
     fn run(mut self) -> CheckResult {
         let mut node = self.next[HEAD];
+        // Operations with unknown outcome are tried only after every known candidate at
+        // the same point has failed (the *lazy* pass), so they are placed as late as
+        // possible: just where something observed needs their effect. Trying them eagerly
+        // would place a lost request (or a grant or compaction, which take no revision)
+        // early and only find out thousands of steps later, then retry it at every
+        // position in between.
+        let mut lazy = false;
         loop {
             if self.returns_left == 0 {
                 return self.success();
@@ -718,24 +786,36 @@ impl<'h> Search<'h> {
                 _ => None,
             };
             let Some(op) = candidate else {
+                if !lazy {
+                    lazy = true;
+                    node = self.next[HEAD];
+                    continue;
+                }
                 // A return event (or the end): the operation it ends had to be placed by
                 // now, so the last placement was wrong.
                 self.note_dead_end(node);
                 let Some(popped) = self.pop() else {
                     return self.violation();
                 };
-                node = self
-                    .ops
-                    .get(popped)
-                    .map_or(NIL, |o| self.next[o.call_node]);
+                let Some(o) = self.ops.get(popped) else {
+                    return self.violation();
+                };
+                node = self.next[o.call_node];
+                lazy = o.output.is_none();
                 continue;
             };
+            let unknown = self.ops.get(op).is_none_or(|o| o.output.is_none());
+            if unknown != lazy {
+                node = self.next[node];
+                continue;
+            }
             if self.steps >= self.max_steps {
                 return CheckResult::Unknown(Exhausted {
                     steps: self.steps,
-                    longest_prefix: self.deepest.as_ref().map_or(self.stack.len(), |d| {
-                        d.prefix.len().max(self.stack.len())
-                    }),
+                    longest_prefix: self
+                        .deepest
+                        .as_ref()
+                        .map_or(self.stack.len(), |d| d.prefix.len().max(self.stack.len())),
                 });
             }
             self.steps += 1;
@@ -743,6 +823,7 @@ impl<'h> Search<'h> {
                 Verdict::Placed(undo) => {
                     self.push(op, undo);
                     node = self.next[HEAD];
+                    lazy = false;
                 }
                 Verdict::Rejected(_) => node = self.next[node],
             }
@@ -856,12 +937,23 @@ impl<'h> Search<'h> {
                 }
             }
         };
+        // The operations that the candidates' rejections name belong to the conflict.
+        let mut related = Vec::new();
         if let Some(b) = blocking_op {
-            let model = attempts.iter().find_map(|a| match &a.rejection {
-                Rejection::OutputMismatch { model } if a.op == b => Some(model),
-                _ => None,
-            });
+            let mut model = None;
+            for a in &attempts {
+                match &a.rejection {
+                    Rejection::OutputMismatch { model: m } if a.op == b => model = Some(m),
+                    Rejection::SkipsRevision { pending_op, .. } => related.push(*pending_op),
+                    Rejection::RevisionClaimed { by_op, .. } => related.push(*by_op),
+                    Rejection::CommutesWithUnknown { unknown_op } => related.push(*unknown_op),
+                    _ => {}
+                }
+            }
             note_keys(b, model);
+            for &r in &related {
+                note_keys(r, None);
+            }
         }
         for a in &attempts {
             if let Rejection::OutputMismatch { model } = &a.rejection {
@@ -882,14 +974,10 @@ impl<'h> Search<'h> {
         }
         let last_writers: Vec<LastWriter> = keys
             .iter()
-            .filter_map(|k| {
-                writer.get(k).map(|&op| LastWriter {
-                    key: k.clone(),
-                    op,
-                })
-            })
+            .filter_map(|k| writer.get(k).map(|&op| LastWriter { key: k.clone(), op }))
             .collect();
         let mut ops: Vec<usize> = blocking_op.into_iter().collect();
+        ops.extend(related);
         ops.extend(last_writers.iter().map(|w| w.op));
         ops.sort_unstable();
         ops.dedup();
@@ -1006,9 +1094,12 @@ fn explain(
             Rejection::NoEffect => {
                 "its outcome is unknown and it would change nothing here".to_string()
             }
-            Rejection::DeadEnd => {
-                "placing it here leads to a dead end further on".to_string()
-            }
+            Rejection::CommutesWithUnknown { unknown_op } => format!(
+                "it commutes with {}, which has an unknown outcome and is placed just \
+                 before it; the order with that one later is searched instead",
+                describe(history, *unknown_op)
+            ),
+            Rejection::DeadEnd => "placing it here leads to a dead end further on".to_string(),
         };
         let _ = writeln!(s, "  - {}: {why}.", describe(history, a.op));
     }

@@ -9,3 +9,6 @@
 pub mod generate;
 pub mod linearizability;
 pub mod model;
+
+#[cfg(test)]
+mod tests;

@@ -707,9 +707,9 @@ impl Model {
     /// revision).
     fn put(&mut self, p: &PutRequest, rev: i64, undo: &mut Undo) -> PutResult {
         let prev = self.kvs.get(&p.key).cloned();
-        let (create_revision, version) = prev
-            .as_ref()
-            .map_or((rev, 1), |kv| (kv.create_revision, kv.version.saturating_add(1)));
+        let (create_revision, version) = prev.as_ref().map_or((rev, 1), |kv| {
+            (kv.create_revision, kv.version.saturating_add(1))
+        });
         let kv = KeyValue {
             key: p.key.clone(),
             value: p.value.clone(),
@@ -1120,9 +1120,17 @@ mod tests {
     #[test]
     fn revisions_follow_etcd() {
         let mut m = Model::new();
-        assert_eq!(rev(&m.step(&get("a"))), 1, "an empty store is at revision 1");
+        assert_eq!(
+            rev(&m.step(&get("a"))),
+            1,
+            "an empty store is at revision 1"
+        );
         assert_eq!(rev(&m.step(&put("a", "1"))), 2);
-        assert_eq!(rev(&m.step(&put("a", "1"))), 3, "a put of the same value bumps");
+        assert_eq!(
+            rev(&m.step(&put("a", "1"))),
+            3,
+            "a put of the same value bumps"
+        );
         assert_eq!(rev(&m.step(&del("b"))), 3, "deleting nothing does not bump");
         let kv = m.get(b"a").cloned().unwrap_or_default();
         assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
@@ -1202,7 +1210,7 @@ mod tests {
             "a value compare on a missing key fails, even !="
         );
         assert!(!succeeded(m.step(&cas(CompareTarget::Version(0)))));
-        m.step(&put("a", "x"));
+        let _ = m.step(&put("a", "x"));
         assert!(!succeeded(
             m.step(&cas(CompareTarget::Value(b"x".to_vec())))
         ));
@@ -1216,14 +1224,14 @@ mod tests {
         assert_eq!(rev(&m.step(&grant)), 1, "a grant does not bump");
         assert_eq!(m.step(&grant), Err(KvError::LeaseExist));
         for k in ["a", "b"] {
-            m.step(&Input::Put(PutRequest {
+            let _ = m.step(&Input::Put(PutRequest {
                 key: k.into(),
                 value: "v".into(),
                 lease: 7,
                 prev_kv: false,
             }));
         }
-        m.step(&put("c", "v"));
+        let _ = m.step(&put("c", "v"));
         assert_eq!(m.revision(), 4);
         assert_eq!(rev(&m.step(&Input::LeaseRevoke { id: 7 })), 5);
         assert!(m.get(b"a").is_none() && m.get(b"b").is_none() && m.get(b"c").is_some());
@@ -1238,7 +1246,7 @@ mod tests {
             prev_kv: false,
         });
         assert_eq!(m.step(&with_lease), Err(KvError::LeaseNotFound));
-        m.step(&Input::LeaseGrant { id: 8, ttl_s: 10 });
+        let _ = m.step(&Input::LeaseGrant { id: 8, ttl_s: 10 });
         assert_eq!(
             rev(&m.step(&Input::LeaseRevoke { id: 8 })),
             5,
@@ -1249,7 +1257,7 @@ mod tests {
     #[test]
     fn compaction_errors() {
         let mut m = Model::new();
-        m.step(&put("a", "1"));
+        let _ = m.step(&put("a", "1"));
         assert_eq!(
             m.step(&Input::Compact { revision: 3 }),
             Err(KvError::FutureRevision)
@@ -1264,14 +1272,14 @@ mod tests {
     #[test]
     fn revert_restores_state_and_fingerprint() {
         let mut m = Model::new();
-        m.step(&Input::LeaseGrant { id: 1, ttl_s: 5 });
-        m.step(&Input::Put(PutRequest {
+        let _ = m.step(&Input::LeaseGrant { id: 1, ttl_s: 5 });
+        let _ = m.step(&Input::Put(PutRequest {
             key: "a".into(),
             value: "1".into(),
             lease: 1,
             prev_kv: false,
         }));
-        m.step(&put("b", "1"));
+        let _ = m.step(&put("b", "1"));
         let before = m.clone();
         let inputs = [
             put("a", "2"),
@@ -1304,7 +1312,7 @@ mod tests {
     fn ranges_and_limits() {
         let mut m = Model::new();
         for k in ["a", "b", "c", "d"] {
-            m.step(&put(k, k));
+            let _ = m.step(&put(k, k));
         }
         let out = m.step(&Input::Get(RangeRequest {
             key: "b".into(),
@@ -1325,7 +1333,13 @@ mod tests {
             range_end: "d".into(),
             prev_kv: false,
         }));
-        assert!(matches!(out, Ok(Reply { revision: 6, response: Response::Delete(DeleteResult { deleted: 2, .. }) })));
+        assert!(matches!(
+            out,
+            Ok(Reply {
+                revision: 6,
+                response: Response::Delete(DeleteResult { deleted: 2, .. })
+            })
+        ));
         let bad = Input::Txn(TxnRequest {
             compares: vec![],
             success: vec![],
