@@ -385,6 +385,10 @@ struct Frame {
     op: usize,
     /// How to revert the model to before it.
     undo: Undo,
+    /// Whether the placement was forced: the operation returned, changed nothing and
+    /// answered as observed, so placing it at once loses no linearization (see
+    /// [`Search::run`]) and no alternative to it needs trying.
+    forced: bool,
 }
 
 /// What came of trying to linearize one operation next.
@@ -741,12 +745,15 @@ impl<'h> Search<'h> {
         if let Some(l) = self.linearized.get_mut(op) {
             *l = true;
         }
-        self.stack.push(Frame { op, undo });
+        let forced = self.ops.get(op).is_some_and(|o| o.output.is_some()) && undo.is_empty();
+        self.stack.push(Frame { op, undo, forced });
     }
 
-    /// Pops the last linearized operation, reverting the model; returns it.
-    fn pop(&mut self) -> Option<usize> {
+    /// Pops the last linearized operation, reverting the model; returns it and whether
+    /// its placement was forced.
+    fn pop(&mut self) -> Option<(usize, bool)> {
         let mut frame = self.stack.pop()?;
+        let forced = frame.forced;
         self.model.revert(&mut frame.undo);
         self.spare.push(frame.undo);
         let op = frame.op;
@@ -764,12 +771,20 @@ impl<'h> Search<'h> {
         if let Some(l) = self.linearized.get_mut(op) {
             *l = false;
         }
-        Some(op)
+        Some((op, forced))
     }
 
     /// Runs the search.
     fn run(mut self) -> CheckResult {
         let mut node = self.next[HEAD];
+        // A known operation that answers as observed and changes nothing (a read, a
+        // failed compare, an error) is placed for good as soon as it can be: any
+        // linearization from here that places it later can place it now instead, since
+        // every operation still unplaced returned after it was called (else the walk
+        // would not have reached it), and it changes no state the others see. Without
+        // this, concurrent reads at one revision would be tried in every subset, and a
+        // history that is not linearizable would take exponential time to refute.
+        //
         // Operations with unknown outcome are tried only after every known candidate at
         // the same point has failed (the *lazy* pass), so they are placed as late as
         // possible: just where something observed needs their effect. Trying them eagerly
@@ -794,8 +809,14 @@ impl<'h> Search<'h> {
                 // A return event (or the end): the operation it ends had to be placed by
                 // now, so the last placement was wrong.
                 self.note_dead_end(node);
-                let Some(popped) = self.pop() else {
-                    return self.violation();
+                // Forced placements have no alternatives: a dead end after one is a dead
+                // end before it, so those are popped without trying anything else.
+                let popped = loop {
+                    match self.pop() {
+                        None => return self.violation(),
+                        Some((_, true)) => continue,
+                        Some((op, false)) => break op,
+                    }
                 };
                 let Some(o) = self.ops.get(popped) else {
                     return self.violation();
