@@ -776,7 +776,6 @@ impl<'h> Search<'h> {
 
     /// Runs the search.
     fn run(mut self) -> CheckResult {
-        let mut node = self.next[HEAD];
         // A known operation that answers as observed and changes nothing (a read, a
         // failed compare, an error) is placed for good as soon as it can be: any
         // linearization from here that places it later can place it now instead, since
@@ -790,25 +789,59 @@ impl<'h> Search<'h> {
         // possible: just where something observed needs their effect. Trying them eagerly
         // would place a lost request (or a grant or compaction, which take no revision)
         // early and only find out thousands of steps later, then retry it at every
-        // position in between.
-        let mut lazy = false;
+        // position in between. The lazy pass walks backwards from the blocking return
+        // event, so the most recently called unknown operations are tried first: a request
+        // usually takes effect soon after its call, while requests that were lost for good
+        // pile up at the start of the list.
+        let mut node = self.next[HEAD];
+        // `Some(blocker)` during the lazy pass, with the return event that ended the
+        // known pass.
+        let mut lazy: Option<usize> = None;
         loop {
             if self.returns_left == 0 {
                 return self.success();
             }
-            let candidate = match self.nodes.get(node) {
-                Some(n) if node != NIL && n.is_call => Some(n.op),
-                _ => None,
+            let event = if node == NIL || node == HEAD {
+                None
+            } else {
+                self.nodes.get(node).copied()
             };
-            let Some(op) = candidate else {
-                if !lazy {
-                    lazy = true;
-                    node = self.next[HEAD];
+            let candidate = match (lazy, event) {
+                (None, Some(e)) if !e.is_call => {
+                    // The known pass reached a return event: on to the lazy pass.
+                    lazy = Some(node);
+                    node = self.prev[node];
                     continue;
                 }
-                // A return event (or the end): the operation it ends had to be placed by
-                // now, so the last placement was wrong.
-                self.note_dead_end(node);
+                (None, None) => {
+                    // The end of the list, which only a list without return events
+                    // reaches; handled as a dead end for safety.
+                    lazy = Some(NIL);
+                    node = HEAD;
+                    continue;
+                }
+                (None, Some(e)) => {
+                    if self.ops.get(e.op).is_some_and(|o| o.output.is_some()) {
+                        Some(e.op)
+                    } else {
+                        node = self.next[node];
+                        continue;
+                    }
+                }
+                (Some(_), Some(e)) => {
+                    if e.is_call && self.ops.get(e.op).is_some_and(|o| o.output.is_none()) {
+                        Some(e.op)
+                    } else {
+                        node = self.prev[node];
+                        continue;
+                    }
+                }
+                (Some(_), None) => None,
+            };
+            let Some(op) = candidate else {
+                // Both passes failed: the operation of the blocking return event had to
+                // be placed by now, so the last placement was wrong.
+                self.note_dead_end(lazy.unwrap_or(NIL));
                 // Forced placements have no alternatives: a dead end after one is a dead
                 // end before it, so those are popped without trying anything else.
                 let popped = loop {
@@ -821,15 +854,15 @@ impl<'h> Search<'h> {
                 let Some(o) = self.ops.get(popped) else {
                     return self.violation();
                 };
-                node = self.next[o.call_node];
-                lazy = o.output.is_none();
+                if o.output.is_some() {
+                    lazy = None;
+                    node = self.next[o.call_node];
+                } else {
+                    lazy = Some(self.first_return());
+                    node = self.prev[o.call_node];
+                }
                 continue;
             };
-            let unknown = self.ops.get(op).is_none_or(|o| o.output.is_none());
-            if unknown != lazy {
-                node = self.next[node];
-                continue;
-            }
             if self.steps >= self.max_steps {
                 return CheckResult::Unknown(Exhausted {
                     steps: self.steps,
@@ -844,11 +877,21 @@ impl<'h> Search<'h> {
                 Verdict::Placed(undo) => {
                     self.push(op, undo);
                     node = self.next[HEAD];
-                    lazy = false;
+                    lazy = None;
                 }
+                Verdict::Rejected(_) if lazy.is_some() => node = self.prev[node],
                 Verdict::Rejected(_) => node = self.next[node],
             }
         }
+    }
+
+    /// The first return event in the list ([`NIL`] if none).
+    fn first_return(&self) -> usize {
+        let mut n = self.next[HEAD];
+        while n != NIL && self.nodes.get(n).is_some_and(|e| e.is_call) {
+            n = self.next[n];
+        }
+        n
     }
 
     /// Remembers the situation at a dead end if it is the deepest so far.
