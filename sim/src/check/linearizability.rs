@@ -265,7 +265,10 @@ pub struct LastWriter {
 /// linearize and why nothing could come next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// Indices of the operations of the longest linearizable prefix found, in order.
+    /// How the violation was found.
+    pub cause: Cause,
+    /// Indices of the operations of the longest linearizable prefix found, in order
+    /// (empty when the pre-check found the violation without searching).
     pub prefix: Vec<usize>,
     /// The store revision after the prefix.
     pub revision: i64,
@@ -288,6 +291,30 @@ pub struct Violation {
     pub explanation: String,
     /// How many candidate placements the search tried.
     pub steps: u64,
+}
+
+/// How a violation was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// The search found that nothing can follow the longest linearizable prefix.
+    Search,
+    /// The pre-check found an operation that was called after another returned, yet
+    /// reports a revision the store had passed when the other returned.
+    RevisionOrder {
+        /// The index of the operation that returned first.
+        earlier: usize,
+        /// The index of the operation called after it.
+        later: usize,
+    },
+    /// The pre-check found two writes that both report writing one revision.
+    SameRevision {
+        /// The index of one write.
+        first: usize,
+        /// The index of the other.
+        second: usize,
+        /// The revision.
+        revision: i64,
+    },
 }
 
 /// Why a history cannot be checked at all.
@@ -466,6 +493,8 @@ struct Search<'h> {
     spare: Vec<Undo>,
     /// The deepest dead end met so far.
     deepest: Option<DeadEndSnapshot>,
+    /// Two writes (operation-table indices) reporting the same revision, if any.
+    duplicate_claim: Option<(usize, usize, i64)>,
 }
 
 /// The search's situation at its deepest dead end, kept for the report.
@@ -492,6 +521,7 @@ impl<'h> Search<'h> {
         let mut ops = Vec::with_capacity(history.len());
         let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * history.len());
         let mut claimed = HashMap::new();
+        let mut duplicate_claim = None;
         let mut seed = 0x6c69_6e7a_u64;
         for (orig, o) in history.iter().enumerate() {
             if o.return_ns.is_some_and(|r| r < o.call_ns) {
@@ -518,7 +548,11 @@ impl<'h> Search<'h> {
                     let before = r.saturating_sub(1);
                     let window = match output.and_then(wrote) {
                         Some(true) => {
-                            claimed.entry(r).or_insert(index);
+                            if let Some(&first) = claimed.get(&r) {
+                                duplicate_claim.get_or_insert((first, index, r));
+                            } else {
+                                claimed.insert(r, index);
+                            }
                             (before, before)
                         }
                         Some(false) => (r, r),
@@ -595,6 +629,7 @@ impl<'h> Search<'h> {
             max_steps: config.max_steps,
             spare: Vec::new(),
             deepest: None,
+            duplicate_claim,
         })
     }
 
@@ -885,6 +920,112 @@ impl<'h> Search<'h> {
         }
     }
 
+    /// Finds, without searching, the two kinds of violation that revisions and real
+    /// time show directly: two writes reporting the same revision, and an operation
+    /// called after another returned that reports an older revision than the other left
+    /// the store at (a stale read, or a revision going back). The search would find these
+    /// too, but only after backtracking through the whole history to prove that nothing
+    /// else works, which takes time proportional to the history times its concurrency;
+    /// and a pair of operations is the clearest report there is.
+    fn precheck(&self) -> Option<Violation> {
+        let orig = |op: usize| self.ops.get(op).map_or(usize::MAX, |o| o.orig);
+        if let Some((a, b, revision)) = self.duplicate_claim {
+            let (first, second) = (orig(a), orig(b));
+            let explanation = format!(
+                "not linearizable: two writes report writing revision {revision}, but every \
+                 revision is written by one request.\n  - {}\n  - {}\n",
+                describe(self.history, first),
+                describe(self.history, second)
+            );
+            return Some(self.pair_violation(
+                Cause::SameRevision {
+                    first,
+                    second,
+                    revision,
+                },
+                second,
+                vec![first, second],
+                explanation,
+            ));
+        }
+        // Sweeps the known operations in call order, keeping the highest revision
+        // reported by those that returned before the current call.
+        let mut by_return: Vec<(u64, i64, usize)> = Vec::new();
+        let mut by_call: Vec<(u64, usize)> = Vec::new();
+        for (i, o) in self.ops.iter().enumerate() {
+            let Some(h) = self.history.get(o.orig) else {
+                continue;
+            };
+            if let (Some(r), Some(ret)) = (o.reported, h.return_ns) {
+                by_return.push((ret, r, i));
+                by_call.push((h.call_ns, i));
+            }
+        }
+        by_return.sort_unstable();
+        by_call.sort_unstable();
+        let mut returned = by_return.iter().peekable();
+        let mut highest: Option<(i64, usize)> = None;
+        for &(call_ns, later) in &by_call {
+            while let Some(&&(ret, r, i)) = returned.peek() {
+                if ret >= call_ns {
+                    break;
+                }
+                if highest.is_none_or(|(h, _)| r > h) {
+                    highest = Some((r, i));
+                }
+                returned.next();
+            }
+            let (Some((r, earlier)), Some(o)) = (highest, self.ops.get(later)) else {
+                continue;
+            };
+            let Some((_, hi)) = o.window else {
+                continue;
+            };
+            if r > hi {
+                let (earlier, later) = (orig(earlier), orig(later));
+                let explanation = format!(
+                    "not linearizable: {} returned with the store at revision {r}, but {}, \
+                     called after that, reports revision {}, so it must have taken effect \
+                     while the store was at revision {hi} or earlier. Revisions never go \
+                     back, so this is a stale answer.\n",
+                    describe(self.history, earlier),
+                    describe(self.history, later),
+                    o.reported.unwrap_or(hi),
+                );
+                return Some(self.pair_violation(
+                    Cause::RevisionOrder { earlier, later },
+                    later,
+                    vec![earlier, later],
+                    explanation,
+                ));
+            }
+        }
+        None
+    }
+
+    /// A violation that two operations show on their own.
+    fn pair_violation(
+        &self,
+        cause: Cause,
+        blocking: usize,
+        mut ops: Vec<usize>,
+        explanation: String,
+    ) -> Violation {
+        ops.sort_unstable();
+        ops.dedup();
+        Violation {
+            cause,
+            prefix: Vec::new(),
+            revision: self.model.revision(),
+            blocking_op: Some(blocking),
+            attempts: Vec::new(),
+            last_writers: Vec::new(),
+            ops,
+            explanation,
+            steps: 0,
+        }
+    }
+
     /// The first return event in the list ([`NIL`] if none).
     fn first_return(&self) -> usize {
         let mut n = self.next[HEAD];
@@ -1054,6 +1195,7 @@ impl<'h> Search<'h> {
             &last_writers,
         );
         CheckResult::Violation(Box::new(Violation {
+            cause: Cause::Search,
             prefix,
             revision: snapshot.revision,
             blocking_op,
@@ -1185,5 +1327,9 @@ fn explain(
 /// starting from `config.initial`. Operations are referred to by their index in `history`.
 /// Fails only if the history itself is malformed.
 pub fn check(history: &[Operation], config: &CheckConfig) -> Result<CheckResult, HistoryError> {
-    Ok(Search::new(history, config)?.run())
+    let search = Search::new(history, config)?;
+    if let Some(v) = search.precheck() {
+        return Ok(CheckResult::Violation(Box::new(v)));
+    }
+    Ok(search.run())
 }

@@ -6,7 +6,9 @@ use std::time::Instant;
 use proptest::prelude::*;
 
 use super::generate::{random_history, GenerateConfig};
-use super::linearizability::{check, CheckConfig, CheckResult, HistoryError, Operation, Rejection};
+use super::linearizability::{
+    check, Cause, CheckConfig, CheckResult, HistoryError, Operation, Rejection,
+};
 use super::model::{
     Compare, CompareOp, CompareTarget, Input, KeyValue, KvError, Model, Output, PutRequest,
     PutResult, RangeRequest, RangeResult, Reply, Response, TxnOp, TxnOpResult, TxnRequest,
@@ -170,25 +172,27 @@ fn stale_read_fails() {
         op(2, 4, 5, get("a"), get_ok(2, vec![kv("a", "1", 2, 2, 1)])),
     ];
     let v = assert_violation(&h);
-    // The search never moves the store past revision 2 while the read that reported it is
-    // unplaced, so the second write is what cannot come next.
-    assert_eq!(v.blocking_op, Some(1));
-    assert_eq!(v.prefix, vec![0]);
+    // The revisions alone show it: the read reports revision 2 after a write returned at 3.
     assert_eq!(
-        v.ops,
-        vec![0, 1, 2],
-        "the read, the write it missed, the write it saw"
+        v.cause,
+        Cause::RevisionOrder {
+            earlier: 1,
+            later: 2
+        }
     );
+    assert_eq!(v.blocking_op, Some(2));
+    assert_eq!(v.ops, vec![1, 2], "the read and the write it missed");
+    assert!(v.explanation.contains("stale"), "{}", v.explanation);
     assert!(v.explanation.contains("#2 client 2"), "{}", v.explanation);
-    assert!(
-        v.explanation.contains("#1 client 1"),
-        "names the last writer: {}",
-        v.explanation
-    );
+    assert!(v.explanation.contains("#1 client 1"), "{}", v.explanation);
     // The same stale value under the current header revision is just as wrong.
     let mut h2 = h.clone();
     h2[2].output = Some(get_ok(3, vec![kv("a", "1", 2, 2, 1)]));
     let v = assert_violation(&h2);
+    assert_eq!(v.cause, Cause::Search);
+    assert_eq!(v.blocking_op, Some(2));
+    assert_eq!(v.prefix, vec![0, 1]);
+    assert_eq!(v.ops, vec![1, 2], "the read and the write it missed");
     assert!(matches!(
         v.attempts.iter().find(|a| a.op == 2).map(|a| &a.rejection),
         Some(Rejection::OutputMismatch { .. })
@@ -239,6 +243,24 @@ fn two_cas_both_succeeding_fails() {
         }),
     ));
     assert_linearizable(&ok);
+}
+
+#[test]
+fn two_writes_reporting_one_revision_fail() {
+    let h = vec![
+        op(1, 0, 10, put("a", "1"), put_ok(2)),
+        op(2, 0, 10, put("b", "1"), put_ok(2)),
+    ];
+    let v = assert_violation(&h);
+    assert_eq!(
+        v.cause,
+        Cause::SameRevision {
+            first: 0,
+            second: 1,
+            revision: 2
+        }
+    );
+    assert_eq!(v.ops, vec![0, 1]);
 }
 
 #[test]
