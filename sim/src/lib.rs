@@ -2,9 +2,11 @@
 //! seed, with faults injected from data files (`scenarios/*.toml`).
 //!
 //! The harness only exists in the madsim build (`RUSTFLAGS="--cfg madsim"`); a normal
-//! build of this crate has only the scenario format, so that `cargo build` of the whole
-//! workspace works everywhere.
+//! build of this crate has only the pure parts (the scenario format and the
+//! linearizability checker), so that `cargo build` of the whole workspace works
+//! everywhere and the checker is unit-tested without madsim.
 
+pub mod check;
 #[cfg(madsim)]
 pub mod client;
 #[cfg(madsim)]

@@ -1,0 +1,14 @@
+//! Checking what clients saw: a sequential model of etcd's key-value semantics
+//! ([`model`]), a linearizability checker over histories of requests
+//! ([`linearizability`]), and a generator of random linearizable histories to test and
+//! time it ([`generate`]).
+//!
+//! Everything here is plain Rust without madsim, so it builds and is unit-tested in the
+//! normal build of this crate.
+
+pub mod generate;
+pub mod linearizability;
+pub mod model;
+
+#[cfg(test)]
+mod tests;
