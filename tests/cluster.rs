@@ -48,6 +48,57 @@ fn three_process_cluster_replicates_and_survives_leader_kill() {
         assert_eq!(m["peerURLs"].as_array().map(|a| a.len()), Some(1), "{m}");
     }
 
+    // The table etcdctl prints: etcd 3.4's columns, one row per member, one leader.
+    let table = c.etcdctl(
+        &c.client_url(0),
+        &["endpoint", "status", "--cluster", "-w", "table"],
+    );
+    let table = table.ok();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split('|').map(str::trim).collect::<Vec<_>>()
+                == [
+                    "",
+                    "ENDPOINT",
+                    "ID",
+                    "VERSION",
+                    "DB SIZE",
+                    "IS LEADER",
+                    "IS LEARNER",
+                    "RAFT TERM",
+                    "RAFT INDEX",
+                    "RAFT APPLIED INDEX",
+                    "ERRORS",
+                    ""
+                ]),
+        "{table}"
+    );
+    let rows: Vec<Vec<&str>> = lines
+        .iter()
+        .filter(|l| l.contains("http://127.0.0.1:"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert_eq!(rows.iter().filter(|r| r[5] == "true").count(), 1, "{table}");
+    assert!(
+        rows.iter().all(|r| r[6] == "false" && r[3] == "3.4.23"),
+        "{table}"
+    );
+
+    // Every member answers health checks through the cluster's member list.
+    let health = c.etcdctl(&c.client_url(1), &["endpoint", "health", "--cluster"]);
+    health.ok();
+    // etcdctl 3.4 prints the health lines on stderr.
+    for i in 0..3 {
+        let line = format!(
+            "{} is healthy: successfully committed proposal",
+            c.client_url(i)
+        );
+        assert!(health.stderr.contains(&line), "{}", health.stderr);
+    }
+
     let status = c.etcdctl(
         &c.client_url(0),
         &["endpoint", "status", "--cluster", "-w", "json"],

@@ -104,16 +104,19 @@ pub async fn get_prefix(
     }
 }
 
-/// The leader `url`'s member reports (0: none), or `None` if it does not answer.
-pub async fn leader_seen_by(url: &str) -> Option<u64> {
+/// (member id, leader id) as member `url` reports them, or `None` if it does not answer.
+pub async fn status_of(url: &str) -> Option<(u64, u64)> {
     let mut m = MaintenanceClient::new(channel(url).await.ok()?);
     match timeout(Duration::from_secs(2), m.status(StatusRequest {})).await {
-        Ok(Ok(r)) => Some(r.into_inner().leader),
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            Some((r.header.map(|h| h.member_id).unwrap_or(0), r.leader))
+        }
         _ => None,
     }
 }
 
-/// The member id of a member, as etcd derives it.
+/// The member id of a member of the initial cluster, as etcd derives it.
 pub fn id_of(m: &SimMember) -> u64 {
     let i = (m
         .ip
@@ -128,18 +131,19 @@ pub fn id_of(m: &SimMember) -> u64 {
 }
 
 /// Waits until every member of `group` reports the same leader, which must be one of
-/// `group`, and returns its index in `members`.
+/// `group`, and returns its index in `members`. Members are told apart by the ids they
+/// report, so members that joined later (with ids drawn at runtime) count too.
 pub async fn wait_leader(members: &[SimMember], group: &[usize]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut seen = Vec::new();
         for &i in group {
-            seen.push(leader_seen_by(&members[i].client_url()).await);
+            seen.push((i, status_of(&members[i].client_url()).await));
         }
-        if let Some(Some(leader)) = seen.first() {
-            if *leader != 0 && seen.iter().all(|s| *s == Some(*leader)) {
-                if let Some(&i) = group.iter().find(|&&i| id_of(&members[i]) == *leader) {
-                    return i;
+        if let Some((_, Some((_, leader)))) = seen.first() {
+            if *leader != 0 && seen.iter().all(|(_, s)| s.map(|s| s.1) == Some(*leader)) {
+                if let Some((i, _)) = seen.iter().find(|(_, s)| s.map(|s| s.0) == Some(*leader)) {
+                    return *i;
                 }
             }
         }

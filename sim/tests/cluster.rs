@@ -4,207 +4,14 @@
 #![cfg(madsim)]
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
-use std::time::Duration;
 
 use detcd::pb::etcdserverpb::cluster_client::ClusterClient;
-use detcd::pb::etcdserverpb::kv_client::KvClient;
-use detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient;
-use detcd::pb::etcdserverpb::{MemberListRequest, PutRequest, RangeRequest, StatusRequest};
+use detcd::pb::etcdserverpb::MemberListRequest;
+use detcd_sim::client::{
+    channel, expect_no_quorum, get_prefix, put, put_retrying, wait_has, wait_leader, Trace,
+};
 use detcd_sim::harness::{self, SimMember};
 use madsim::runtime::{Handle, Runtime};
-use madsim::time::{sleep, timeout, Instant};
-
-/// etcd's request timeout with the simulated timing: 5 s plus twice the election timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(7_000);
-/// The errors etcd answers a write with when it cannot reach a quorum.
-const QUORUM_ERRORS: [&str; 3] = [
-    "etcdserver: request timed out",
-    "etcdserver: leader changed",
-    "etcdserver: no leader",
-];
-
-/// Records every observation of a scenario, so two runs can be compared.
-#[derive(Default)]
-struct Trace {
-    hasher: std::collections::hash_map::DefaultHasher,
-}
-
-impl Trace {
-    fn record(&mut self, what: impl Hash + std::fmt::Debug) {
-        if std::env::var_os("DETCD_SIM_TRACE").is_some() {
-            eprintln!("trace: {:?} {what:?}", madsim::time::Instant::now());
-        }
-        what.hash(&mut self.hasher);
-    }
-
-    fn finish(mut self) -> u64 {
-        let now = madsim::time::Instant::now();
-        self.record(format!("{now:?}"));
-        self.hasher.finish()
-    }
-}
-
-async fn channel(url: &str) -> Result<tonic::transport::Channel, String> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
-    match timeout(Duration::from_secs(1), endpoint.connect()).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("connect: {e}")),
-        Err(_) => Err("connect: timed out".into()),
-    }
-}
-
-/// Puts through `url`, bounded well past the server's request timeout, so a server that
-/// never answers fails the test rather than hanging it.
-async fn put(url: &str, key: &str, value: &str) -> Result<i64, String> {
-    let mut kv = KvClient::new(channel(url).await?);
-    let call = kv.put(PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-        ..Default::default()
-    });
-    match timeout(REQUEST_TIMEOUT + Duration::from_secs(3), call).await {
-        Ok(Ok(r)) => Ok(r.into_inner().header.map(|h| h.revision).unwrap_or(0)),
-        Ok(Err(status)) => Err(status.message().to_string()),
-        Err(_) => panic!("put through {url} did not answer within the request timeout"),
-    }
-}
-
-/// Reads every key under `prefix` through `url`.
-async fn get_prefix(
-    url: &str,
-    prefix: &str,
-    serializable: bool,
-) -> Result<BTreeMap<String, String>, String> {
-    let mut kv = KvClient::new(channel(url).await?);
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().unwrap() += 1;
-    let call = kv.range(RangeRequest {
-        key: prefix.as_bytes().to_vec(),
-        range_end: end,
-        serializable,
-        ..Default::default()
-    });
-    match timeout(REQUEST_TIMEOUT + Duration::from_secs(3), call).await {
-        Ok(Ok(r)) => Ok(r
-            .into_inner()
-            .kvs
-            .into_iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(&kv.key).into_owned(),
-                    String::from_utf8_lossy(&kv.value).into_owned(),
-                )
-            })
-            .collect()),
-        Ok(Err(status)) => Err(status.message().to_string()),
-        Err(_) => panic!("range through {url} did not answer within the request timeout"),
-    }
-}
-
-/// The leader `url`'s member reports (0: none), or `None` if it does not answer.
-async fn leader_seen_by(url: &str) -> Option<u64> {
-    let mut m = MaintenanceClient::new(channel(url).await.ok()?);
-    match timeout(Duration::from_secs(2), m.status(StatusRequest {})).await {
-        Ok(Ok(r)) => Some(r.into_inner().leader),
-        _ => None,
-    }
-}
-
-/// The member id of a member, as etcd derives it.
-fn id_of(m: &SimMember) -> u64 {
-    let i = (m
-        .ip
-        .to_string()
-        .rsplit('.')
-        .next()
-        .unwrap()
-        .parse::<usize>()
-        .unwrap())
-        - 1;
-    detcd::raft::ids::member_id(&[harness::member_peer_url(i)], "etcd-cluster")
-}
-
-/// Waits until every member of `group` reports the same leader, which must be one of
-/// `group`, and returns its index in `members`.
-async fn wait_leader(members: &[SimMember], group: &[usize]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut seen = Vec::new();
-        for &i in group {
-            seen.push(leader_seen_by(&members[i].client_url()).await);
-        }
-        if let Some(Some(leader)) = seen.first() {
-            if *leader != 0 && seen.iter().all(|s| *s == Some(*leader)) {
-                if let Some(&i) = group.iter().find(|&&i| id_of(&members[i]) == *leader) {
-                    return i;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "members {group:?} did not agree on a leader among themselves: {seen:?}"
-        );
-        sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Puts through the members of `via` in turn until one acknowledges (bounded).
-async fn put_retrying(members: &[SimMember], via: &[usize], key: &str, value: &str) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut attempt = 0;
-    loop {
-        let url = members[via[attempt % via.len()]].client_url();
-        match put(&url, key, value).await {
-            Ok(rev) => return rev,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "put {key} never succeeded; last error: {e}"
-                );
-            }
-        }
-        attempt += 1;
-        sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until member `i` answers a linearizable read of `prefix` with exactly `want`.
-async fn wait_has(members: &[SimMember], i: usize, prefix: &str, want: &BTreeMap<String, String>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = get_prefix(&members[i].client_url(), prefix, false).await;
-        if got.as_ref() == Ok(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "member {} never converged on {prefix}: got {got:?}, want {want:?}",
-            members[i].name
-        );
-        sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Asserts that a write through `url` fails with one of etcd's quorum errors, within the
-/// request timeout (plus scheduling slack), and returns the error.
-async fn expect_no_quorum(url: &str, key: &str) -> String {
-    let start = Instant::now();
-    let e = put(url, key, "must-not-commit")
-        .await
-        .expect_err("a write without quorum succeeded");
-    let took = start.elapsed();
-    assert!(
-        QUORUM_ERRORS.contains(&e.as_str()),
-        "unexpected error for a write without quorum: {e}"
-    );
-    assert!(
-        took <= REQUEST_TIMEOUT + Duration::from_secs(1),
-        "a write without quorum took {took:?} to fail"
-    );
-    e
-}
 
 /// Runs `scenario` on a client node beside an `n`-member cluster, on a fresh OS thread, so
 /// that per-thread state outside madsim (std's hasher keys) starts anew inside the
@@ -425,6 +232,13 @@ fn five_members_partition_quorum_loss_and_heal() {
 fn same_seed_same_trace() {
     let a = harness::on_fresh_thread(|| in_client(11, 3, three_members));
     let b = harness::on_fresh_thread(|| in_client(11, 3, three_members));
+    assert_eq!(a, b, "same seed, different traces");
+}
+
+#[test]
+fn five_members_same_seed_same_trace() {
+    let a = harness::on_fresh_thread(|| in_client(29, 5, five_members));
+    let b = harness::on_fresh_thread(|| in_client(29, 5, five_members));
     assert_eq!(a, b, "same seed, different traces");
 }
 

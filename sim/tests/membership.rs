@@ -6,46 +6,21 @@
 #![cfg(madsim)]
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use detcd::pb::etcdserverpb::cluster_client::ClusterClient;
 use detcd::pb::etcdserverpb::kv_client::KvClient;
-use detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use detcd::pb::etcdserverpb::{
     MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, PutRequest,
-    RangeRequest, StatusRequest,
 };
+use detcd_sim::client::{channel, get_prefix, status_of, wait_leader, Trace};
 use detcd_sim::harness::{self, SimMember};
 use madsim::runtime::{Handle, Runtime};
 use madsim::time::{sleep, timeout, Instant};
 
-/// Records every observation of the scenario, so two runs can be compared.
-#[derive(Default)]
-struct Trace {
-    hasher: std::collections::hash_map::DefaultHasher,
-}
-
-impl Trace {
-    fn record(&mut self, what: impl Hash + std::fmt::Debug) {
-        if std::env::var_os("DETCD_SIM_TRACE").is_some() {
-            eprintln!("trace: {:?} {what:?}", Instant::now());
-        }
-        what.hash(&mut self.hasher);
-    }
-}
-
-async fn channel(url: &str) -> Result<tonic::transport::Channel, String> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
-    match timeout(Duration::from_secs(1), endpoint.connect()).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("connect: {e}")),
-        Err(_) => Err("connect: timed out".into()),
-    }
-}
-
+/// Puts through `url`; a member that does not answer in time (it may have been removed)
+/// is an error, not a failure of the test.
 async fn put(url: &str, key: &str, value: &str) -> Result<i64, String> {
     let mut kv = KvClient::new(channel(url).await?);
     let call = kv.put(PutRequest {
@@ -57,72 +32,6 @@ async fn put(url: &str, key: &str, value: &str) -> Result<i64, String> {
         Ok(Ok(r)) => Ok(r.into_inner().header.map(|h| h.revision).unwrap_or(0)),
         Ok(Err(status)) => Err(status.message().to_string()),
         Err(_) => Err("client timeout".into()),
-    }
-}
-
-async fn get_prefix(
-    url: &str,
-    prefix: &str,
-    serializable: bool,
-) -> Result<BTreeMap<String, String>, String> {
-    let mut kv = KvClient::new(channel(url).await?);
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().unwrap() += 1;
-    let call = kv.range(RangeRequest {
-        key: prefix.as_bytes().to_vec(),
-        range_end: end,
-        serializable,
-        ..Default::default()
-    });
-    match timeout(Duration::from_secs(10), call).await {
-        Ok(Ok(r)) => Ok(r
-            .into_inner()
-            .kvs
-            .into_iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(&kv.key).into_owned(),
-                    String::from_utf8_lossy(&kv.value).into_owned(),
-                )
-            })
-            .collect()),
-        Ok(Err(status)) => Err(status.message().to_string()),
-        Err(_) => Err("client timeout".into()),
-    }
-}
-
-/// The (member id, leader id) member `url` reports, if it answers.
-async fn status_of(url: &str) -> Option<(u64, u64)> {
-    let mut m = MaintenanceClient::new(channel(url).await.ok()?);
-    match timeout(Duration::from_secs(2), m.status(StatusRequest {})).await {
-        Ok(Ok(r)) => {
-            let r = r.into_inner();
-            Some((r.header.map(|h| h.member_id).unwrap_or(0), r.leader))
-        }
-        _ => None,
-    }
-}
-
-/// Waits until the members `group` agree on a leader among them; returns its index.
-async fn wait_leader(members: &[SimMember], group: &[usize]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut seen = Vec::new();
-        for &i in group {
-            seen.push((i, status_of(&members[i].client_url()).await));
-        }
-        if let Some((_, Some((_, leader)))) = seen.first() {
-            if *leader != 0 && seen.iter().all(|(_, s)| s.map(|s| s.1) == Some(*leader)) {
-                if let Some((i, _)) = seen.iter().find(|(_, s)| s.map(|s| s.0) == Some(*leader)) {
-                    return *i;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no agreed leader among {group:?}: {seen:?}"
-        );
-        sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -400,8 +309,7 @@ async fn scenario(mut members: Vec<SimMember>) -> u64 {
         }
     }
     trace.record(format!("{acked:?}"));
-    trace.record(format!("{:?}", Instant::now()));
-    trace.hasher.finish()
+    trace.finish()
 }
 
 fn run(seed: u64) -> u64 {
