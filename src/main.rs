@@ -155,6 +155,7 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         initial_cluster_token: config.initial_cluster_token.clone(),
         join_existing: config.initial_cluster_state == detcd::config::ClusterState::Existing,
         strict_reconfig_check: config.strict_reconfig_check,
+        force_new_cluster: config.force_new_cluster,
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
         max_request_bytes: config.max_request_bytes as usize,

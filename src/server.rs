@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub join_existing: bool,
     /// `--strict-reconfig-check`.
     pub strict_reconfig_check: bool,
+    /// `--force-new-cluster`: restart a member with data as the only member of its cluster.
+    pub force_new_cluster: bool,
     /// `--heartbeat-interval`.
     pub heartbeat_interval_ms: u64,
     /// `--election-timeout`.
@@ -199,6 +201,15 @@ pub async fn run(
         "recovered the MVCC backend"
     );
     let applied_index = raft_log.reconcile(recovered.applied_index).map_err(err)?;
+    if cfg.force_new_cluster && !raft_log.created {
+        let removed = raft_log.force_new_cluster(member_id).map_err(err)?;
+        tracing::warn!(
+            member_id = format!("{member_id:x}"),
+            cluster_id = format!("{cluster_id:x}"),
+            removed_members = removed,
+            "forcing restart member: the other members are removed and this one continues alone"
+        );
+    }
     // The configuration the log starts from, which members joining later replay it from.
     let bootstrap_voters = {
         use raft::Storage as _;

@@ -129,6 +129,7 @@ fn start_member(
                 initial_cluster_token: "etcd-cluster".to_string(),
                 join_existing,
                 strict_reconfig_check: true,
+                force_new_cluster: false,
                 heartbeat_interval_ms: 100,
                 election_timeout_ms: 1000,
                 max_request_bytes: 1536 * 1024,

@@ -35,12 +35,6 @@ use crate::logging::{LogConfig, LogLevel, LogOutput, Logger};
 /// The help text marks each of them with [`NOT_IMPLEMENTED_MARK`]. Remove a
 /// name from this list when its feature lands.
 pub const NOT_YET_IMPLEMENTED: &[&str] = &[
-    // Multi-member clustering.
-    "listen-peer-urls",
-    "initial-advertise-peer-urls",
-    "initial-cluster",
-    "initial-cluster-token",
-    "pre-vote",
     // Discovery.
     "discovery",
     "discovery-fallback",

@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use raft::eraftpb::{ConfState, SnapshotMetadata};
 
+use raft::eraftpb::{Entry, EntryType};
+
+use crate::raft::membership::{standalone_changes, ConfIds};
 use crate::raft::store::LogStore;
 
 use crate::storage::disk::Disk;
@@ -171,6 +174,58 @@ pub fn open_or_create(
 }
 
 impl RaftLog {
+    /// `--force-new-cluster`: turns this member's log into that of a one-member cluster,
+    /// keeping every committed entry, as etcd's `restartAsStandaloneNode` does. Entries
+    /// past the commit index are dropped (they were never committed, and no quorum is left
+    /// to commit them), and conf changes removing every other member are appended in the
+    /// current term and committed at once, then written to the WAL before raft runs. When
+    /// raft applies them, the member is the only voter and elects itself.
+    pub fn force_new_cluster(&mut self, local_id: u64) -> Result<usize, LogError> {
+        let (entries, hs) = {
+            let core = self.storage.rl();
+            let hs = core.hard_state().clone();
+            let mut conf = ConfIds::from_conf_state(core.conf_state());
+            let committed: Vec<Entry> = core
+                .entries()
+                .iter()
+                .filter(|e| e.index <= hs.commit)
+                .cloned()
+                .collect();
+            conf.replay(&committed);
+            let changes = standalone_changes(&conf, local_id).map_err(LogError::Raft)?;
+            let mut index = hs.commit.max(self.snapshot.index);
+            let mut entries = Vec::with_capacity(changes.len());
+            for cc in changes {
+                index += 1;
+                let data = protobuf::Message::write_to_bytes(&cc)
+                    .map_err(|e| LogError::Raft(format!("encoding a conf change: {e}")))?;
+                let mut e = Entry {
+                    index,
+                    term: hs.term.max(1),
+                    data: data.into(),
+                    ..Default::default()
+                };
+                e.set_entry_type(EntryType::EntryConfChange);
+                entries.push(e);
+            }
+            (entries, hs)
+        };
+        let count = entries.len();
+        if entries.is_empty() {
+            // Alone already. Any uncommitted entries stay: as the only voter this member
+            // commits its own log, which is what raft would do with them anyway.
+            return Ok(0);
+        }
+        let mut hs = hs;
+        hs.commit = entries.last().map_or(hs.commit, |e| e.index);
+        // Writing from commit + 1 replaces the uncommitted suffix in the WAL as well.
+        self.wal.save(Some(&hs), &entries).map_err(LogError::Io)?;
+        let mut core = self.storage.wl();
+        core.append(&entries).map_err(LogError::Raft)?;
+        core.set_hard_state(hs);
+        Ok(count)
+    }
+
     /// Reconciles the log with the state machine, which has applied up to
     /// `backend_applied_index`, and returns the index raft should consider applied.
     ///

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use prost::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType};
 
 use crate::error::EtcdError;
 use crate::pb::detcdpb::{ConfChangeContext, MemberRecord};
@@ -112,6 +112,81 @@ pub struct ConfIds {
     pub voters: BTreeSet<u64>,
     /// Learners.
     pub learners: BTreeSet<u64>,
+}
+
+impl ConfIds {
+    /// The ids of a raft configuration.
+    pub fn from_conf_state(cs: &ConfState) -> ConfIds {
+        ConfIds {
+            voters: cs.voters.iter().copied().collect(),
+            learners: cs.learners.iter().copied().collect(),
+        }
+    }
+
+    /// Applies a change that [`check_conf_change`] accepted.
+    pub fn apply(&mut self, change: &MemberChange) {
+        let id = change.member.id;
+        match change.kind {
+            ChangeKind::AddVoter | ChangeKind::Promote => {
+                self.learners.remove(&id);
+                self.voters.insert(id);
+            }
+            ChangeKind::AddLearner => {
+                self.learners.insert(id);
+            }
+            ChangeKind::Remove => {
+                self.voters.remove(&id);
+                self.learners.remove(&id);
+            }
+        }
+    }
+
+    /// The configuration after the conf-change entries among `entries`, each taking
+    /// effect exactly when the raft actor would let it (see [`check_conf_change`]).
+    pub fn replay(&mut self, entries: &[Entry]) {
+        for e in entries {
+            if e.get_entry_type() != EntryType::EntryConfChange {
+                continue;
+            }
+            let mut cc = ConfChange::default();
+            if protobuf::Message::merge_from_bytes(&mut cc, &e.data).is_err() {
+                continue;
+            }
+            if let Ok(change) = MemberChange::from_conf_change(&cc) {
+                if check_conf_change(self, &change).is_ok() {
+                    self.apply(&change);
+                }
+            }
+        }
+    }
+}
+
+/// The conf changes that turn `conf` into a one-member cluster of `local_id`
+/// (`--force-new-cluster`): every other voter and learner removed, in id order, as
+/// etcd's `restartAsStandaloneNode` removes them. Fails if `local_id` is not a voter,
+/// since a learner or a removed member cannot carry the cluster on alone.
+pub fn standalone_changes(conf: &ConfIds, local_id: u64) -> Result<Vec<ConfChange>, String> {
+    if !conf.voters.contains(&local_id) {
+        return Err(format!(
+            "member {local_id:x} is not a voting member of its cluster and cannot be forced into a new one"
+        ));
+    }
+    Ok(conf
+        .voters
+        .iter()
+        .chain(conf.learners.iter())
+        .filter(|&&id| id != local_id)
+        .map(|&id| {
+            MemberChange {
+                kind: ChangeKind::Remove,
+                member: MemberRecord {
+                    id,
+                    ..Default::default()
+                },
+            }
+            .to_conf_change()
+        })
+        .collect())
 }
 
 /// Whether a committed change takes effect, judged by the configuration it applies to
@@ -320,6 +395,85 @@ pub fn assign_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conf_entry(index: u64, change: &MemberChange) -> Entry {
+        let mut e = Entry {
+            index,
+            term: 1,
+            data: protobuf::Message::write_to_bytes(&change.to_conf_change())
+                .unwrap()
+                .into(),
+            ..Default::default()
+        };
+        e.set_entry_type(EntryType::EntryConfChange);
+        e
+    }
+
+    fn change(kind: ChangeKind, id: u64) -> MemberChange {
+        MemberChange {
+            kind,
+            member: MemberRecord {
+                id,
+                peer_urls: vec![format!("http://m{id}:2380")],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn replay_follows_the_apply_time_rules() {
+        let mut conf = ConfIds::from_conf_state(&ConfState::from((vec![1, 2, 3], vec![])));
+        conf.replay(&[
+            conf_entry(4, &change(ChangeKind::AddLearner, 4)),
+            // A second learner is refused at apply time, so replay skips it too.
+            conf_entry(5, &change(ChangeKind::AddLearner, 5)),
+            conf_entry(6, &change(ChangeKind::Promote, 4)),
+            conf_entry(7, &change(ChangeKind::Remove, 2)),
+            // Removing an unknown member takes no effect.
+            conf_entry(8, &change(ChangeKind::Remove, 9)),
+            Entry {
+                index: 9,
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(conf.voters, [1, 3, 4].into_iter().collect());
+        assert!(conf.learners.is_empty());
+    }
+
+    #[test]
+    fn standalone_removes_everyone_else_and_needs_a_voter() {
+        let conf = ConfIds {
+            voters: [1, 2, 3].into_iter().collect(),
+            learners: [7].into_iter().collect(),
+        };
+        let changes = standalone_changes(&conf, 2).unwrap();
+        let removed: Vec<(ConfChangeType, u64)> = changes
+            .iter()
+            .map(|cc| (cc.get_change_type(), cc.node_id))
+            .collect();
+        assert_eq!(
+            removed,
+            [1, 3, 7].map(|id| (ConfChangeType::RemoveNode, id))
+        );
+        let mut after = conf.clone();
+        for cc in &changes {
+            let c = MemberChange::from_conf_change(cc).unwrap();
+            check_conf_change(&after, &c).unwrap();
+            after.apply(&c);
+        }
+        assert_eq!(after.voters, [2].into_iter().collect());
+        assert!(after.learners.is_empty());
+        assert!(
+            standalone_changes(&conf, 7).is_err(),
+            "a learner cannot go alone"
+        );
+        assert!(standalone_changes(&conf, 9).is_err(), "nor can a stranger");
+        let alone = ConfIds {
+            voters: [2].into_iter().collect(),
+            learners: Default::default(),
+        };
+        assert!(standalone_changes(&alone, 2).unwrap().is_empty());
+    }
 
     fn member(id: u64, name: &str, url: &str, learner: bool) -> MemberRecord {
         MemberRecord {

@@ -93,6 +93,16 @@ impl LogCore {
         Ok(())
     }
 
+    /// The entries held, from the first after the compaction point.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The membership raft starts from.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
     /// Drops the entries at or below `index` (capped at the last entry).
     pub fn compact(&mut self, index: u64) {
         let index = index.min(self.last_index());

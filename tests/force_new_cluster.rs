@@ -1,0 +1,79 @@
+//! `--force-new-cluster`, etcd's disaster recovery: with two of three members lost for
+//! good, the survivor restarts as a one-member cluster that keeps all its data, serves
+//! writes again, and stays a one-member cluster across later restarts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ClusterProc;
+
+#[test]
+fn a_lone_survivor_restarts_as_a_one_member_cluster_with_its_data() {
+    let mut c = ClusterProc::start(3);
+    for i in 0..30 {
+        c.etcdctl(
+            &c.client_url(i % 3),
+            &["put", &format!("f{i:02}"), &format!("v{i}")],
+        )
+        .ok();
+    }
+    // Everything is applied on the survivor before the disaster.
+    c.etcdctl(&c.client_url(0), &["get", "f29"]).ok();
+    for i in 0..3 {
+        c.kill_9(i);
+    }
+
+    c.restart_with_args(0, &["--force-new-cluster"])
+        .expect("the survivor restarts alone");
+    let log = std::fs::read_to_string(c.log_path(0)).unwrap_or_default();
+    assert!(
+        log.contains("forcing restart member"),
+        "no force-new-cluster in the log"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.etcdctl(&c.client_url(0), &["put", "after", "alone"]);
+        if out.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume: {}",
+            out.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let list = c
+        .etcdctl(&c.client_url(0), &["member", "list", "-w", "json"])
+        .json();
+    let members = list["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "{list}");
+    assert_eq!(members[0]["name"], "m0", "{list}");
+    let got = c.etcdctl(
+        &c.client_url(0),
+        &["get", "f", "--prefix", "--print-value-only"],
+    );
+    let values: Vec<&str> = got.ok().lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(values.len(), 30, "{values:?}");
+
+    // A plain restart keeps the new one-member cluster and its data.
+    c.stop(0);
+    c.restart(0);
+    let list = c
+        .etcdctl(&c.client_url(0), &["member", "list", "-w", "json"])
+        .json();
+    assert_eq!(
+        list["members"].as_array().map(|m| m.len()),
+        Some(1),
+        "{list}"
+    );
+    assert_eq!(
+        c.etcdctl(&c.client_url(0), &["get", "after", "--print-value-only"])
+            .ok()
+            .trim(),
+        "alone"
+    );
+    c.etcdctl(&c.client_url(0), &["put", "again", "ok"]).ok();
+}
