@@ -193,10 +193,9 @@ impl RaftLog {
                 .collect();
             conf.replay(&committed);
             let changes = standalone_changes(&conf, local_id).map_err(LogError::Raft)?;
-            let mut index = hs.commit.max(self.snapshot.index);
+            let start = hs.commit.max(self.snapshot.index) + 1;
             let mut entries = Vec::with_capacity(changes.len());
-            for cc in changes {
-                index += 1;
+            for (index, cc) in (start..).zip(changes) {
                 let data = protobuf::Message::write_to_bytes(&cc)
                     .map_err(|e| LogError::Raft(format!("encoding a conf change: {e}")))?;
                 let mut e = Entry {
