@@ -22,6 +22,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests (tokio configuration)"
 cargo test --workspace
 
+echo "== cargo clippy (madsim configuration)"
+RUSTFLAGS="--cfg madsim" cargo clippy -p detcd-sim --all-targets --target-dir target/madsim -- -D warnings
+
 echo "== tests (madsim configuration)"
 RUSTFLAGS="--cfg madsim" cargo test -p detcd-sim --target-dir target/madsim
 

@@ -269,31 +269,7 @@ fn hashkv_and_hash_agree_across_members_after_writes() {
     for i in 0..3 {
         c.etcdctl(&c.client_url(i), &["get", "k0"]).ok();
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = c
-            .etcdctl(
-                &c.client_url(0),
-                &["endpoint", "hashkv", "--cluster", "-w", "json"],
-            )
-            .json();
-        let rows = v.as_array().expect("hashkv rows");
-        assert_eq!(rows.len(), 3, "{v}");
-        let hashes: Vec<u64> = rows
-            .iter()
-            .map(|r| r["HashKV"]["hash"].as_u64().unwrap_or(0))
-            .collect();
-        let revs: Vec<i64> = rows
-            .iter()
-            .map(|r| r["HashKV"]["header"]["revision"].as_i64().unwrap_or(0))
-            .collect();
-        if revs.iter().all(|r| *r == 22) && hashes.iter().all(|h| *h == hashes[0]) {
-            assert_ne!(hashes[0], 0, "{v}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "hashkv differs: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    c.wait_hashkv_agree(Some(22));
 
     // detcd's whole-backend hash (Maintenance.Hash) agrees too once all have applied.
     let rt = tokio::runtime::Builder::new_current_thread()

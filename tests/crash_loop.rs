@@ -171,27 +171,5 @@ fn twenty_kill_9_restarts_under_writes_lose_nothing() {
     }
 
     // And the members agree on the KV hash at one revision.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = c
-            .etcdctl(&c.endpoints(), &["endpoint", "hashkv", "-w", "json"])
-            .json();
-        let rows = v.as_array().cloned().unwrap_or_default();
-        let hashes: Vec<u64> = rows
-            .iter()
-            .map(|r| r["HashKV"]["hash"].as_u64().unwrap_or(0))
-            .collect();
-        let revs: Vec<i64> = rows
-            .iter()
-            .map(|r| r["HashKV"]["header"]["revision"].as_i64().unwrap_or(0))
-            .collect();
-        if rows.len() == 3
-            && revs.iter().all(|r| *r == revs[0])
-            && hashes.iter().all(|h| *h == hashes[0] && *h != 0)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "members' KV hashes differ: {v}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    c.wait_hashkv_agree(None);
 }

@@ -114,29 +114,7 @@ fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
     );
 
     // All members agree on the KV hash at one revision.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = c
-            .etcdctl(&c.endpoints(), &["endpoint", "hashkv", "-w", "json"])
-            .json();
-        let rows = v.as_array().expect("rows");
-        let hashes: Vec<u64> = rows
-            .iter()
-            .map(|r| r["HashKV"]["hash"].as_u64().unwrap_or(0))
-            .collect();
-        let revs: Vec<i64> = rows
-            .iter()
-            .map(|r| r["HashKV"]["header"]["revision"].as_i64().unwrap_or(0))
-            .collect();
-        if rows.len() == 3
-            && revs.iter().all(|r| *r == 451)
-            && hashes.iter().all(|h| *h == hashes[0])
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "hashkv differs: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    c.wait_hashkv_agree(Some(451));
 
     // Every member restarts from its compacted log with every key.
     for i in 0..3 {

@@ -264,6 +264,37 @@ pub fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static
     }
 }
 
+/// Runs `scenario` under `seed`, on a fresh OS thread (see [`on_fresh_thread`]), on a
+/// client node at 10.0.0.100 beside the `n`-member cluster [`start_cluster_with`] starts
+/// with `options`, handing it the members; returns what the scenario returns.
+pub fn run_cluster_client<F, Fut, T>(seed: u64, n: usize, options: MemberOptions, scenario: F) -> T
+where
+    F: FnOnce(Vec<SimMember>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    on_fresh_thread(move || {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.block_on(async move {
+            let handle = Handle::current();
+            let members = start_cluster_with(&handle, n, options);
+            client_node(&handle)
+                .spawn(scenario(members))
+                .await
+                .expect("client task")
+        })
+    })
+}
+
+/// The node simulated clients run on.
+pub fn client_node(handle: &Handle) -> NodeHandle {
+    handle
+        .create_node()
+        .name("client")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100)))
+        .build()
+}
+
 /// Runs `scenario` under `seed` on a client node beside a fresh single-member cluster,
 /// handing it the member's client URL, and returns what the scenario returns.
 pub fn single_member_client<F, Fut, T>(seed: u64, scenario: F) -> T
@@ -276,12 +307,7 @@ where
     rt.block_on(async move {
         let handle = Handle::current();
         let member = start_single_member(&handle, "node1");
-        let client = handle
-            .create_node()
-            .name("client")
-            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100)))
-            .build();
-        client
+        client_node(&handle)
             .spawn(scenario(member.client_url()))
             .await
             .expect("client task")

@@ -10,7 +10,7 @@ use detcd::pb::etcdserverpb::MemberListRequest;
 use detcd_sim::client::{
     channel, expect_no_quorum, get_prefix, put, put_retrying, wait_has, wait_leader, Trace,
 };
-use detcd_sim::harness::{self, SimMember};
+use detcd_sim::harness::{self, MemberOptions, SimMember};
 use madsim::runtime::{Handle, Runtime};
 
 /// Runs `scenario` on a client node beside an `n`-member cluster, on a fresh OS thread, so
@@ -21,25 +21,7 @@ where
     F: FnOnce(Vec<SimMember>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = u64> + Send + 'static,
 {
-    harness::on_fresh_thread(move || in_client_here(seed, n, scenario))
-}
-
-fn in_client_here<F, Fut>(seed: u64, n: usize, scenario: F) -> u64
-where
-    F: FnOnce(Vec<SimMember>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = u64> + Send + 'static,
-{
-    let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    rt.block_on(async move {
-        let handle = Handle::current();
-        let members = harness::start_cluster(&handle, n);
-        let client = handle
-            .create_node()
-            .name("client")
-            .ip("10.0.0.100".parse().unwrap())
-            .build();
-        client.spawn(scenario(members)).await.expect("client task")
-    })
+    harness::run_cluster_client(seed, n, MemberOptions::default(), scenario)
 }
 
 async fn three_members(members: Vec<SimMember>) -> u64 {

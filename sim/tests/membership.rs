@@ -15,8 +15,8 @@ use detcd::pb::etcdserverpb::{
     MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, PutRequest,
 };
 use detcd_sim::client::{channel, get_prefix, status_of, wait_leader, Trace};
-use detcd_sim::harness::{self, SimMember};
-use madsim::runtime::{Handle, Runtime};
+use detcd_sim::harness::{self, MemberOptions, SimMember};
+use madsim::runtime::Handle;
 use madsim::time::{sleep, timeout, Instant};
 
 /// Puts through `url`; a member that does not answer in time (it may have been removed)
@@ -313,19 +313,7 @@ async fn scenario(mut members: Vec<SimMember>) -> u64 {
 }
 
 fn run(seed: u64) -> u64 {
-    harness::on_fresh_thread(move || {
-        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.block_on(async move {
-            let handle = Handle::current();
-            let members = harness::start_cluster(&handle, 3);
-            let client = handle
-                .create_node()
-                .name("client")
-                .ip("10.0.0.100".parse().unwrap())
-                .build();
-            client.spawn(scenario(members)).await.expect("client task")
-        })
-    })
+    harness::run_cluster_client(seed, 3, MemberOptions::default(), scenario)
 }
 
 #[test]

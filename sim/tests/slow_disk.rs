@@ -10,8 +10,7 @@ use std::time::Duration;
 use detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use detcd::pb::etcdserverpb::StatusRequest;
 use detcd_sim::client::{self, Trace};
-use detcd_sim::harness::{self, SimMember};
-use madsim::runtime::{Handle, Runtime};
+use detcd_sim::harness::{self, MemberOptions, SimMember};
 use madsim::time::{sleep, Instant};
 
 /// The fsync latency every member's disk has in the first phase.
@@ -116,22 +115,7 @@ async fn slow_disks(members: Vec<SimMember>) -> u64 {
 }
 
 fn run(seed: u64) -> u64 {
-    harness::on_fresh_thread(move || {
-        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.block_on(async move {
-            let handle = Handle::current();
-            let members = harness::start_cluster(&handle, 3);
-            let client = handle
-                .create_node()
-                .name("client")
-                .ip("10.0.0.100".parse().unwrap())
-                .build();
-            client
-                .spawn(slow_disks(members))
-                .await
-                .expect("client task")
-        })
-    })
+    harness::run_cluster_client(seed, 3, MemberOptions::default(), slow_disks)
 }
 
 #[test]

@@ -15,7 +15,7 @@ use detcd::pb::etcdserverpb::{MemberAddRequest, WatchCreateRequest, WatchRequest
 use detcd::storage::disk::Disk;
 use detcd_sim::client::{self, Trace};
 use detcd_sim::harness::{self, MemberOptions, SimMember};
-use madsim::runtime::{Handle, Runtime};
+use madsim::runtime::Handle;
 use madsim::time::{sleep, timeout, Instant};
 use tokio_stream::StreamExt;
 
@@ -35,19 +35,7 @@ type Scenario =
     fn(Vec<SimMember>) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
 
 fn run_scenario(seed: u64, scenario: Scenario) -> u64 {
-    harness::on_fresh_thread(move || {
-        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.block_on(async move {
-            let handle = Handle::current();
-            let members = harness::start_cluster_with(&handle, 3, OPTIONS);
-            let client = handle
-                .create_node()
-                .name("client")
-                .ip("10.0.0.100".parse().unwrap())
-                .build();
-            client.spawn(scenario(members)).await.expect("client task")
-        })
-    })
+    harness::run_cluster_client(seed, 3, OPTIONS, scenario)
 }
 
 /// The snapshot files in member `m`'s snap directory.

@@ -550,34 +550,21 @@ impl RaftActor {
     fn handle(&mut self, msg: RaftMsg) {
         match msg {
             RaftMsg::Propose { mut request, reply } => {
-                if self.node.raft.leader_id == 0 {
-                    let _ = reply.send(Err(EtcdError::NoLeader));
-                    return;
-                }
-                if self.pending.len() >= MAX_PENDING_PROPOSALS {
-                    let _ = reply.send(Err(EtcdError::TooManyRequests));
-                    return;
-                }
-                let id = self.next_request_id;
-                self.next_request_id = self.next_request_id.wrapping_add(1);
+                let id = match self.admit_proposal() {
+                    Ok(id) => id,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
                 request.header = Some(RequestHeader { id });
                 let data = request.encode_to_vec();
                 if data.len() > self.config.max_request_bytes {
                     let _ = reply.send(Err(EtcdError::RequestTooLarge));
                     return;
                 }
-                match self.node.propose(id.to_be_bytes().to_vec(), data) {
-                    Ok(()) => {
-                        self.pending.insert(id, reply);
-                    }
-                    Err(_) => {
-                        let _ = reply.send(Err(if self.node.raft.leader_id == 0 {
-                            EtcdError::NoLeader
-                        } else {
-                            EtcdError::LeaderChanged
-                        }));
-                    }
-                }
+                let proposed = self.node.propose(id.to_be_bytes().to_vec(), data);
+                self.track_proposal(id, proposed, reply);
             }
             RaftMsg::ReadIndex { reply } => {
                 if self.node.raft.leader_id == 0 {
@@ -923,20 +910,36 @@ impl RaftActor {
     /// Proposes a membership change as a raft conf change whose entry context is the
     /// request id, so the waiter is found when it is applied, like any proposal.
     fn propose_conf_change(&mut self, change: MemberChange, reply: Waiter) {
+        let id = match self.admit_proposal() {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let proposed = self
+            .node
+            .propose_conf_change(id.to_be_bytes().to_vec(), change.to_conf_change());
+        self.track_proposal(id, proposed, reply);
+    }
+
+    /// Checks that a proposal can be taken now (there is a leader, and room to wait for
+    /// it) and gives it a request id.
+    fn admit_proposal(&mut self) -> Result<u64, EtcdError> {
         if self.node.raft.leader_id == 0 {
-            let _ = reply.send(Err(EtcdError::NoLeader));
-            return;
+            return Err(EtcdError::NoLeader);
         }
         if self.pending.len() >= MAX_PENDING_PROPOSALS {
-            let _ = reply.send(Err(EtcdError::TooManyRequests));
-            return;
+            return Err(EtcdError::TooManyRequests);
         }
         let id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1);
-        match self
-            .node
-            .propose_conf_change(id.to_be_bytes().to_vec(), change.to_conf_change())
-        {
+        Ok(id)
+    }
+
+    /// Waits for the proposal `id` to be applied, or answers why raft refused it.
+    fn track_proposal(&mut self, id: u64, proposed: raft::Result<()>, reply: Waiter) {
+        match proposed {
             Ok(()) => {
                 self.pending.insert(id, reply);
             }

@@ -429,7 +429,10 @@ impl StorageActor {
         });
         self.backend
             .write(&batch)
-            .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))
+            .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))?;
+        self.size_gauge
+            .store(self.backend.size_bytes(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Records a member's published name and client URLs. An id outside the membership is
@@ -783,21 +786,7 @@ impl StorageActor {
         if !applied_any {
             return Ok(lease_changes);
         }
-        batch.ops.push(BatchOp::Put {
-            bucket: Bucket::Meta,
-            key: CONSISTENT_INDEX_KEY.to_vec(),
-            value: self.applied_index.to_be_bytes().to_vec(),
-        });
-        batch.ops.push(BatchOp::Put {
-            bucket: Bucket::Meta,
-            key: TERM_KEY.to_vec(),
-            value: self.term.to_be_bytes().to_vec(),
-        });
-        self.backend
-            .write(&batch)
-            .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))?;
-        self.size_gauge
-            .store(self.backend.size_bytes(), Ordering::Relaxed);
+        self.write_applied(batch)?;
         if membership_changed {
             self.publish_membership();
         }

@@ -423,26 +423,7 @@ impl Server {
     /// Graceful stop: SIGTERM, wait up to 10 s, then SIGKILL.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => return,
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        return;
-                    }
-                }
-            }
+            terminate(&mut c);
         }
     }
 
@@ -679,6 +660,28 @@ impl Drop for Background {
 
 /// A multi-member detcd cluster of real processes on loopback, bootstrapped from a static
 /// `--initial-cluster`. Members are started together (none is ready until a quorum runs).
+/// Stops a child gracefully: SIGTERM, up to 10 s, then SIGKILL.
+pub fn terminate(c: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = c.kill();
+                let _ = c.wait();
+                return;
+            }
+        }
+    }
+}
+
 pub struct ClusterProc {
     pub dir: tempfile::TempDir,
     pub names: Vec<String>,
@@ -807,26 +810,7 @@ impl ClusterProc {
     /// Stops member `i` gracefully: SIGTERM, up to 10 s, then SIGKILL.
     pub fn stop(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => return,
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        return;
-                    }
-                }
-            }
+            terminate(&mut c);
         }
     }
 
@@ -885,6 +869,42 @@ impl ClusterProc {
             .arg(endpoints)
             .args(args);
         run_with_timeout(cmd, None, ETCDCTL_TIMEOUT)
+    }
+
+    /// Waits until every member answers `endpoint hashkv` with the same non-zero hash at
+    /// one revision (`want_revision`, if given), and returns that revision.
+    pub fn wait_hashkv_agree(&self, want_revision: Option<i64>) -> i64 {
+        let n = self.names.len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.etcdctl(&self.endpoints(), &["endpoint", "hashkv", "-w", "json"]);
+            let v = if out.success() {
+                out.json()
+            } else {
+                serde_json::Value::Null
+            };
+            let rows = v.as_array().cloned().unwrap_or_default();
+            let hashes: Vec<u64> = rows
+                .iter()
+                .map(|r| r["HashKV"]["hash"].as_u64().unwrap_or(0))
+                .collect();
+            let revs: Vec<i64> = rows
+                .iter()
+                .map(|r| r["HashKV"]["header"]["revision"].as_i64().unwrap_or(0))
+                .collect();
+            if rows.len() == n
+                && revs.iter().all(|r| *r == want_revision.unwrap_or(revs[0]))
+                && hashes.iter().all(|h| *h == hashes[0] && *h != 0)
+            {
+                return revs[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members' KV hashes differ: {v} {}",
+                out.stderr
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// SIGKILLs member `i`.
