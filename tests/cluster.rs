@@ -126,22 +126,7 @@ fn three_process_cluster_replicates_and_survives_leader_kill() {
     let leader = leader_index(&c, &[0, 1, 2]);
     c.kill_9(leader);
     let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = c.etcdctl(
-            &c.client_url(rest[0]),
-            &["put", "after-kill", "ok", "--command-timeout=10s"],
-        );
-        if out.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "writes did not resume: {}",
-            out.stderr
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    c.put_when_writable(&c.client_url(rest[0]), "after-kill", "ok");
     let got = c.etcdctl(
         &c.client_url(rest[1]),
         &["get", "after-kill", "--print-value-only"],
@@ -257,13 +242,7 @@ fn move_leader_transfers_and_followers_refuse() {
 #[test]
 fn hashkv_and_hash_agree_across_members_after_writes() {
     let c = ClusterProc::start(3);
-    for i in 0..20 {
-        c.etcdctl(
-            &c.client_url(i % 3),
-            &["put", &format!("k{i}"), &format!("v{i}")],
-        )
-        .ok();
-    }
+    c.put_spread("k", 20);
     c.etcdctl(&c.client_url(1), &["del", "k3"]).ok();
     // A linearizable read through every member makes each apply the writes.
     for i in 0..3 {

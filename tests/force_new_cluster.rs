@@ -4,20 +4,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::ClusterProc;
 
 #[test]
 fn a_lone_survivor_restarts_as_a_one_member_cluster_with_its_data() {
     let mut c = ClusterProc::start(3);
-    for i in 0..30 {
-        c.etcdctl(
-            &c.client_url(i % 3),
-            &["put", &format!("f{i:02}"), &format!("v{i}")],
-        )
-        .ok();
-    }
+    c.put_spread("f", 30);
     // Everything is applied on the survivor before the disaster.
     c.etcdctl(&c.client_url(0), &["get", "f29"]).ok();
     for i in 0..3 {
@@ -32,19 +24,7 @@ fn a_lone_survivor_restarts_as_a_one_member_cluster_with_its_data() {
         "no force-new-cluster in the log"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = c.etcdctl(&c.client_url(0), &["put", "after", "alone"]);
-        if out.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "writes did not resume: {}",
-            out.stderr
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    c.put_when_writable(&c.client_url(0), "after", "alone");
     let list = c
         .etcdctl(&c.client_url(0), &["member", "list", "-w", "json"])
         .json();

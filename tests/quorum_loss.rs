@@ -21,13 +21,7 @@ const QUORUM_ERRORS: [&str; 3] = [
 #[test]
 fn losing_two_of_three_fails_writes_in_time_and_recovers_on_restart() {
     let mut c = ClusterProc::start(3);
-    for i in 0..10 {
-        c.etcdctl(
-            &c.client_url(i % 3),
-            &["put", &format!("q{i}"), &format!("v{i}")],
-        )
-        .ok();
-    }
+    c.put_spread("q", 10);
     // Make sure the survivor has applied everything before the others go.
     c.etcdctl(&c.client_url(0), &["get", "q9"]).ok();
     c.kill_9(1);
@@ -66,19 +60,7 @@ fn losing_two_of_three_fails_writes_in_time_and_recovers_on_restart() {
 
     c.restart_nowait(1);
     c.restart_nowait(2);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = c.etcdctl(&c.endpoints(), &["put", "after", "ok"]);
-        if out.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "writes did not resume: {}",
-            out.stderr
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    c.put_when_writable(&c.endpoints(), "after", "ok");
     for i in 0..3 {
         let got = c.etcdctl(
             &c.client_url(i),

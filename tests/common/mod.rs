@@ -871,6 +871,35 @@ impl ClusterProc {
         run_with_timeout(cmd, None, ETCDCTL_TIMEOUT)
     }
 
+    /// Puts `<prefix><i>` = `v<i>` for `i` in `0..n`, through the members in turn.
+    pub fn put_spread(&self, prefix: &str, n: usize) {
+        let members = self.names.len();
+        for i in 0..n {
+            self.etcdctl(
+                &self.client_url(i % members),
+                &["put", &format!("{prefix}{i}"), &format!("v{i}")],
+            )
+            .ok();
+        }
+    }
+
+    /// Retries `put key value` through `endpoints` until it succeeds (bounded: 30 s).
+    pub fn put_when_writable(&self, endpoints: &str, key: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.etcdctl(endpoints, &["put", key, value, "--command-timeout=10s"]);
+            if out.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writes did not resume: {}",
+                out.stderr
+            );
+            thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// Waits until every member answers `endpoint hashkv` with the same non-zero hash at
     /// one revision (`want_revision`, if given), and returns that revision.
     pub fn wait_hashkv_agree(&self, want_revision: Option<i64>) -> i64 {
