@@ -83,6 +83,39 @@ pub enum EtcdError {
     CorruptCluster,
     /// An internal failure (I/O, encoding). The message is for the log and the client.
     Internal(String),
+    /// Auth: there is no root user, so auth cannot be enabled.
+    RootUserNotExist,
+    /// Auth: the root user lacks the root role, so auth cannot be enabled.
+    RootRoleNotExist,
+    /// Auth: the user already exists.
+    UserAlreadyExist,
+    /// Auth: the user name is empty.
+    UserEmpty,
+    /// Auth: the user does not exist.
+    UserNotFound,
+    /// Auth: the role already exists.
+    RoleAlreadyExist,
+    /// Auth: the role does not exist.
+    RoleNotFound,
+    /// Auth: the role name is empty.
+    RoleEmpty,
+    /// Auth: wrong user name or password.
+    AuthFailed,
+    /// Auth: the caller may not do this.
+    PermissionDenied,
+    /// Auth: the user does not have the role.
+    RoleNotGranted,
+    /// Auth: the role does not have the permission.
+    PermissionNotGranted,
+    /// Auth: auth is not enabled (for Authenticate).
+    AuthNotEnabled,
+    /// Auth: the token is unknown or expired.
+    InvalidAuthToken,
+    /// Auth: a change that would lock the administrator out (deleting root, revoking the
+    /// root role from root) while auth is enabled.
+    InvalidAuthMgmt,
+    /// Auth: the request was checked against permissions that have changed since.
+    AuthOldRevision,
 }
 
 /// gRPC status codes as etcd uses them (a subset of `tonic::Code`, kept here so pure code
@@ -109,6 +142,10 @@ pub enum Code {
     Internal,
     /// `Unknown` (2): what gRPC sends for an error etcd does not map to a status.
     Unknown,
+    /// `PermissionDenied` (7).
+    PermissionDenied,
+    /// `Unauthenticated` (16).
+    Unauthenticated,
 }
 
 impl EtcdError {
@@ -119,6 +156,14 @@ impl EtcdError {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | RequestTooLarge | InvalidArgument(_) | MemberBadUrls => Code::InvalidArgument,
             MemberNotFound => Code::NotFound,
+            UserEmpty | RoleEmpty | AuthFailed | InvalidAuthMgmt | AuthOldRevision => {
+                Code::InvalidArgument
+            }
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+            | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
+            | AuthNotEnabled => Code::FailedPrecondition,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             MemberExist | PeerUrlExist | MemberNotLearner | LearnerNotReady | TooManyLearners => {
                 Code::FailedPrecondition
             }
@@ -144,6 +189,22 @@ impl EtcdError {
         use EtcdError::*;
         match self {
             EmptyKey => "etcdserver: key is not provided".into(),
+            RootUserNotExist => "etcdserver: root user does not exist".into(),
+            RootRoleNotExist => "etcdserver: root user does not have root role".into(),
+            UserAlreadyExist => "etcdserver: user name already exists".into(),
+            UserEmpty => "etcdserver: user name is empty".into(),
+            UserNotFound => "etcdserver: user name not found".into(),
+            RoleAlreadyExist => "etcdserver: role name already exists".into(),
+            RoleNotFound => "etcdserver: role name not found".into(),
+            RoleEmpty => "etcdserver: role name is empty".into(),
+            AuthFailed => "etcdserver: authentication failed, invalid user ID or password".into(),
+            PermissionDenied => "etcdserver: permission denied".into(),
+            RoleNotGranted => "etcdserver: role is not granted to the user".into(),
+            PermissionNotGranted => "etcdserver: permission is not granted to the role".into(),
+            AuthNotEnabled => "etcdserver: authentication is not enabled".into(),
+            InvalidAuthToken => "etcdserver: invalid auth token".into(),
+            InvalidAuthMgmt => "etcdserver: invalid auth management".into(),
+            AuthOldRevision => "etcdserver: revision of auth store is old".into(),
             KeyNotFound => "etcdserver: key not found".into(),
             ValueProvided => "etcdserver: value is provided".into(),
             LeaseProvided => "etcdserver: lease is provided".into(),
@@ -200,6 +261,8 @@ impl EtcdError {
             Code::DataLoss => tonic::Code::DataLoss,
             Code::Internal => tonic::Code::Internal,
             Code::Unknown => tonic::Code::Unknown,
+            Code::PermissionDenied => tonic::Code::PermissionDenied,
+            Code::Unauthenticated => tonic::Code::Unauthenticated,
         };
         tonic::Status::new(code, self.message())
     }

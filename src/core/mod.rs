@@ -12,6 +12,7 @@
 
 pub mod alarm;
 pub mod apply;
+pub mod auth;
 pub mod corrupt;
 pub(crate) mod crc32c;
 pub mod lease;
