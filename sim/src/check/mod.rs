@@ -9,6 +9,7 @@
 pub mod generate;
 pub mod linearizability;
 pub mod model;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
