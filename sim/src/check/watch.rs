@@ -422,6 +422,9 @@ pub fn check_watch(stream: &WatchStream, history: &KvHistory) -> Vec<WatchViolat
     check_watches(std::slice::from_ref(stream), history)
 }
 
+/// How many missing changes one segment reports one by one before summing up the rest.
+const MAX_MISSING_REPORTED: usize = 20;
+
 /// The history indexed for look-ups by revision and key.
 struct Index<'h> {
     /// The history.
@@ -783,11 +786,8 @@ impl<'a> Checker<'a> {
         }
         // etcd cancels a watcher only when the next revision it needs is below the
         // compact revision; a watcher that needs nothing compacted must keep going.
-        let needed = if state.last_event_revision > i64::MIN {
-            Some(state.last_event_revision.saturating_add(1))
-        } else {
-            state.start
-        };
+        // What the watcher delivered or bookmarked is a lower bound of that revision.
+        let needed = state.start.map(|_| state.through.saturating_add(1));
         if let Some(needed) = needed {
             if needed >= c {
                 self.report(
@@ -855,16 +855,18 @@ impl<'a> Checker<'a> {
                 ),
             );
         }
-        if let Some(start) = state.start {
-            if rev < start {
-                self.report(
-                    si,
-                    at.0,
-                    at.1,
-                    ViolationKind::Ordered,
-                    format!("{what} is below the segment's start revision {start}"),
-                );
-            }
+        // Only an explicit start revision bounds the events from below: etcd reads the
+        // created response's header after registering a watcher that starts "now", so a
+        // write in between can give events at or below that header.
+        let start = self.stream.segments.get(si).map_or(0, |s| s.start_revision);
+        if start > 0 && rev < start {
+            self.report(
+                si,
+                at.0,
+                at.1,
+                ViolationKind::Ordered,
+                format!("{what} is below the segment's start revision {start}"),
+            );
         }
         if let Some((b, bri)) = state.bookmark {
             if rev <= b {
@@ -1032,7 +1034,23 @@ impl<'a> Checker<'a> {
             .matching(request, from, state.through)
             .filter(|(rev, c)| !self.delivered.contains_key(&(*rev, c.key.clone())))
             .collect();
-        for (rev, change) in missing {
+        let total = missing.len();
+        for (n, (rev, change)) in missing.into_iter().enumerate() {
+            if n == MAX_MISSING_REPORTED {
+                // A watcher that lost everything would otherwise flood the report.
+                self.report(
+                    si,
+                    None,
+                    None,
+                    ViolationKind::Reliable,
+                    format!(
+                        "and {} more matching changes up to revision {} were never delivered",
+                        total - n,
+                        state.through
+                    ),
+                );
+                break;
+            }
             // Blame the first response whose event or bookmark reached this revision.
             let blamed = state
                 .raises
@@ -1046,7 +1064,7 @@ impl<'a> Checker<'a> {
                         .segments
                         .get(si)
                         .and_then(|s| s.responses.get(ri))
-                        .map_or(false, WatchResponse::is_progress_notify);
+                        .is_some_and(WatchResponse::is_progress_notify);
                     if by {
                         format!("the progress notification at revision {through} claimed it")
                     } else {

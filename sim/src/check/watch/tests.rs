@@ -176,7 +176,7 @@ fn generate(
         responses: vec![created(created_header)],
         ..Segment::default()
     }];
-    let mut through = start - 1;
+    let mut through;
     let mut i = 0;
     while i < groups.len() {
         let mut events = groups[i].1.clone();
@@ -757,4 +757,42 @@ proptest! {
             prop_assert!(!v.is_empty(), "mutation {} accepted:\n{:#?}", which, m);
         }
     }
+}
+
+#[test]
+fn a_watch_from_now_may_start_at_its_created_header() {
+    let h = small_history();
+    // The watcher registered at revision 3, but the created response's header was read
+    // after the write of revision 4: the event at 4 is still correct.
+    let mut s = generate(&h, all_keys(), 0, 3, Plan::default(), 0);
+    s.segments[0].responses[0].header_revision = 4;
+    assert_kinds(&s, &h, &[]);
+    // Dropping that event is not caught (the watch may have started after it), but
+    // dropping the next one is.
+    let ri = response_of(&s, 5);
+    s.segments[0].responses.remove(ri);
+    assert_kinds(&s, &h, &[ViolationKind::Reliable]);
+}
+
+#[test]
+fn a_watcher_that_lost_everything_gets_a_bounded_report() {
+    let inputs: Vec<Input> = (0..50).map(|i| put("a", &i.to_string())).collect();
+    let h = KvHistory::from_inputs(&Model::new(), inputs.iter());
+    let s = WatchStream {
+        watcher: 1,
+        request: all_keys(),
+        segments: vec![Segment {
+            start_revision: 2,
+            responses: vec![created(1), progress(h.last_revision())],
+            ..Segment::default()
+        }],
+    };
+    let v = check_watch(&s, &h);
+    assert_eq!(v.len(), MAX_MISSING_REPORTED + 1);
+    assert!(v.iter().all(|x| x.kind == ViolationKind::Reliable));
+    assert!(
+        v[MAX_MISSING_REPORTED].explanation.contains("30 more"),
+        "{}",
+        v[20]
+    );
 }
