@@ -75,6 +75,13 @@ pub struct RevisionChanges {
     pub revision: i64,
     /// The changes, at most one per key.
     pub changes: Vec<Change>,
+    /// The index in the history of the operation that made them, when the history was
+    /// built from a linearization.
+    pub op: Option<usize>,
+    /// Whether that operation's outcome is unknown. The linearization then chose it among
+    /// the writes that may have taken effect, and another choice may fit as well, so a
+    /// mismatch at this revision may be the choice's fault rather than the watch's.
+    pub outcome_unknown: bool,
 }
 
 /// The authoritative history of the store: what every revision changed.
@@ -136,14 +143,14 @@ impl KvHistory {
         linearization: &Linearization,
         initial: &Model,
     ) -> Result<KvHistory, HistoryBuildError> {
-        let mut inputs = Vec::with_capacity(linearization.order.len());
+        let mut steps = Vec::with_capacity(linearization.order.len());
         for &op in &linearization.order {
             let operation = history
                 .get(op)
                 .ok_or(HistoryBuildError::NoSuchOperation { op })?;
-            inputs.push(&operation.input);
+            steps.push((&operation.input, Some(op), operation.output.is_none()));
         }
-        let mut built = KvHistory::from_inputs(initial, inputs);
+        let mut built = KvHistory::replay(initial, steps);
         for &op in &linearization.left_out {
             let operation = history
                 .get(op)
@@ -159,6 +166,15 @@ impl KvHistory {
 
     /// The history of running `inputs` one by one through the model from `initial`.
     pub fn from_inputs<'a>(initial: &Model, inputs: impl IntoIterator<Item = &'a Input>) -> Self {
+        KvHistory::replay(initial, inputs.into_iter().map(|i| (i, None, false)))
+    }
+
+    /// The history of running `steps` (each an input, the index of its operation and
+    /// whether its outcome is unknown) one by one through the model from `initial`.
+    fn replay<'a>(
+        initial: &Model,
+        steps: impl IntoIterator<Item = (&'a Input, Option<usize>, bool)>,
+    ) -> Self {
         let mut model = initial.clone();
         let mut built = KvHistory::new(initial.revision());
         // The model does not list its keys, so the state before each change is taken
@@ -166,7 +182,7 @@ impl KvHistory {
         // key's first change.
         let mut latest: HashMap<Vec<u8>, Option<KeyValue>> = HashMap::new();
         let mut undo = Undo::new();
-        for input in inputs {
+        for (input, op, outcome_unknown) in steps {
             undo.clear();
             let before = model.revision();
             let output = model.apply(input, &mut undo);
@@ -197,6 +213,8 @@ impl KvHistory {
             built.revisions.push(RevisionChanges {
                 revision: model.revision(),
                 changes,
+                op,
+                outcome_unknown,
             });
         }
         built.compact_revisions.sort_unstable();
@@ -430,7 +448,7 @@ struct Index<'h> {
     /// The history.
     history: &'h KvHistory,
     /// Each revision's changes.
-    by_revision: BTreeMap<i64, &'h [Change]>,
+    by_revision: BTreeMap<i64, &'h RevisionChanges>,
     /// The highest revision the store may have been compacted at (`i64::MIN` if none).
     max_compact_revision: i64,
 }
@@ -438,11 +456,7 @@ struct Index<'h> {
 impl<'h> Index<'h> {
     /// Indexes `history`.
     fn new(history: &'h KvHistory) -> Self {
-        let by_revision = history
-            .revisions
-            .iter()
-            .map(|r| (r.revision, &r.changes[..]))
-            .collect();
+        let by_revision = history.revisions.iter().map(|r| (r.revision, r)).collect();
         Index {
             history,
             by_revision,
@@ -459,7 +473,27 @@ impl<'h> Index<'h> {
     fn change(&self, revision: i64, key: &[u8]) -> Option<&'h Change> {
         self.by_revision
             .get(&revision)
-            .and_then(|cs| cs.iter().find(|c| c.key == key))
+            .and_then(|r| r.changes.iter().find(|c| c.key == key))
+    }
+
+    /// A note for a mismatch at `revision`, if an operation with unknown outcome made it.
+    fn uncertainty(&self, revision: i64) -> String {
+        match self.by_revision.get(&revision) {
+            Some(RevisionChanges {
+                op,
+                outcome_unknown: true,
+                ..
+            }) => {
+                let op =
+                    op.map_or_else(|| "an operation".to_string(), |o| format!("operation #{o}"));
+                format!(
+                    " (the linearization placed {op}, whose outcome is unknown, at this \
+                     revision; if another write with unknown outcome took effect instead, \
+                     the history is ambiguous here rather than the watch wrong)"
+                )
+            }
+            _ => String::new(),
+        }
     }
 
     /// The changes `request` is sent in `from..=to`, as (revision, change).
@@ -473,8 +507,9 @@ impl<'h> Index<'h> {
         range
             .into_iter()
             .flat_map(move |r| self.by_revision.range(r))
-            .flat_map(move |(&rev, cs)| {
-                cs.iter()
+            .flat_map(move |(&rev, r)| {
+                r.changes
+                    .iter()
                     .filter(move |c| request.matches(&c.key, c.kind()))
                     .map(move |c| (rev, c))
             })
@@ -959,7 +994,10 @@ impl<'a> Checker<'a> {
                 at.0,
                 at.1,
                 ViolationKind::Content,
-                format!("{what}: the history has no change to this key at this revision"),
+                format!(
+                    "{what}: the history has no change to this key at this revision{}",
+                    self.index.uncertainty(rev)
+                ),
             );
             return;
         };
@@ -969,7 +1007,11 @@ impl<'a> Checker<'a> {
                 at.0,
                 at.1,
                 ViolationKind::Content,
-                format!("{what}: the history has a {} there", change.kind()),
+                format!(
+                    "{what}: the history has a {} there{}",
+                    change.kind(),
+                    self.index.uncertainty(rev)
+                ),
             );
             return;
         }
@@ -989,8 +1031,9 @@ impl<'a> Checker<'a> {
                 at.1,
                 ViolationKind::Content,
                 format!(
-                    "{what} carries {}, but the history has {expected}",
-                    event.kv
+                    "{what} carries {}, but the history has {expected}{}",
+                    event.kv,
+                    self.index.uncertainty(rev)
                 ),
             );
         }
@@ -1006,10 +1049,12 @@ impl<'a> Checker<'a> {
                     at.1,
                     ViolationKind::PrevKv,
                     format!(
-                        "{what} carries prev_kv {}, but at revision {} the key was {}",
+                        "{what} carries prev_kv {}, but at revision {} the key was {}{}",
                         OptKv(event.prev_kv.as_ref()),
                         rev.saturating_sub(1),
-                        OptKv(change.prev.as_ref())
+                        OptKv(change.prev.as_ref()),
+                        self.index
+                            .uncertainty(change.prev.as_ref().map_or(rev, |p| p.mod_revision))
                     ),
                 );
             }

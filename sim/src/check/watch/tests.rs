@@ -796,3 +796,30 @@ fn a_watcher_that_lost_everything_gets_a_bounded_report() {
         v[20]
     );
 }
+
+#[test]
+fn mismatches_at_unknown_outcome_writes_say_so() {
+    let ops = vec![
+        Operation::unknown(0, 0, put("a", "1")),
+        Operation::unknown(0, 1, put("a", "2")),
+    ];
+    // The linearization chose the first put; the watch saw the second.
+    let lin = Linearization {
+        order: vec![0],
+        left_out: vec![1],
+        steps: 0,
+    };
+    let h = KvHistory::from_linearization(&ops, &lin, &Model::new()).expect("valid");
+    assert_eq!(h.revisions[0].op, Some(0));
+    assert!(h.revisions[0].outcome_unknown);
+    let mut s = plain(&h, all_keys(), 2);
+    s.segments[0].responses[1].events[0].kv.value = b"2".to_vec();
+    let v = check_watch(&s, &h);
+    assert_eq!(kinds(&v), vec![ViolationKind::Content]);
+    assert!(
+        v[0].explanation
+            .contains("operation #0, whose outcome is unknown"),
+        "{}",
+        v[0]
+    );
+}
