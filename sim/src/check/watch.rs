@@ -19,6 +19,21 @@
 //! returns every [`WatchViolation`] found, each naming the watcher, segment, response and
 //! event, so that a report can highlight them.
 //!
+//! # What a recorder must capture
+//!
+//! - Every write of the run goes into the linearizability history, so that the
+//!   [`KvHistory`] built from its linearization has every revision a watch can report.
+//!   Ending the run with a read after the faults heal pins the last revisions.
+//! - Every response of every watcher, raw and in arrival order: the created response,
+//!   fragments as separate responses with their `fragment` flag, progress notifications
+//!   (including the stream-wide answers to a progress request, once per watcher of the
+//!   stream), and the cancel. A watcher's last segment should end with a progress
+//!   notification requested after the final read, so that a lost event at the end of a
+//!   stream is noticed too.
+//! - When a stream breaks, a new [`Segment`] of the same [`WatchStream`] with the start
+//!   revision the client resumed from (one past the last event or progress notification
+//!   received, or the compact revision after a compaction cancel).
+//!
 //! Everything here is plain Rust without madsim and never panics on any input.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -309,7 +324,9 @@ impl WatchResponse {
     }
 }
 
-/// How a segment of a watch ended.
+/// How a segment of a watch ended. The checker treats every segment after the first as
+/// a resume whatever this says; it is recorded so that reports can show why a stream was
+/// re-created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SegmentEnd {
     /// It was still open when the recording stopped.
