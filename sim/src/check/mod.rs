@@ -1,7 +1,8 @@
 //! Checking what clients saw: a sequential model of etcd's key-value semantics
 //! ([`model`]), a linearizability checker over histories of requests
-//! ([`linearizability`]), and a generator of random linearizable histories to test and
-//! time it ([`generate`]).
+//! ([`linearizability`]), a generator of random linearizable histories to test and
+//! time it ([`generate`]), and a checker of etcd's watch guarantees over recorded watch
+//! streams against the linearized history ([`watch`]).
 //!
 //! Everything here is plain Rust without madsim, so it builds and is unit-tested in the
 //! normal build of this crate.
@@ -9,6 +10,7 @@
 pub mod generate;
 pub mod linearizability;
 pub mod model;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
