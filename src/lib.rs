@@ -9,6 +9,7 @@
 //! - [`actors`]: thin async loops that own the state machines.
 //! - [`gateway`]: one file per gRPC service.
 //! - [`msg`]: every message the actors exchange.
+//! - [`planted`]: deliberate bugs for the simulator to catch (a test-only feature).
 
 pub mod actors;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod gateway;
 pub mod logging;
 pub mod msg;
 pub mod pb;
+pub mod planted;
 pub mod raft;
 pub mod rt;
 pub mod server;

@@ -682,6 +682,10 @@ impl RaftActor {
         self.node.advance_apply();
         self.inflight.push_back((number, persisted_messages));
         self.last_wal_number = number;
+        if crate::planted::active(crate::planted::Bug::AckBeforeFsync) {
+            // The planted bug: acknowledge and vote as if the write were already durable.
+            self.on_persisted(number);
+        }
         let wal_tx = self
             .wal_tx
             .as_ref()

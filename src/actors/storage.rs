@@ -119,6 +119,8 @@ pub struct StorageActor {
     size_gauge: Arc<AtomicU64>,
     /// Ids of members removed from the cluster.
     removed: std::collections::BTreeSet<u64>,
+    /// Whether the planted double-apply bug has struck (it strikes once per start).
+    planted_replayed: bool,
     /// Where the membership is published whenever it changes.
     membership_tx: Option<watch::Sender<std::sync::Arc<Membership>>>,
 }
@@ -273,6 +275,7 @@ impl StorageActor {
             quota: Quota { limit_bytes: None },
             size_gauge: Arc::new(AtomicU64::new(0)),
             removed: Default::default(),
+            planted_replayed: false,
             membership_tx: None,
         }
     }
@@ -724,13 +727,20 @@ impl StorageActor {
         for (entry, waiter) in entries.into_iter().zip(waiters) {
             if entry.index <= self.applied_index {
                 // Replayed from the WAL after a restart but already in the backend.
-                continue;
+                let planted_replay = crate::planted::active(crate::planted::Bug::DoubleApply)
+                    && !self.planted_replayed
+                    && entry.index == self.applied_index;
+                if !planted_replay {
+                    continue;
+                }
+                self.planted_replayed = true;
+            } else {
+                assert_eq!(
+                    entry.index,
+                    self.applied_index + 1,
+                    "committed entries are applied in order without gaps"
+                );
             }
-            assert_eq!(
-                entry.index,
-                self.applied_index + 1,
-                "committed entries are applied in order without gaps"
-            );
             self.applied_index = entry.index;
             self.term = self.term.max(entry.term);
             applied_any = true;

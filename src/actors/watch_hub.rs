@@ -96,7 +96,13 @@ impl WatchHubActor {
     fn handle(&mut self, msg: WatchMsg) {
         let streams = &self.streams;
         let out = match msg {
-            WatchMsg::Applied { revision, events } => {
+            WatchMsg::Applied {
+                revision,
+                mut events,
+            } => {
+                if crate::planted::active(crate::planted::Bug::WatchReorder) {
+                    events.reverse();
+                }
                 self.hub.on_events(revision, &events, &mut room(streams))
             }
             WatchMsg::History(answer) => self.hub.on_history(answer, &mut room(streams)),

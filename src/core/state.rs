@@ -106,7 +106,10 @@ impl StateMachine {
             };
         }
         if let Some(revoke) = &req.lease_revoke {
-            if req.expiry_term != 0 && req.expiry_term != entry_term {
+            if req.expiry_term != 0
+                && req.expiry_term != entry_term
+                && !crate::planted::active(crate::planted::Bug::StaleLeaseRevoke)
+            {
                 // An expiry decided under a leadership that had already ended when the
                 // proposal entered the log: the current leader's clock, extended on its
                 // promotion, decides instead.

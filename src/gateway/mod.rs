@@ -121,11 +121,12 @@ impl Handle {
 
     /// Serves a range: linearizable (after a ReadIndex barrier) unless `serializable`.
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
-        let min_applied_index = if request.serializable {
-            0
-        } else {
-            self.read_index().await?
-        };
+        let min_applied_index =
+            if request.serializable || crate::planted::active(crate::planted::Bug::StaleRead) {
+                0
+            } else {
+                self.read_index().await?
+            };
         let (tx, rx) = oneshot::channel();
         self.call(
             StorageMsg::Range {

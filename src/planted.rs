@@ -1,0 +1,93 @@
+//! Planted bugs: deliberate, known faults in the server that the simulator must catch,
+//! which is how detcd shows that its checkers find real bugs and not only pass.
+//!
+//! They exist only with the `planted-bugs` cargo feature, which no release build enables:
+//! without it [`active`] is a constant `false` and every planted branch compiles away.
+//! With it, the bug named by the `DETCD_PLANTED_BUG` environment variable (one of
+//! [`Bug::name`]) is switched on for the whole process, read once. Each fault point in the
+//! server is one `if planted::active(Bug::X)` at the place the bug would live, cheap and
+//! deterministic, in the spirit of FoundationDB's `buggify`.
+
+/// A planted bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// Serve linearizable reads from local state without a ReadIndex barrier: a follower
+    /// behind the leader returns stale data.
+    StaleRead,
+    /// Report raft log writes as durable before the WAL fsync: a crash loses entries the
+    /// member already acknowledged or voted on.
+    AckBeforeFsync,
+    /// Apply a committed entry twice after a restart: the backend's consistent index is
+    /// ignored for one entry.
+    DoubleApply,
+    /// Apply lease revocations proposed by a member whose leadership is stale (the
+    /// leader-term check on expiry is skipped).
+    StaleLeaseRevoke,
+    /// Deliver the events of one applied batch to watchers in reverse order.
+    WatchReorder,
+}
+
+impl Bug {
+    /// Every planted bug.
+    pub const ALL: [Bug; 5] = [
+        Bug::StaleRead,
+        Bug::AckBeforeFsync,
+        Bug::DoubleApply,
+        Bug::StaleLeaseRevoke,
+        Bug::WatchReorder,
+    ];
+
+    /// The name `DETCD_PLANTED_BUG` selects it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::StaleRead => "stale-read",
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::DoubleApply => "double-apply",
+            Bug::StaleLeaseRevoke => "stale-lease-revoke",
+            Bug::WatchReorder => "watch-reorder",
+        }
+    }
+
+    /// The bug with this name, if any.
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// Whether `bug` is switched on in this process.
+#[cfg(not(feature = "planted-bugs"))]
+#[inline(always)]
+pub const fn active(_bug: Bug) -> bool {
+    false
+}
+
+/// Whether `bug` is switched on in this process.
+#[cfg(feature = "planted-bugs")]
+pub fn active(bug: Bug) -> bool {
+    static SELECTED: std::sync::OnceLock<Option<Bug>> = std::sync::OnceLock::new();
+    *SELECTED.get_or_init(|| {
+        std::env::var("DETCD_PLANTED_BUG")
+            .ok()
+            .and_then(|name| Bug::from_name(&name))
+    }) == Some(bug)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for bug in Bug::ALL {
+            assert_eq!(Bug::from_name(bug.name()), Some(bug));
+        }
+        assert_eq!(Bug::from_name("no-such-bug"), None);
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[test]
+    fn nothing_is_planted_without_the_feature() {
+        std::env::set_var("DETCD_PLANTED_BUG", "stale-read");
+        assert!(Bug::ALL.into_iter().all(|b| !active(b)));
+    }
+}
