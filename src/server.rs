@@ -490,7 +490,8 @@ pub async fn run(
             .add_service(
                 WatchServer::new(
                     gateway::watch::WatchService::new(watch_tx.clone(), next_watch_stream.clone())
-                        .with_learner_check(status_rx.clone()),
+                        .with_learner_check(status_rx.clone())
+                        .with_auth(handle.auth.clone()),
                 )
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),

@@ -86,6 +86,12 @@ fn walkthrough_with_etcdctl() {
         as_user(&s, "nobody:pw", &["get", "foo"]).err_line(),
         "Error: etcdserver: authentication failed, invalid user ID or password"
     );
+    // A watch outside the permissions is created and canceled at once.
+    let watch = as_user(&s, USER0, &["watch", "other"]);
+    assert!(
+        format!("{}{}", watch.stdout, watch.stderr).contains("etcdserver: permission denied"),
+        "{watch:?}"
+    );
     // Without credentials.
     assert_eq!(
         s.etcdctl(&["get", "foo"]).err_line(),
