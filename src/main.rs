@@ -4,6 +4,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use detcd::config::{Config, ConfigError, NoticeLevel, Parsed, Url};
 use detcd::server::{BackendChoice, ServerConfig};
@@ -168,5 +169,7 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         corrupt_check_interval: config.experimental_corrupt_check_time,
         disk: Arc::new(RealDisk::new()),
         backend: BackendChoice::Sled,
+        bcrypt_cost: u32::try_from(config.bcrypt_cost).unwrap_or(u32::MAX),
+        auth_token_ttl: Duration::from_secs(config.auth_token_ttl_secs),
     })
 }

@@ -107,6 +107,10 @@ pub struct ServerConfig {
     pub disk: Arc<dyn Disk>,
     /// The MVCC backend.
     pub backend: BackendChoice,
+    /// `--bcrypt-cost`: the cost passwords are hashed at.
+    pub bcrypt_cost: u32,
+    /// `--auth-token-ttl`: how long a simple token lives without use.
+    pub auth_token_ttl: Duration,
 }
 
 /// Why a member failed to start or stopped abnormally.
@@ -336,6 +340,11 @@ pub async fn run(
         Some(limit) => tracing::info!(quota_size_bytes = limit, "enabled backend quota"),
     }
     let backend_size = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let auth_view = std::sync::Arc::new(std::sync::Mutex::new(crate::actors::storage::AuthView {
+        store: std::sync::Arc::new(recovered.state.auth.clone()),
+        tokens: crate::core::token::TokenTable::new(cfg.auth_token_ttl),
+        applied_index: recovered.applied_index,
+    }));
     let storage_actor = StorageActor::new(
         recovered,
         backend,
@@ -345,6 +354,7 @@ pub async fn run(
         lease_tx.clone(),
     )
     .with_watch_hub(watch_tx.clone())
+    .with_auth_view(auth_view.clone())
     .with_quota(quota, backend_size.clone())
     .with_members(membership_tx)
     .map_err(err)?;
@@ -371,6 +381,8 @@ pub async fn run(
         membership: membership_rx.clone(),
         peer_health: peer_config.health.clone(),
         strict_reconfig_check: cfg.strict_reconfig_check,
+        auth: auth_view,
+        bcrypt_cost: cfg.bcrypt_cost,
     };
 
     // The peer transport serves from the start: the member cannot elect a leader or
@@ -469,9 +481,17 @@ pub async fn run(
                 .max_encoding_message_size(usize::MAX),
             )
             .add_service(
+                crate::pb::etcdserverpb::auth_server::AuthServer::new(
+                    gateway::auth::AuthService::new(handle.clone()),
+                )
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
                 WatchServer::new(
                     gateway::watch::WatchService::new(watch_tx.clone(), next_watch_stream.clone())
-                        .with_learner_check(status_rx.clone()),
+                        .with_learner_check(status_rx.clone())
+                        .with_auth(handle.auth.clone()),
                 )
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),

@@ -142,6 +142,8 @@ fn start_member(
                 corrupt_check_interval: Duration::ZERO,
                 disk: Arc::new(node_disk.clone()),
                 backend: BackendChoice::Memory(backend.clone()),
+                bcrypt_cost: 4,
+                auth_token_ttl: Duration::from_secs(300),
             };
             async move {
                 if let Err(e) = detcd::server::run(cfg, detcd::rt::shutdown_signal(), None).await {

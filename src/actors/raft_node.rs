@@ -557,7 +557,8 @@ impl RaftActor {
                         return;
                     }
                 };
-                request.header = Some(RequestHeader { id });
+                // The gateway may have filled the user and auth revision; the id is ours.
+                request.header.get_or_insert_with(RequestHeader::default).id = id;
                 let data = request.encode_to_vec();
                 if data.len() > self.config.max_request_bytes {
                     let _ = reply.send(Err(EtcdError::RequestTooLarge));

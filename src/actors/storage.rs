@@ -23,10 +23,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::actors::lease_timer::LeaseMsg;
 use crate::core::alarm::{is_txn_read_only, AlarmSet};
 use crate::core::apply::Response;
+use crate::core::auth::AuthStore;
+use crate::core::auth_apply::TokenChange;
 use crate::core::lease::LeaseTable;
 use crate::core::mvcc::Mvcc;
 use crate::core::quota::{self, Quota};
 use crate::core::state::{LeaseChange, StateMachine, StateOutcome};
+use crate::core::token::TokenTable;
 use crate::core::watch::HistoryAnswer;
 use crate::error::EtcdError;
 use crate::msg::{ApplyReply, Membership, StorageMsg, StorageStatus, Waiter, WatchMsg};
@@ -69,6 +72,22 @@ pub fn backend_hash(backend: &dyn Backend) -> std::io::Result<u32> {
     }
     Ok(h.sum())
 }
+
+/// What the gateway needs of auth between applies: the applied auth store (a copy,
+/// replaced whenever it changes) and the member-local token table that applied
+/// Authenticate entries fill.
+#[derive(Debug)]
+pub struct AuthView {
+    /// The auth store as of the last applied batch.
+    pub store: Arc<AuthStore>,
+    /// The simple tokens this member knows.
+    pub tokens: TokenTable,
+    /// The raft index the store reflects, so a token naming a later index can wait.
+    pub applied_index: u64,
+}
+
+/// The [`AuthView`] shared by the storage actor (writer) and the gateway (reader).
+pub type SharedAuth = Arc<std::sync::Mutex<AuthView>>;
 
 /// Reads waiting for the state machine to catch up, at most.
 pub const MAX_WAITING_READS: usize = 10_000;
@@ -123,6 +142,8 @@ pub struct StorageActor {
     planted_replayed: bool,
     /// Where the membership is published whenever it changes.
     membership_tx: Option<watch::Sender<std::sync::Arc<Membership>>>,
+    /// The auth view shared with the gateway, if one is attached.
+    auth_view: Option<SharedAuth>,
 }
 
 /// The Members-bucket key of a member record.
@@ -235,11 +256,18 @@ pub fn recover(backend: &dyn Backend, min_lease_ttl_s: i64) -> Result<Recovered,
         live,
     )
     .map_err(|e| StorageFatal(format!("backend: {e}")))?;
+    let auth = AuthStore::restore(
+        backend.scan(Bucket::Auth).map_err(io)?,
+        backend.scan(Bucket::AuthUsers).map_err(io)?,
+        backend.scan(Bucket::AuthRoles).map_err(io)?,
+    )
+    .map_err(|e| StorageFatal(format!("backend: {e}")))?;
     Ok(Recovered {
         state: StateMachine {
             mvcc,
             leases,
             alarms,
+            auth,
         },
         applied_index,
         term,
@@ -277,7 +305,41 @@ impl StorageActor {
             removed: Default::default(),
             planted_replayed: false,
             membership_tx: None,
+            auth_view: None,
         }
+    }
+
+    /// Keeps `view` up to date with the applied auth store and tokens.
+    pub fn with_auth_view(mut self, view: SharedAuth) -> StorageActor {
+        self.auth_view = Some(view);
+        self.publish_auth(Vec::new(), true);
+        self
+    }
+
+    /// Updates the shared auth view after an apply: token changes in order, and a fresh
+    /// copy of the store when it changed. Done before any client is answered, so a client
+    /// that got its token can use it at once on this member.
+    fn publish_auth(&self, token_changes: Vec<TokenChange>, store_changed: bool) {
+        let Some(view) = &self.auth_view else {
+            return;
+        };
+        let now = crate::rt::now();
+        let mut view = match view.lock() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for change in token_changes {
+            match change {
+                TokenChange::Assign { token, user } => view.tokens.assign(token, user, now),
+                TokenChange::InvalidateUser(user) => view.tokens.invalidate_user(&user),
+                TokenChange::Clear => view.tokens.clear(),
+            }
+        }
+        view.tokens.expire(now);
+        if store_changed {
+            view.store = Arc::new(self.state.auth.clone());
+        }
+        view.applied_index = self.applied_index;
     }
 
     /// Enforces `quota` as writes apply, and keeps `size_gauge` at the backend's size.
@@ -660,6 +722,7 @@ impl StorageActor {
         self.term = self.term.max(recovered.term);
         self.reload_members()?;
         self.publish_membership();
+        self.publish_auth(Vec::new(), true);
         tracing::info!(
             index,
             applied_index = self.applied_index,
@@ -724,6 +787,9 @@ impl StorageActor {
         let mut applied_any = false;
         let mut events = Vec::new();
         let mut membership_changed = false;
+        let mut token_changes = Vec::new();
+        let auth_revision_before = self.state.auth.revision();
+        let auth_enabled_before = self.state.auth.is_enabled();
         for (entry, waiter) in entries.into_iter().zip(waiters) {
             if entry.index <= self.applied_index {
                 // Replayed from the WAL after a restart but already in the backend.
@@ -781,7 +847,9 @@ impl StorageActor {
             let StateOutcome {
                 mut outcome,
                 lease_changes: changes,
-            } = self.state.apply(&request, entry.term);
+                token_changes: tokens,
+            } = self.state.apply(&request, entry.term, entry.index);
+            token_changes.extend(tokens);
             if !available && outcome.result.is_ok() {
                 outcome.result = Err(EtcdError::NoSpace);
             }
@@ -800,6 +868,9 @@ impl StorageActor {
         if membership_changed {
             self.publish_membership();
         }
+        let store_changed = self.state.auth.revision() != auth_revision_before
+            || self.state.auth.is_enabled() != auth_enabled_before;
+        self.publish_auth(token_changes, store_changed);
         if !events.is_empty() && self.watch_tx.is_some() {
             self.to_watch.push(WatchMsg::Applied {
                 revision: self.state.mvcc.current_revision(),
@@ -848,6 +919,10 @@ fn with_header(resp: Response, header: ResponseHeader) -> Response {
         // Maintenance service fills none); `etcdctl alarm list -w json` shows none.
         Response::Alarm(r) => Response::Alarm(r),
         Response::Members(m) => Response::Members(m),
+        Response::Auth(mut r) => {
+            r.set_header(header);
+            Response::Auth(r)
+        }
     }
 }
 

@@ -65,9 +65,6 @@ pub const NOT_YET_IMPLEMENTED: &[&str] = &[
     "peer-crl-file",
     "cipher-suites",
     "experimental-peer-skip-client-san-verification",
-    // Auth tokens.
-    "auth-token",
-    "auth-token-ttl",
     // Profiling and metrics endpoints.
     "enable-pprof",
     "listen-metrics-urls",

@@ -30,6 +30,8 @@ pub enum Response {
     MemberAttrSet,
     /// The answer to an alarm request.
     Alarm(crate::pb::etcdserverpb::AlarmResponse),
+    /// The answer to an Auth service request.
+    Auth(Box<crate::core::auth_apply::AuthResponse>),
     /// A membership change was applied: the members afterwards, in id order.
     Members(Vec<crate::pb::detcdpb::MemberRecord>),
 }

@@ -444,19 +444,31 @@ impl AuthStore {
         }
     }
 
-    /// Whether `user` may administer auth and the cluster (the root role), when auth is on.
-    pub fn check_admin(&self, user: &str, checked_at_revision: u64) -> Result<(), EtcdError> {
+    /// etcd 3.4's `IsAdminPermitted`: whether `user` may administer auth and the cluster
+    /// (it holds the root role). Always allowed while auth is disabled. As in etcd, the
+    /// auth revision is not compared: admin rights are looked up afresh at apply time.
+    pub fn check_admin(&self, user: &str) -> Result<(), EtcdError> {
         if !self.enabled {
             return Ok(());
         }
-        if checked_at_revision < self.revision {
-            return Err(EtcdError::AuthOldRevision);
+        if user.is_empty() {
+            return Err(EtcdError::UserEmpty);
         }
-        if self.has_root_role(user) {
+        let Some(u) = self.users.get(user) else {
+            return Err(EtcdError::UserNotFound);
+        };
+        if u.roles.iter().any(|r| r == ROOT) {
             Ok(())
         } else {
             Err(EtcdError::PermissionDenied)
         }
+    }
+
+    /// Whether `user` holds `role` (etcd's `HasRole`, which lets a user read its own roles).
+    pub fn has_role(&self, user: &str, role: &str) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|u| u.roles.iter().any(|r| r == role))
     }
 }
 
@@ -651,11 +663,8 @@ mod tests {
             s.check("user0", rev - 1, Access::Read, b"foo", b""),
             Err(EtcdError::AuthOldRevision)
         );
-        assert_eq!(s.check_admin(ROOT, rev), Ok(()));
-        assert_eq!(
-            s.check_admin("user0", rev),
-            Err(EtcdError::PermissionDenied)
-        );
+        assert_eq!(s.check_admin(ROOT), Ok(()));
+        assert_eq!(s.check_admin("user0"), Err(EtcdError::PermissionDenied));
     }
 
     #[test]

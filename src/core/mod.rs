@@ -13,11 +13,13 @@
 pub mod alarm;
 pub mod apply;
 pub mod auth;
+pub mod auth_apply;
 pub mod corrupt;
 pub(crate) mod crc32c;
 pub mod lease;
 pub mod mvcc;
 pub mod quota;
 pub mod state;
+pub mod token;
 pub mod validate;
 pub mod watch;

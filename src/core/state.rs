@@ -4,6 +4,8 @@
 
 use crate::core::alarm::AlarmSet;
 use crate::core::apply::{self, ApplyOutcome, Response};
+use crate::core::auth::AuthStore;
+use crate::core::auth_apply::{self, TokenChange};
 use crate::core::lease::LeaseTable;
 use crate::core::mvcc::Mvcc;
 use crate::error::EtcdError;
@@ -39,6 +41,8 @@ pub struct StateMachine {
     pub leases: LeaseTable,
     /// The raised alarms.
     pub alarms: AlarmSet,
+    /// Users, roles and permissions, and whether auth is enabled.
+    pub auth: AuthStore,
 }
 
 /// What applying one request produced, beyond [`ApplyOutcome`].
@@ -48,6 +52,23 @@ pub struct StateOutcome {
     pub outcome: ApplyOutcome,
     /// Lease grants and revocations, for the lease timer.
     pub lease_changes: Vec<LeaseChange>,
+    /// Token assignments and invalidations, for the member-local token table.
+    pub token_changes: Vec<TokenChange>,
+}
+
+impl StateOutcome {
+    /// An outcome that changed nothing: `result` with no writes, events or side changes.
+    fn only(result: Result<Response, EtcdError>) -> StateOutcome {
+        StateOutcome {
+            outcome: ApplyOutcome {
+                result,
+                batch: WriteBatch::default(),
+                events: vec![],
+            },
+            lease_changes: vec![],
+            token_changes: vec![],
+        }
+    }
 }
 
 impl StateMachine {
@@ -58,7 +79,17 @@ impl StateMachine {
     ///
     /// Alarm requests change the alarm set; while an alarm is raised, the requests it
     /// forbids fail here (see [`AlarmSet::refusal`]), identically on every member.
-    pub fn apply(&mut self, req: &InternalRequest, entry_term: u64) -> StateOutcome {
+    ///
+    /// Auth requests change the auth store (an Authenticate assigns a token naming
+    /// `entry_index`); while auth is enabled, every other request is checked against the
+    /// permissions of the user its header names, at the auth revision it was authorized
+    /// at, as etcd's auth applier does.
+    pub fn apply(
+        &mut self,
+        req: &InternalRequest,
+        entry_term: u64,
+        entry_index: u64,
+    ) -> StateOutcome {
         if let Some(alarm) = &req.alarm {
             let mut batch = WriteBatch::default();
             let resp = self.alarms.apply(alarm, &mut batch);
@@ -69,17 +100,28 @@ impl StateMachine {
                     events: vec![],
                 },
                 lease_changes: vec![],
+                token_changes: vec![],
             };
         }
         if let Some(e) = self.alarms.refusal(req) {
+            return StateOutcome::only(Err(e));
+        }
+        let mut batch = WriteBatch::default();
+        if let Some((result, token_changes)) =
+            auth_apply::apply_auth(&mut self.auth, req, entry_index, &mut batch)
+        {
             return StateOutcome {
                 outcome: ApplyOutcome {
-                    result: Err(e),
-                    batch: WriteBatch::default(),
+                    result: result.map(|r| Response::Auth(Box::new(r))),
+                    batch,
                     events: vec![],
                 },
                 lease_changes: vec![],
+                token_changes,
             };
+        }
+        if let Err(e) = auth_apply::check_permission(&self.auth, &self.leases, req) {
+            return StateOutcome::only(Err(e));
         }
         if let Some(grant) = &req.lease_grant {
             let mut batch = WriteBatch::default();
@@ -103,6 +145,7 @@ impl StateMachine {
                     events: vec![],
                 },
                 lease_changes,
+                token_changes: vec![],
             };
         }
         if let Some(revoke) = &req.lease_revoke {
@@ -113,14 +156,7 @@ impl StateMachine {
                 // An expiry decided under a leadership that had already ended when the
                 // proposal entered the log: the current leader's clock, extended on its
                 // promotion, decides instead.
-                return StateOutcome {
-                    outcome: ApplyOutcome {
-                        result: Err(EtcdError::LeaderChanged),
-                        batch: WriteBatch::default(),
-                        events: vec![],
-                    },
-                    lease_changes: vec![],
-                };
+                return StateOutcome::only(Err(EtcdError::LeaderChanged));
             }
             return self.revoke(revoke.id);
         }
@@ -130,6 +166,7 @@ impl StateMachine {
         StateOutcome {
             outcome,
             lease_changes: vec![],
+            token_changes: vec![],
         }
     }
 
@@ -139,16 +176,7 @@ impl StateMachine {
         let mut batch = WriteBatch::default();
         let keys = match self.leases.revoke(id, &mut batch) {
             Ok(keys) => keys,
-            Err(e) => {
-                return StateOutcome {
-                    outcome: ApplyOutcome {
-                        result: Err(e),
-                        batch: WriteBatch::default(),
-                        events: vec![],
-                    },
-                    lease_changes: vec![],
-                }
-            }
+            Err(e) => return StateOutcome::only(Err(e)),
         };
         let mut events = Vec::new();
         if !keys.is_empty() {
@@ -179,6 +207,7 @@ impl StateMachine {
                         events,
                     },
                     lease_changes: vec![LeaseChange::Revoked { id }],
+                    token_changes: vec![],
                 };
             }
             self.leases.observe(&events);
@@ -190,6 +219,7 @@ impl StateMachine {
                 events,
             },
             lease_changes: vec![LeaseChange::Revoked { id }],
+            token_changes: vec![],
         }
     }
 }
@@ -204,6 +234,7 @@ mod tests {
             mvcc: Mvcc::new(),
             leases: LeaseTable::new(2),
             alarms: AlarmSet::new(),
+            auth: AuthStore::new(),
         }
     }
 
@@ -212,7 +243,7 @@ mod tests {
             lease_grant: Some(LeaseGrantRequest { ttl: 10, id }),
             ..Default::default()
         };
-        let out = sm.apply(&req, 1);
+        let out = sm.apply(&req, 1, 0);
         assert!(out.outcome.result.is_ok());
         assert_eq!(
             out.lease_changes,
@@ -230,7 +261,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        sm.apply(&req, 1).outcome.result
+        sm.apply(&req, 1, 0).outcome.result
     }
 
     fn revoke(id: i64, expiry_term: u64) -> InternalRequest {
@@ -249,7 +280,7 @@ mod tests {
         put(&mut sm, "b", 7).unwrap();
         put(&mut sm, "c", 0).unwrap();
         let before = sm.mvcc.current_revision();
-        let out = sm.apply(&revoke(7, 0), 1);
+        let out = sm.apply(&revoke(7, 0), 1, 0);
         assert!(matches!(out.outcome.result, Ok(Response::LeaseRevoke(_))));
         assert_eq!(out.lease_changes, vec![LeaseChange::Revoked { id: 7 }]);
         assert_eq!(sm.mvcc.current_revision(), before + 1, "one revision");
@@ -279,13 +310,13 @@ mod tests {
         put(&mut sm, "k", 9).unwrap();
         let before = sm.mvcc.current_revision();
         // Decided while leading in term 3, but appended in term 4: stale, rejected.
-        let out = sm.apply(&revoke(9, 3), 4);
+        let out = sm.apply(&revoke(9, 3), 4, 0);
         assert_eq!(out.outcome.result, Err(EtcdError::LeaderChanged));
         assert!(out.outcome.batch.ops.is_empty() && out.lease_changes.is_empty());
         assert!(sm.leases.exists(9));
         assert_eq!(sm.mvcc.current_revision(), before);
         // Decided and appended in the same term: applied.
-        let out = sm.apply(&revoke(9, 4), 4);
+        let out = sm.apply(&revoke(9, 4), 4, 0);
         assert!(out.outcome.result.is_ok());
         assert!(!sm.leases.exists(9));
     }
@@ -303,7 +334,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let out = sm.apply(&alarm(AlarmAction::Activate), 1);
+        let out = sm.apply(&alarm(AlarmAction::Activate), 1, 0);
         assert!(matches!(out.outcome.result, Ok(Response::Alarm(_))));
         assert_eq!(out.outcome.batch.ops.len(), 1, "the alarm is persisted");
         let before = sm.mvcc.current_revision();
@@ -312,11 +343,11 @@ mod tests {
             lease_grant: Some(LeaseGrantRequest { ttl: 10, id: 3 }),
             ..Default::default()
         };
-        let out = sm.apply(&grant, 1);
+        let out = sm.apply(&grant, 1, 0);
         assert_eq!(out.outcome.result, Err(EtcdError::NoSpace));
         assert!(out.lease_changes.is_empty() && out.outcome.batch.ops.is_empty());
         assert_eq!(sm.mvcc.current_revision(), before);
-        sm.apply(&alarm(AlarmAction::Deactivate), 1);
+        sm.apply(&alarm(AlarmAction::Deactivate), 1, 0);
         put(&mut sm, "b", 0).unwrap();
     }
 }

@@ -32,18 +32,25 @@ fn unexpected(what: &str) -> EtcdError {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         if !req.serializable {
             self.handle.refuse_if_learner()?;
         }
-        reply(match validate::check_range(&req) {
-            Ok(()) => self.handle.range(req).await,
-            Err(e) => Err(e),
-        })
+        let result = async {
+            validate::check_range(&req)?;
+            // Reads are served without raft, so this member checks the permission, with
+            // the auth store it has applied (etcd's `doSerialize`).
+            self.handle
+                .check_read(&md, &req.key, &req.range_end)
+                .await?;
+            self.handle.range(req).await
+        }
+        .await;
+        reply(result)
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         let result = async {
             self.handle.refuse_if_learner()?;
             let request = InternalRequest {
@@ -55,7 +62,7 @@ impl Kv for KvService {
             if let Some(put) = &request.put {
                 validate::check_put(put)?;
             }
-            match self.handle.propose(request).await? {
+            match self.handle.propose_authed(&md, request).await? {
                 Applied::Put(r) => Ok(r),
                 _ => Err(unexpected("put")),
             }
@@ -68,7 +75,7 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         let result = async {
             self.handle.refuse_if_learner()?;
             validate::check_delete(&req)?;
@@ -76,7 +83,7 @@ impl Kv for KvService {
                 delete_range: Some(req),
                 ..Default::default()
             };
-            match self.handle.propose(request).await? {
+            match self.handle.propose_authed(&md, request).await? {
                 Applied::DeleteRange(r) => Ok(r),
                 _ => Err(unexpected("delete range")),
             }
@@ -86,7 +93,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         let result = async {
             self.handle.refuse_if_learner()?;
             let request = InternalRequest {
@@ -98,7 +105,7 @@ impl Kv for KvService {
             if let Some(txn) = &request.txn {
                 validate::check_txn(txn, self.handle.max_txn_ops)?;
             }
-            match self.handle.propose(request).await? {
+            match self.handle.propose_authed(&md, request).await? {
                 Applied::Txn(r) => Ok(r),
                 _ => Err(unexpected("txn")),
             }
@@ -111,14 +118,14 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         let result = async {
             self.handle.refuse_if_learner()?;
             let request = InternalRequest {
                 compaction: Some(req),
                 ..Default::default()
             };
-            match self.handle.propose(request).await? {
+            match self.handle.propose_authed(&md, request).await? {
                 Applied::Compaction(r) => Ok(r),
                 _ => Err(unexpected("compaction")),
             }

@@ -118,7 +118,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         // etcd's learner interceptor refuses every lease call on a learner.
         self.handle.refuse_if_learner()?;
-        let mut req = req.into_inner();
+        let (md, _, mut req) = req.into_parts();
         if req.id == 0 {
             req.id = new_lease_id();
         }
@@ -129,7 +129,7 @@ impl Lease for LeaseService {
         if let Err(e) = self.handle.check_quota(&request).await {
             return reply(Err(e));
         }
-        reply(match self.handle.propose(request).await {
+        reply(match self.handle.propose_authed(&md, request).await {
             Ok(Applied::LeaseGrant(r)) => Ok(r),
             Ok(_) => Err(EtcdError::Internal(
                 "unexpected response to lease grant".into(),
@@ -144,11 +144,12 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         // etcd's learner interceptor refuses every lease call on a learner.
         self.handle.refuse_if_learner()?;
+        let (md, _, req) = req.into_parts();
         let request = InternalRequest {
-            lease_revoke: Some(req.into_inner()),
+            lease_revoke: Some(req),
             ..Default::default()
         };
-        reply(match self.handle.propose(request).await {
+        reply(match self.handle.propose_authed(&md, request).await {
             Ok(Applied::LeaseRevoke(r)) => Ok(r),
             Ok(_) => Err(EtcdError::Internal(
                 "unexpected response to lease revoke".into(),

@@ -90,9 +90,11 @@ impl Maintenance for MaintenanceService {
     /// The answer carries the usual header.
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         let result = async {
+            // etcd's authMaintenanceServer: only root may defragment, hash or snapshot.
+            self.handle.check_admin(req.metadata()).await?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.handle
                 .call(
@@ -111,7 +113,8 @@ impl Maintenance for MaintenanceService {
 
     /// detcd's backend hash (see [`crate::actors::storage::backend_hash`]): equal across
     /// members with identical state, with the header at the current revision.
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.handle.check_admin(req.metadata()).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let result = self
             .handle
@@ -125,6 +128,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.handle.check_admin(req.metadata()).await?;
         let revision = req.into_inner().revision;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let result = self
@@ -148,8 +152,9 @@ impl Maintenance for MaintenanceService {
     /// format (see [`super::snapshot`]).
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.handle.check_admin(req.metadata()).await?;
         reply(super::snapshot::snapshot_stream(&self.handle).await)
     }
 

@@ -2,6 +2,7 @@
 //! etcd's gRPC layer does, then either proposes it through the raft actor or reads from
 //! the storage actor, and waits (bounded by the request timeout) for the answer.
 
+pub mod auth;
 pub mod cluster;
 pub mod h2_authority;
 pub mod kv;
@@ -17,7 +18,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::apply::Response;
+use crate::core::auth::{Access, AuthStore};
 use crate::core::quota::{self, Quota};
+use crate::core::token::simple_token_index;
 use crate::error::EtcdError;
 use crate::msg::{RaftMsg, RaftStatus, StorageMsg, StorageStatus};
 use crate::pb::detcdpb::InternalRequest;
@@ -66,9 +69,129 @@ pub struct Handle {
     pub peer_health: crate::actors::transport::PeerHealth,
     /// `--strict-reconfig-check`.
     pub strict_reconfig_check: bool,
+    /// The applied auth store and this member's simple tokens.
+    pub auth: crate::actors::storage::SharedAuth,
+    /// `--bcrypt-cost`: the cost passwords are hashed at.
+    pub bcrypt_cost: u32,
 }
 
+/// Who a request acts for, from its token: the user and the auth revision the token was
+/// checked at (etcd's `AuthInfo`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthInfo {
+    /// The user; empty when the client sent no token.
+    pub user: String,
+    /// The auth revision at the check; 0 when the client sent no token.
+    pub revision: u64,
+}
+
+/// The gRPC metadata key etcd's clients send their token under.
+pub const TOKEN_METADATA_KEY: &str = "token";
+
 impl Handle {
+    /// The applied auth store, as of the last applied batch.
+    pub fn auth_store(&self) -> Arc<AuthStore> {
+        match self.auth.lock() {
+            Ok(v) => v.store.clone(),
+            Err(poisoned) => poisoned.into_inner().store.clone(),
+        }
+    }
+
+    /// etcd's `AuthInfoFromCtx`: the user the request's token stands for. No token, or
+    /// auth disabled, is an anonymous request (whose requests fail at apply while auth is
+    /// enabled); an unknown or lapsed token is "invalid auth token". A token assigned at
+    /// a raft index this member has not applied yet is waited for, as etcd does.
+    pub async fn auth_info(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<AuthInfo, EtcdError> {
+        let Some(token) = md.get(TOKEN_METADATA_KEY).and_then(|t| t.to_str().ok()) else {
+            return Ok(AuthInfo::default());
+        };
+        let token = token.to_string();
+        for attempt in 0..2 {
+            let lagging = {
+                let mut view = match self.auth.lock() {
+                    Ok(v) => v,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                if !view.store.is_enabled() {
+                    return Ok(AuthInfo::default());
+                }
+                if let Some(user) = view.tokens.user_of(&token, rt::now()) {
+                    return Ok(AuthInfo {
+                        user,
+                        revision: view.store.revision(),
+                    });
+                }
+                simple_token_index(&token).is_some_and(|i| i > view.applied_index)
+            };
+            if !lagging || attempt == 1 {
+                break;
+            }
+            // The token is newer than this member's state: catch up once and look again.
+            let index = self.read_index().await?;
+            let (tx, rx) = oneshot::channel();
+            self.call(
+                StorageMsg::Range {
+                    request: RangeRequest {
+                        key: vec![0],
+                        limit: 1,
+                        count_only: true,
+                        serializable: true,
+                        ..Default::default()
+                    },
+                    min_applied_index: index,
+                    reply: tx,
+                },
+                rx,
+                &self.storage_tx,
+            )
+            .await??;
+        }
+        Err(EtcdError::InvalidAuthToken)
+    }
+
+    /// Proposes `request` on behalf of the client whose metadata is `md`: the header names
+    /// the token's user and the auth revision it was checked at, so the apply step checks
+    /// the permissions. A request refused as authorized at an old auth revision is
+    /// retried with a fresh check, as etcd's `raftRequest` does.
+    pub async fn propose_authed(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        mut request: InternalRequest,
+    ) -> Result<Response, EtcdError> {
+        let mut attempts = 0;
+        loop {
+            let info = self.auth_info(md).await?;
+            let header = request.header.get_or_insert_with(Default::default);
+            header.username = info.user;
+            header.auth_revision = info.revision;
+            match self.propose(request.clone()).await {
+                Err(EtcdError::AuthOldRevision) if attempts < 3 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// etcd's `IsAdminPermitted` for requests served by this member alone (maintenance):
+    /// the token's user must hold the root role while auth is enabled.
+    pub async fn check_admin(&self, md: &tonic::metadata::MetadataMap) -> Result<(), EtcdError> {
+        let info = self.auth_info(md).await?;
+        self.auth_store().check_admin(&info.user)
+    }
+
+    /// etcd's `IsRangePermitted` for reads served by this member (ranges and watches).
+    pub async fn check_read(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), EtcdError> {
+        let info = self.auth_info(md).await?;
+        self.auth_store()
+            .check(&info.user, info.revision, Access::Read, key, range_end)
+    }
     /// Proposes a request through raft and waits for its applied result.
     pub async fn propose(&self, request: InternalRequest) -> Result<Response, EtcdError> {
         let (tx, rx) = oneshot::channel();

@@ -14,6 +14,8 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::actors::storage::SharedAuth;
+use crate::core::auth::Access;
 use crate::error::EtcdError;
 use crate::msg::WatchMsg;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
@@ -32,6 +34,8 @@ pub struct WatchService {
     next_stream: Arc<AtomicU64>,
     /// The raft status, to refuse streams while this member is a learner.
     raft_status: Option<rt::watch::Receiver<crate::msg::RaftStatus>>,
+    /// The auth view, to check each watch's read permission.
+    auth: Option<SharedAuth>,
 }
 
 impl WatchService {
@@ -42,7 +46,15 @@ impl WatchService {
             watch_tx,
             next_stream,
             raft_status: None,
+            auth: None,
         }
+    }
+
+    /// Checks each watch's read permission with the applied auth store and this member's
+    /// tokens (etcd's `isWatchPermitted`).
+    pub fn with_auth(mut self, auth: SharedAuth) -> WatchService {
+        self.auth = Some(auth);
+        self
     }
 
     /// Refuses new streams while `raft_status` says this member is a learner, as etcd's
@@ -54,6 +66,29 @@ impl WatchService {
         self.raft_status = Some(raft_status);
         self
     }
+}
+
+/// etcd's `isWatchPermitted`: whether the stream's token may read `[key, range_end)`. An
+/// unknown token, like a missing one while auth is enabled, may not.
+fn watch_permitted(auth: &SharedAuth, token: Option<&str>, key: &[u8], range_end: &[u8]) -> bool {
+    let mut view = match auth.lock() {
+        Ok(v) => v,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if !view.store.is_enabled() {
+        return true;
+    }
+    let user = match token {
+        None => String::new(),
+        Some(t) => match view.tokens.user_of(t, rt::now()) {
+            Some(user) => user,
+            None => return false,
+        },
+    };
+    let revision = view.store.revision();
+    view.store
+        .check(&user, revision, Access::Read, key, range_end)
+        .is_ok()
 }
 
 /// What one client request becomes for the hub (`None`: etcd ignores it).
@@ -83,6 +118,12 @@ impl Watch for WatchService {
         {
             return Err(EtcdError::NotSupportedForLearner.to_status());
         }
+        let token = req
+            .metadata()
+            .get(super::TOKEN_METADATA_KEY)
+            .and_then(|t| t.to_str().ok())
+            .map(str::to_string);
+        let auth = self.auth.clone();
         let mut inbound = req.into_inner();
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_BOUND);
@@ -96,6 +137,7 @@ impl Watch for WatchService {
             .await
             .map_err(|_| EtcdError::Stopped.to_status())?;
         let hub = self.watch_tx.clone();
+        let denied_bytes = queued_bytes.clone();
         rt::spawn("watch-stream", async move {
             loop {
                 tokio::select! {
@@ -103,6 +145,26 @@ impl Watch for WatchService {
                     biased;
                     msg = inbound.message() => match msg {
                         Ok(Some(req)) => {
+                            if let (Some(auth), Some(RequestUnion::CreateRequest(c))) =
+                                (&auth, &req.request_union)
+                            {
+                                if !watch_permitted(auth, token.as_deref(), &c.key, &c.range_end) {
+                                    // As etcd: the watch is created and canceled at once.
+                                    let resp = WatchResponse {
+                                        header: Some(Default::default()),
+                                        watch_id: c.watch_id,
+                                        created: true,
+                                        canceled: true,
+                                        cancel_reason: EtcdError::PermissionDenied.message(),
+                                        ..Default::default()
+                                    };
+                                    denied_bytes.fetch_add(resp.encoded_len(), Ordering::Relaxed);
+                                    if tx.send(Ok(resp)).await.is_err() {
+                                        break;
+                                    }
+                                    continue;
+                                }
+                            }
                             if let Some(m) = to_hub(stream, req) {
                                 if hub.send(m).await.is_err() {
                                     break;
