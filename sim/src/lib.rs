@@ -11,4 +11,5 @@ pub mod check;
 pub mod client;
 #[cfg(madsim)]
 pub mod harness;
+pub mod report;
 pub mod scenario;
