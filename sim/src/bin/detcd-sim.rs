@@ -186,9 +186,14 @@ mod cli {
         let repro = reproduce(path, seed, o.duration_s);
         let wall = Instant::now();
         let out = run::run(&scenario, seed);
+        let h = &out.record.history;
+        let unknown = h.iter().filter(|op| op.output.is_none()).count();
+        let errors = h.iter().filter(|op| matches!(op.output, Some(Err(_)))).count();
         println!(
-            "{} operations, {} faults, {:.1} simulated s in {:.1} wall s, fingerprint {:016x}",
-            out.record.history.len(),
+            "{} operations ({} ok, {errors} definite errors, {unknown} unknown outcomes), {} \
+             faults, {:.1} simulated s in {:.1} wall s, fingerprint {:016x}",
+            h.len(),
+            h.len() - unknown - errors,
             out.record.faults.len(),
             out.simulated_s,
             wall.elapsed().as_secs_f64(),
