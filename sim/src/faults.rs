@@ -82,7 +82,9 @@ pub async fn find_leader(members: &[SimMember]) -> Option<usize> {
     for m in members {
         if let Some((_, leader)) = crate::client::status_of(&m.client_url()).await {
             if leader != 0 {
-                return members.iter().position(|x| crate::client::id_of(x) == leader);
+                return members
+                    .iter()
+                    .position(|x| crate::client::id_of(x) == leader);
             }
         }
     }

@@ -142,7 +142,7 @@ pub fn html(input: &ReportInput<'_>) -> String {
         let _ = write!(
             s,
             "<h2>Linearizability violation</h2><p>Operations involved (highlighted in red \
-             below): {}</p><pre>{}</pre>\n",
+             below): {}</p><pre>{}</pre>",
             v.ops
                 .iter()
                 .map(|i| format!("#{i}"))
@@ -150,6 +150,42 @@ pub fn html(input: &ReportInput<'_>) -> String {
                 .join(", "),
             esc(&v.explanation)
         );
+        // The operations and faults around the violation, so the story can be read
+        // without scanning the whole history: everything that overlaps the span of the
+        // named operations.
+        let named: Vec<&Operation> = v.ops.iter().filter_map(|&i| rec.history.get(i)).collect();
+        let from = named.iter().map(|o| o.call_ns).min().unwrap_or(0);
+        let to = named
+            .iter()
+            .map(|o| o.return_ns.unwrap_or(o.call_ns))
+            .max()
+            .unwrap_or(0);
+        s.push_str(
+            "<h3>Around the violation</h3><p>Every operation that overlaps the named ones in \
+             time, and the faults active then.</p><ul>",
+        );
+        for f in &rec.faults {
+            if f.start_ns <= to && f.end_ns.is_none_or(|e| e >= from) {
+                let _ = write!(s, "<li>fault: {}</li>", esc(&f.description));
+            }
+        }
+        s.push_str("</ul><table><tr><th>#</th><th>operation</th></tr>");
+        for (i, op) in rec.history.iter().enumerate() {
+            let end = op.return_ns.unwrap_or(u64::MAX);
+            if op.call_ns <= to && end >= from {
+                let class = if v.ops.contains(&i) {
+                    " class=\"flag\""
+                } else {
+                    ""
+                };
+                let _ = write!(
+                    s,
+                    "<tr{class}><td>{i}</td><td>{}</td></tr>",
+                    esc(&op.to_string())
+                );
+            }
+        }
+        s.push_str("</table>\n");
     } else if let Some(CheckResult::Unknown(e)) = input.check {
         let _ = write!(
             s,
@@ -169,7 +205,7 @@ pub fn html(input: &ReportInput<'_>) -> String {
         "<h2>Timeline</h2><p>0 to {:.3} s of simulated time. Blue: returned; orange: \
          returned a definite error; hatched: outcome unknown (timed out or connection lost; \
          it may take effect any time after its call); red: named by the checker; yellow: \
-         faults. Hover a bar for the operation.</p>\n",
+         faults. Hover a bar for the operation.</p>",
         end_ns as f64 / 1e9
     );
     s.push_str("<div class=\"lane\"><span class=\"lname\">faults</span>");
@@ -225,7 +261,11 @@ pub fn html(input: &ReportInput<'_>) -> String {
          <th>return (s)</th><th>request</th><th>outcome</th><th>checker</th></tr>\n",
     );
     for (i, op) in rec.history.iter().enumerate() {
-        let row_class = if flagged.contains(&i) { " class=\"flag\"" } else { "" };
+        let row_class = if flagged.contains(&i) {
+            " class=\"flag\""
+        } else {
+            ""
+        };
         let role = if blocking == Some(i) {
             "blocking: could not be placed"
         } else if flagged.contains(&i) {
@@ -240,7 +280,7 @@ pub fn html(input: &ReportInput<'_>) -> String {
         let _ = write!(
             s,
             "<tr{row_class}><td>{i}</td><td>{}</td><td>{:.6}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{role}</td></tr>\n",
+             <td>{}</td><td>{role}</td></tr>",
             op.client_id,
             op.call_ns as f64 / 1e9,
             op.return_ns
@@ -322,7 +362,10 @@ mod tests {
             Operation::unknown(3, 15, put("y", "1")),
         ];
         let result = check(&history, &CheckConfig::default()).unwrap();
-        let v = result.violation().expect("a stale read is a violation").clone();
+        let v = result
+            .violation()
+            .expect("a stale read is a violation")
+            .clone();
         let record = RunRecord {
             trace: vec![],
             history,
@@ -349,10 +392,16 @@ mod tests {
                 page.contains(&format!("flag\" data-op=\"{i}\"")),
                 "#{i} is not highlighted in the timeline"
             );
-            assert!(page.contains(&format!("<tr class=\"flag\"><td>{i}</td>")), "#{i}");
+            assert!(
+                page.contains(&format!("<tr class=\"flag\"><td>{i}</td>")),
+                "#{i}"
+            );
         }
         assert!(page.contains("isolate-leader node1"));
-        assert!(page.contains("op unknown"), "the unknown put is drawn as such");
+        assert!(
+            page.contains("op unknown"),
+            "the unknown put is drawn as such"
+        );
     }
 
     #[test]

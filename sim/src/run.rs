@@ -81,7 +81,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
     let sim_scenario = scenario.clone();
     let limit = Duration::from_secs(scenario.duration_s) + Duration::from_secs(600);
     let joined = std::thread::spawn(move || {
-        let mut rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let mut rt =
+            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
         rt.set_time_limit(limit);
         rt.block_on(simulate(sim_scenario, seed, sim_record))
     })
@@ -172,14 +173,14 @@ async fn drive(
         record,
     });
     ctx.event(format!("start: {} members, leader elected", members.len()));
-    let injector = madsim::task::spawn(faults::run_faults(
-        ctx.clone(),
-        members.clone(),
-        schedule,
-    ));
+    let injector = madsim::task::spawn(faults::run_faults(ctx.clone(), members.clone(), schedule));
     let mut clients = Vec::new();
     for id in 1..=u64::from(scenario.workload.clients) {
-        clients.push(madsim::task::spawn(workload::run_client(ctx.clone(), seed, id)));
+        clients.push(madsim::task::spawn(workload::run_client(
+            ctx.clone(),
+            seed,
+            id,
+        )));
     }
     let _ = injector.await;
     for c in clients {
@@ -208,14 +209,16 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) {
         let idx = ctx.call(0, m, input.clone());
         let outcome = match crate::client::channel(&ctx.urls[m]).await {
             Err(e) => Err(e),
-            Ok(ch) => match timeout(Duration::from_secs(5), workload::issue(ch, &input)).await {
-                Ok(Ok(reply)) => {
-                    progress_rev = Some(reply.revision);
-                    Ok(Ok(reply))
+            Ok(ch) => {
+                match timeout(Duration::from_secs(5), workload::issue(ch, &input, false)).await {
+                    Ok(Ok(reply)) => {
+                        progress_rev = Some(reply.revision);
+                        Ok(Ok(reply))
+                    }
+                    Ok(Err(s)) => Err(s.message().to_string()),
+                    Err(_) => Err("timed out".into()),
                 }
-                Ok(Err(s)) => Err(s.message().to_string()),
-                Err(_) => Err("timed out".into()),
-            },
+            }
         };
         ctx.finish(idx, outcome);
         if progress_rev.is_none() {
@@ -241,7 +244,7 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) {
             });
             let ok = match crate::client::channel(&m.client_url()).await {
                 Ok(ch) => matches!(
-                    timeout(Duration::from_secs(5), workload::issue(ch, &read)).await,
+                    timeout(Duration::from_secs(5), workload::issue(ch, &read, false)).await,
                     Ok(Ok(_))
                 ),
                 Err(_) => false,
@@ -257,7 +260,10 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) {
         }
         match got {
             Some((h, at)) => {
-                ctx.event(format!("hashkv {} at {rev}: {h:#010x} (member at {at})", m.name));
+                ctx.event(format!(
+                    "hashkv {} at {rev}: {h:#010x} (member at {at})",
+                    m.name
+                ));
                 hashes.push((i, h));
             }
             None => ctx

@@ -116,6 +116,11 @@ pub struct Mix {
     /// A compaction at a revision the client has seen.
     #[serde(default)]
     pub compact: u32,
+    /// A serializable read of one key (served from the member's local state, so it may be
+    /// stale) recorded as if it were linearizable. This tests the explorer itself: with it
+    /// and a partition the checker must find stale reads. No real scenario uses it.
+    #[serde(default)]
+    pub serializable_get: u32,
 }
 
 impl Default for Mix {
@@ -130,13 +135,14 @@ impl Default for Mix {
             lease_put: 4,
             lease_revoke: 2,
             compact: 2,
+            serializable_get: 0,
         }
     }
 }
 
 impl Mix {
     /// The weights in a fixed order, with the operation names, for drawing and reports.
-    pub fn weights(&self) -> [(&'static str, u32); 9] {
+    pub fn weights(&self) -> [(&'static str, u32); 10] {
         [
             ("get", self.get),
             ("range", self.range),
@@ -147,6 +153,7 @@ impl Mix {
             ("lease_put", self.lease_put),
             ("lease_revoke", self.lease_revoke),
             ("compact", self.compact),
+            ("serializable_get", self.serializable_get),
         ]
     }
 }
@@ -373,8 +380,8 @@ impl Scenario {
     /// The names of every scenario shipped in `scenarios/`, sorted.
     pub fn shipped() -> Result<Vec<String>, ScenarioError> {
         let dir = Scenario::dir();
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| ScenarioError(format!("{}: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| ScenarioError(format!("{}: {e}", dir.display())))?;
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {

@@ -20,8 +20,8 @@ use tonic::transport::Channel;
 use crate::check::linearizability::Operation;
 use crate::check::model::{
     Compare, CompareOp, CompareTarget, DeleteRequest, DeleteResult, Input, KeyValue, KvError,
-    Output, PutRequest, PutResult, RangeRequest, RangeResult, Reply, Response, ShowOutput,
-    TxnOp, TxnOpResult, TxnRequest, TxnResult,
+    Output, PutRequest, PutResult, RangeRequest, RangeResult, Reply, Response, ShowOutput, TxnOp,
+    TxnOpResult, TxnRequest, TxnResult,
 };
 use crate::report::RunRecord;
 use crate::scenario::Scenario;
@@ -63,7 +63,10 @@ impl RunCtx {
         let now = self.now_ns();
         let mut rec = self.lock();
         let idx = rec.history.len();
-        rec.event(now, format!("client {client} call #{idx} via node{}: {input}", via + 1));
+        rec.event(
+            now,
+            format!("client {client} call #{idx} via node{}: {input}", via + 1),
+        );
         rec.history.push(Operation::unknown(client, now, input));
         idx
     }
@@ -75,7 +78,10 @@ impl RunCtx {
         let client = rec.history[idx].client_id;
         match outcome {
             Ok(out) => {
-                rec.event(now, format!("client {client} return #{idx}: {}", ShowOutput(&out)));
+                rec.event(
+                    now,
+                    format!("client {client} return #{idx}: {}", ShowOutput(&out)),
+                );
                 rec.history[idx].return_ns = Some(now);
                 rec.history[idx].output = Some(out);
             }
@@ -207,12 +213,20 @@ fn rev(h: Option<pb::ResponseHeader>) -> i64 {
 
 /// Sends `input` over `channel` and converts the answer for the checker. `Err` carries a
 /// gRPC status (its message decides whether the outcome is certain).
-pub async fn issue(channel: Channel, input: &Input) -> Result<Reply, tonic::Status> {
+/// With `serializable`, a read is served from the member's local state (for testing the
+/// explorer: such reads may be stale).
+pub async fn issue(
+    channel: Channel,
+    input: &Input,
+    serializable: bool,
+) -> Result<Reply, tonic::Status> {
     let mut kv = KvClient::new(channel.clone());
     let (revision, response) = match input {
         Input::Get(r) => {
-            let a = kv.range(range_pb(r)).await?.into_inner();
-            (rev(a.header.clone()), Response::Get(range_result(a)))
+            let mut req = range_pb(r);
+            req.serializable = serializable;
+            let a = kv.range(req).await?.into_inner();
+            (rev(a.header), Response::Get(range_result(a)))
         }
         Input::Put(p) => {
             let a = kv.put(put_pb(p)).await?.into_inner();
@@ -223,7 +237,7 @@ pub async fn issue(channel: Channel, input: &Input) -> Result<Reply, tonic::Stat
         }
         Input::Delete(d) => {
             let a = kv.delete_range(delete_pb(d)).await?.into_inner();
-            (rev(a.header.clone()), Response::Delete(delete_result(a)))
+            (rev(a.header), Response::Delete(delete_result(a)))
         }
         Input::Txn(t) => {
             let req = pb::TxnRequest {
@@ -232,14 +246,17 @@ pub async fn issue(channel: Channel, input: &Input) -> Result<Reply, tonic::Stat
                 failure: t.failure.iter().map(txn_op_pb).collect(),
             };
             let a = kv.txn(req).await?.into_inner();
-            let header = a.header.clone();
+            let header = a.header;
             let body = txn_result(a).map_err(tonic::Status::internal)?;
             (rev(header), Response::Txn(body))
         }
         Input::LeaseGrant { id, ttl_s } => {
             let mut lease = LeaseClient::new(channel);
             let a = lease
-                .lease_grant(pb::LeaseGrantRequest { ttl: *ttl_s, id: *id })
+                .lease_grant(pb::LeaseGrantRequest {
+                    ttl: *ttl_s,
+                    id: *id,
+                })
                 .await?
                 .into_inner();
             (rev(a.header), Response::LeaseGrant)
@@ -279,6 +296,9 @@ struct Client {
     last_revision: i64,
     /// The mod revision each key had when this client last read it (0: missing).
     mod_revisions: HashMap<Vec<u8>, i64>,
+    /// Whether the operation just drawn is a serializable read (see
+    /// [`crate::scenario::Mix::serializable_get`]).
+    serializable: bool,
 }
 
 /// The seed of client `id`'s generator in a run with `seed`.
@@ -376,6 +396,10 @@ impl Client {
                     revision: self.rng.gen_range(low..=self.last_revision),
                 }
             }
+            "serializable_get" => {
+                self.serializable = true;
+                Input::Get(get(key))
+            }
             _ => Input::Get(get(key)),
         }
     }
@@ -434,6 +458,7 @@ pub async fn run_client(ctx: Arc<RunCtx>, seed: u64, id: u64) {
         next_value: 0,
         last_revision: 0,
         mod_revisions: HashMap::new(),
+        serializable: false,
     };
     let end = Duration::from_secs(ctx.scenario.duration_s);
     let request_timeout = Duration::from_millis(w.request_timeout_ms);
@@ -455,12 +480,16 @@ pub async fn run_client(ctx: Arc<RunCtx>, seed: u64, id: u64) {
         let channel = match c.channel(&ctx, m).await {
             Ok(channel) => channel,
             Err(e) => {
-                ctx.event(format!("client {id} could not connect to node{}: {e}", m + 1));
+                ctx.event(format!(
+                    "client {id} could not connect to node{}: {e}",
+                    m + 1
+                ));
                 continue;
             }
         };
         let idx = ctx.call(id, m, input.clone());
-        let outcome = match timeout(request_timeout, issue(channel, &input)).await {
+        let serializable = std::mem::take(&mut c.serializable);
+        let outcome = match timeout(request_timeout, issue(channel, &input, serializable)).await {
             Err(_) => Err("timed out".to_string()),
             Ok(Ok(reply)) => {
                 c.learn(&input, &reply);

@@ -188,7 +188,10 @@ mod cli {
         let out = run::run(&scenario, seed);
         let h = &out.record.history;
         let unknown = h.iter().filter(|op| op.output.is_none()).count();
-        let errors = h.iter().filter(|op| matches!(op.output, Some(Err(_)))).count();
+        let errors = h
+            .iter()
+            .filter(|op| matches!(op.output, Some(Err(_))))
+            .count();
         println!(
             "{} operations ({} ok, {errors} definite errors, {unknown} unknown outcomes), {} \
              faults, {:.1} simulated s in {:.1} wall s, fingerprint {:016x}",
@@ -205,7 +208,8 @@ mod cli {
         }
         if o.determinism {
             let again = run::run(&scenario, seed);
-            if let Some((line, a, b)) = report::first_divergence(&out.record.trace, &again.record.trace)
+            if let Some((line, a, b)) =
+                report::first_divergence(&out.record.trace, &again.record.trace)
             {
                 println!(
                     "NONDETERMINISTIC {} seed {seed}: the traces of two runs differ at line \
