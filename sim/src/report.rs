@@ -31,6 +31,10 @@ pub struct RunRecord {
     pub history: Vec<Operation>,
     /// Every injected fault.
     pub faults: Vec<FaultSpan>,
+    /// The member each operation was sent through, by history index (operations that
+    /// stand for something the cluster may do on its own, such as a lease expiring, have
+    /// none).
+    pub via: BTreeMap<usize, String>,
     /// What went wrong (empty when the run passed).
     pub failures: Vec<String>,
 }
@@ -258,7 +262,7 @@ pub fn html(input: &ReportInput<'_>) -> String {
 
     s.push_str(
         "<h2>Operations</h2><table><tr><th>#</th><th>client</th><th>call (s)</th>\
-         <th>return (s)</th><th>request</th><th>outcome</th><th>checker</th></tr>\n",
+         <th>return (s)</th><th>via</th><th>request</th><th>outcome</th><th>checker</th></tr>\n",
     );
     for (i, op) in rec.history.iter().enumerate() {
         let row_class = if flagged.contains(&i) {
@@ -280,12 +284,13 @@ pub fn html(input: &ReportInput<'_>) -> String {
         let _ = write!(
             s,
             "<tr{row_class}><td>{i}</td><td>{}</td><td>{:.6}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{role}</td></tr>",
+             <td>{}</td><td>{}</td><td>{role}</td></tr>",
             op.client_id,
             op.call_ns as f64 / 1e9,
             op.return_ns
                 .map(|r| format!("{:.6}", r as f64 / 1e9))
                 .unwrap_or_else(|| "-".into()),
+            esc(rec.via.get(&i).map(String::as_str).unwrap_or("-")),
             esc(&op.input.to_string()),
             esc(&outcome)
         );
@@ -375,6 +380,7 @@ mod tests {
                 description: "isolate-leader node1".into(),
             }],
             failures: vec!["the history is not linearizable".into()],
+            via: BTreeMap::from([(2, "node3".to_string())]),
         };
         let page = html(&ReportInput {
             title: "hand-made seed 1",
@@ -398,6 +404,10 @@ mod tests {
             );
         }
         assert!(page.contains("isolate-leader node1"));
+        assert!(
+            page.contains("<td>node3</td>"),
+            "the member a read went through is shown"
+        );
         assert!(
             page.contains("op unknown"),
             "the unknown put is drawn as such"

@@ -68,6 +68,7 @@ impl RunCtx {
             format!("client {client} call #{idx} via node{}: {input}", via + 1),
         );
         rec.history.push(Operation::unknown(client, now, input));
+        rec.via.insert(idx, format!("node{}", via + 1));
         idx
     }
 
@@ -467,14 +468,6 @@ pub async fn run_client(ctx: Arc<RunCtx>, seed: u64, id: u64) {
         sleep(Duration::from_millis(think_ms)).await;
         let m = c.rng.gen_range(0..n);
         let input = c.next_input(&ctx);
-        if let Input::LeaseGrant { id: lease, .. } = input {
-            // A lease may expire at any time after it is granted; the model counts an
-            // expiry as a revoke whose outcome is unknown (client 0 stands for the cluster).
-            let now = ctx.now_ns();
-            let mut rec = ctx.lock();
-            rec.history
-                .push(Operation::unknown(0, now, Input::LeaseRevoke { id: lease }));
-        }
         // A request that could not even be sent never happened: it is traced but kept out
         // of the history, where it would be one more unknown outcome to search.
         let channel = match c.channel(&ctx, m).await {
@@ -487,6 +480,14 @@ pub async fn run_client(ctx: Arc<RunCtx>, seed: u64, id: u64) {
                 continue;
             }
         };
+        if let Input::LeaseGrant { id: lease, .. } = input {
+            // A lease may expire at any time after it is granted; the model counts an
+            // expiry as a revoke whose outcome is unknown (client 0 stands for the cluster).
+            let now = ctx.now_ns();
+            let mut rec = ctx.lock();
+            rec.history
+                .push(Operation::unknown(0, now, Input::LeaseRevoke { id: lease }));
+        }
         let idx = ctx.call(id, m, input.clone());
         let serializable = std::mem::take(&mut c.serializable);
         let outcome = match timeout(request_timeout, issue(channel, &input, serializable)).await {
