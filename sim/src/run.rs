@@ -8,7 +8,7 @@ use std::time::Duration;
 use madsim::runtime::Handle;
 use madsim::time::{sleep, timeout, Instant};
 
-use crate::check::linearizability::{check, CheckConfig, CheckResult, Operation};
+use crate::check::linearizability::{check, CheckConfig, CheckResult};
 use crate::check::model::{Input, PutRequest, RangeRequest};
 use crate::faults::{self, Planned};
 use crate::harness::{self, MemberOptions, SimMember};
@@ -284,9 +284,4 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) {
             ));
         }
     }
-}
-
-/// Reads the operations of a history that belong to client `id` (for tests and reports).
-pub fn ops_of(history: &[Operation], id: u64) -> impl Iterator<Item = &Operation> {
-    history.iter().filter(move |o| o.client_id == id)
 }

@@ -311,7 +311,19 @@ impl Scenario {
                 "scenario {name}: workload.lease_ttl_s must be positive"
             )));
         }
-        if s.workload.mix.weights().iter().all(|(_, w)| *w == 0) {
+        let total: u64 = s
+            .workload
+            .mix
+            .weights()
+            .iter()
+            .map(|(_, w)| u64::from(*w))
+            .sum();
+        if total > 1_000_000 {
+            return Err(ScenarioError(format!(
+                "scenario {name}: workload.mix weights must add up to at most 1000000"
+            )));
+        }
+        if total == 0 {
             return Err(ScenarioError(format!(
                 "scenario {name}: workload.mix gives every operation weight 0"
             )));

@@ -28,6 +28,7 @@ mod cli {
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
+    use detcd_sim::check::linearizability::CheckResult;
     use detcd_sim::report::{self, ReportInput};
     use detcd_sim::run::{self, RunOutcome};
     use detcd_sim::scenario::Scenario;
@@ -202,6 +203,12 @@ mod cli {
             wall.elapsed().as_secs_f64(),
             out.record.fingerprint()
         );
+        if let Some(CheckResult::Unknown(e)) = &out.check {
+            println!(
+                "warning: the linearizability checker gave up after {} steps; inconclusive",
+                e.steps
+            );
+        }
         if !out.passed() {
             report_failure(&out, &repro);
             return Ok(1);
