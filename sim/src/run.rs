@@ -28,6 +28,8 @@ pub struct RunOutcome {
     pub check: Option<CheckResult>,
     /// How much simulated time the run took, in seconds.
     pub simulated_s: f64,
+    /// How long the linearizability check took, in wall-clock seconds.
+    pub check_wall_s: f64,
 }
 
 impl RunOutcome {
@@ -105,6 +107,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
         }
     };
     let mut verdict = None;
+    // Outside the simulation's thread, so this is the real clock.
+    let check_started = std::time::Instant::now();
     if rec.failures.is_empty() {
         let config = CheckConfig {
             max_steps: 5_000_000,
@@ -134,6 +138,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
         record: rec,
         check: verdict,
         simulated_s,
+        check_wall_s: check_started.elapsed().as_secs_f64(),
     }
 }
 

@@ -8,9 +8,9 @@ use detcd_sim::run;
 use detcd_sim::scenario::Scenario;
 
 /// The seeds every scenario runs with.
-const SEEDS: [u64; 2] = [1, 2];
+const SEEDS: [u64; 3] = [1, 2, 3];
 /// Simulated seconds of workload per run: enough for a few faults each.
-const DURATION_S: u64 = 8;
+const DURATION_S: u64 = 10;
 
 /// Runs `name` for every seed on its own thread, the scenarios side by side.
 fn run_all(names: Vec<String>) {

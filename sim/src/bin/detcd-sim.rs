@@ -195,12 +195,14 @@ mod cli {
             .count();
         println!(
             "{} operations ({} ok, {errors} definite errors, {unknown} unknown outcomes), {} \
-             faults, {:.1} simulated s in {:.1} wall s, fingerprint {:016x}",
+             faults, {:.1} simulated s in {:.1} wall s ({:.1} s of it checking), fingerprint \
+             {:016x}",
             h.len(),
             h.len() - unknown - errors,
             out.record.faults.len(),
             out.simulated_s,
             wall.elapsed().as_secs_f64(),
+            out.check_wall_s,
             out.record.fingerprint()
         );
         if let Some(CheckResult::Unknown(e)) = &out.check {
