@@ -37,6 +37,10 @@ pub struct RunRecord {
     pub via: BTreeMap<usize, String>,
     /// What went wrong (empty when the run passed).
     pub failures: Vec<String>,
+    /// Every lease grant a client sent: the lease id, when the grant was called (in
+    /// simulated nanoseconds) and the TTL asked for, in seconds. A lease can expire no
+    /// earlier than its TTL after the grant was called.
+    pub lease_grants: Vec<(i64, u64, i64)>,
 }
 
 impl RunRecord {
@@ -381,6 +385,7 @@ mod tests {
             }],
             failures: vec!["the history is not linearizable".into()],
             via: BTreeMap::from([(2, "node3".to_string())]),
+            lease_grants: vec![],
         };
         let page = html(&ReportInput {
             title: "hand-made seed 1",

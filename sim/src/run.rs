@@ -8,7 +8,7 @@ use std::time::Duration;
 use madsim::runtime::Handle;
 use madsim::time::{sleep, timeout, Instant};
 
-use crate::check::linearizability::{check, CheckConfig, CheckResult};
+use crate::check::linearizability::{check, CheckConfig, CheckResult, Operation};
 use crate::check::model::{Input, PutRequest, RangeRequest};
 use crate::faults::{self, Planned};
 use crate::harness::{self, MemberOptions, SimMember};
@@ -106,6 +106,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
                 .unwrap_or(0.0)
         }
     };
+    add_possible_expiries(&mut rec);
     let mut verdict = None;
     // Outside the simulation's thread, so this is the real clock.
     let check_started = std::time::Instant::now();
@@ -139,6 +140,30 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
         check: verdict,
         simulated_s,
         check_wall_s: check_started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Adds, for every lease that may have expired before the history ends, a revoke whose
+/// outcome is unknown, called when the lease could first expire (client 0 stands for the
+/// cluster): the model counts an expiry as such a revoke. Leases that cannot have expired
+/// within the history add nothing, which keeps the checker's search small.
+fn add_possible_expiries(rec: &mut RunRecord) {
+    let end_ns = rec
+        .history
+        .iter()
+        .map(|o| o.return_ns.unwrap_or(o.call_ns))
+        .max()
+        .unwrap_or(0);
+    for &(id, call_ns, ttl_s) in &rec.lease_grants {
+        let earliest_ns =
+            call_ns.saturating_add((ttl_s.max(0) as u64).saturating_mul(1_000_000_000));
+        if earliest_ns <= end_ns {
+            rec.history.push(Operation::unknown(
+                0,
+                earliest_ns,
+                Input::LeaseRevoke { id },
+            ));
+        }
     }
 }
 
@@ -191,6 +216,9 @@ async fn drive(
     for c in clients {
         let _ = c.await;
     }
+    // The injector healed its own faults; the scenario's baseline packet loss and latency
+    // end too, so that convergence is judged on a healthy network.
+    faults::set_network(&crate::scenario::Network::default());
     ctx.event("workload over, every fault healed");
     converge(&ctx, &members).await;
     origin.elapsed().as_secs_f64()

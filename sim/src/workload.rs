@@ -480,13 +480,11 @@ pub async fn run_client(ctx: Arc<RunCtx>, seed: u64, id: u64) {
                 continue;
             }
         };
-        if let Input::LeaseGrant { id: lease, .. } = input {
-            // A lease may expire at any time after it is granted; the model counts an
-            // expiry as a revoke whose outcome is unknown (client 0 stands for the cluster).
+        if let Input::LeaseGrant { id: lease, ttl_s } = input {
+            // The lease may expire any time from `ttl_s` after this call on; the run adds
+            // that possible expiry to the history when the history reaches that far.
             let now = ctx.now_ns();
-            let mut rec = ctx.lock();
-            rec.history
-                .push(Operation::unknown(0, now, Input::LeaseRevoke { id: lease }));
+            ctx.lock().lease_grants.push((lease, now, ttl_s));
         }
         let idx = ctx.call(id, m, input.clone());
         let serializable = std::mem::take(&mut c.serializable);
