@@ -35,9 +35,10 @@ pub struct Planned {
     pub pick: u64,
 }
 
-/// Draws the schedule of `scenario` under `seed`: faults strike one at a time; after
-/// each opportunity (injected or skipped by its probability) the entry's next one comes a
-/// gap later, counted from the heal.
+/// Draws the schedule of `scenario` under `seed`, in time order: after each opportunity
+/// (injected or skipped by its probability) the entry's next one comes a gap later,
+/// counted from the heal. Faults strike one at a time unless the scenario lets them
+/// overlap, in which case each entry keeps its own timeline.
 pub fn plan(scenario: &Scenario, seed: u64) -> Vec<Planned> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17_5eed);
     let end_ms = scenario.duration_s * 1000;
@@ -46,7 +47,11 @@ pub fn plan(scenario: &Scenario, seed: u64) -> Vec<Planned> {
     let mut now = 0u64;
     // Bounded: every opportunity moves time forward by at least 1 ms.
     while let Some((i, &at)) = next.iter().enumerate().min_by_key(|(_, t)| **t) {
-        let at = at.max(now);
+        let at = if scenario.overlapping_faults {
+            at
+        } else {
+            at.max(now)
+        };
         if at >= end_ms || out.len() >= 10_000 {
             break;
         }
@@ -228,6 +233,26 @@ fn heal(ctx: &RunCtx, members: &[SimMember], h: Heal) {
 /// Runs the schedule: each planned fault is injected at its time, held, and healed
 /// (at the latest when the run's duration is over), and recorded in the trace.
 pub async fn run_faults(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, schedule: Vec<Planned>) {
+    if !ctx.scenario.overlapping_faults {
+        return run_sequence(ctx, members, schedule).await;
+    }
+    // Each entry's faults follow one another; different entries' run side by side.
+    let mut tasks = Vec::new();
+    for i in 0..ctx.scenario.faults.len() {
+        let mine: Vec<Planned> = schedule.iter().filter(|p| p.fault == i).cloned().collect();
+        tasks.push(madsim::task::spawn(run_sequence(
+            ctx.clone(),
+            members.clone(),
+            mine,
+        )));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Injects, holds and heals each planned fault in turn.
+async fn run_sequence(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, schedule: Vec<Planned>) {
     let end = Duration::from_secs(ctx.scenario.duration_s);
     for p in schedule {
         let at = Duration::from_millis(p.at_ms);

@@ -299,10 +299,11 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) {
                 ));
                 hashes.push((i, h));
             }
-            None => ctx
-                .lock()
-                .failures
-                .push(format!("{} never answered HashKV after the heal", m.name)),
+            None => ctx.lock().failures.push(format!(
+                "{} did not answer a linearizable read and HashKV within {CONVERGE_TIMEOUT:?} \
+                     after every fault was healed",
+                m.name
+            )),
         }
     }
     if let Some(&(_, first)) = hashes.first() {

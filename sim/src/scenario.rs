@@ -36,6 +36,13 @@ pub struct Scenario {
     /// What goes wrong, and how often.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// Whether faults of different entries may be active at once. By default one fault
+    /// is active at a time; with overlap each entry follows its own schedule, so a crash
+    /// can strike during a partition. Overlapping faults may cut each other short (a
+    /// restart brings back a member that another fault killed too; a heal restores a link
+    /// that another partition also cut).
+    #[serde(default)]
+    pub overlapping_faults: bool,
 }
 
 fn default_duration_s() -> u64 {
@@ -200,9 +207,9 @@ pub enum FaultKind {
     ClockDrift,
 }
 
-/// One kind of fault and how often it strikes. The injector handles one fault at a time:
-/// it picks the fault that is due first, maybe injects it, holds it, heals it, and
-/// schedules that fault's next opportunity.
+/// One kind of fault and how often it strikes. Unless [`Scenario::overlapping_faults`] is
+/// set, the injector handles one fault at a time: it picks the fault that is due first,
+/// maybe injects it, holds it, heals it, and schedules that fault's next opportunity.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
