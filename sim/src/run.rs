@@ -83,6 +83,23 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
     let sim_scenario = scenario.clone();
     let limit = Duration::from_secs(scenario.duration_s) + Duration::from_secs(600);
     let joined = std::thread::spawn(move || {
+        // `DETCD_SIM_LOG=info` (or targets, as `detcd=debug,info`) prints the members'
+        // logs, stamped with simulated time, to stderr. The filter is a `Targets`, not an
+        // `EnvFilter`: the latter builds std hash maps, whose random keys must first be
+        // drawn inside the simulation for a seed to replay.
+        let _logs = std::env::var("DETCD_SIM_LOG").ok().map(|filter| {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::Layer;
+            let targets: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_default();
+            tracing::subscriber::set_default(
+                tracing_subscriber::registry().with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(std::io::stderr)
+                        .with_filter(targets),
+                ),
+            )
+        });
         let mut rt =
             madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
         rt.set_time_limit(limit);
@@ -170,7 +187,6 @@ fn add_possible_expiries(rec: &mut RunRecord) {
 /// The simulation itself; returns the simulated seconds it took.
 async fn simulate(scenario: Scenario, seed: u64, record: Arc<Mutex<RunRecord>>) -> f64 {
     let handle = Handle::current();
-    faults::set_network(&scenario.network);
     let members = harness::start_cluster_with(&handle, scenario.members, MemberOptions::default());
     let urls: Vec<String> = members.iter().map(|m| m.client_url()).collect();
     let schedule = faults::plan(&scenario, seed);
@@ -196,6 +212,11 @@ async fn drive(
         harness::connect_kv(u).await;
     }
     crate::client::wait_leader(&members, &all).await;
+    // The scenario's packet loss and latency start with the workload: the cluster boots on
+    // a clean network, since a slow boot (a member publishes itself only once a proposal
+    // commits) is not what the scenarios are about and would only trip the harness's
+    // bounded waits.
+    faults::set_network(&scenario.network);
     let ctx = Arc::new(RunCtx {
         scenario: scenario.clone(),
         urls: urls.clone(),
