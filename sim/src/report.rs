@@ -75,6 +75,10 @@ pub fn first_divergence(a: &[String], b: &[String]) -> Option<(usize, String, St
     })
 }
 
+/// How long before the first named operation an operation with an unknown outcome may have
+/// been called to be listed around a violation, in nanoseconds.
+const AROUND_UNKNOWN_NS: u64 = 2_000_000_000;
+
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -179,17 +183,28 @@ pub fn html(input: &ReportInput<'_>) -> String {
         }
         s.push_str("</ul><table><tr><th>#</th><th>operation</th></tr>");
         for (i, op) in rec.history.iter().enumerate() {
-            let end = op.return_ns.unwrap_or(u64::MAX);
-            if op.call_ns <= to && end >= from {
+            // An operation with an unknown outcome overlaps everything after its call;
+            // only those called shortly before the named ones are listed.
+            let (end, earliest) = match op.return_ns {
+                Some(r) => (r, 0),
+                None => (u64::MAX, from.saturating_sub(AROUND_UNKNOWN_NS)),
+            };
+            if op.call_ns <= to && end >= from && op.call_ns >= earliest {
                 let class = if v.ops.contains(&i) {
                     " class=\"flag\""
                 } else {
                     ""
                 };
+                let via = rec
+                    .via
+                    .get(&i)
+                    .map(|m| format!(" (via {m})"))
+                    .unwrap_or_default();
                 let _ = write!(
                     s,
-                    "<tr{class}><td>{i}</td><td>{}</td></tr>",
-                    esc(&op.to_string())
+                    "<tr{class}><td>{i}</td><td>{}{}</td></tr>",
+                    esc(&op.to_string()),
+                    esc(&via)
                 );
             }
         }
