@@ -74,6 +74,44 @@ pub fn plan(scenario: &Scenario, seed: u64) -> Vec<Planned> {
     out
 }
 
+/// How many injected faults currently hold each member down. With overlapping faults a
+/// member may be killed by two at once; it comes back when the last of them heals.
+/// Restarting it only then matters beyond the semantics: madsim 0.2's `restart` of a
+/// running node starts a second incarnation without closing the first one's sockets, so
+/// its peers keep talking to the dead incarnation and the member never rejoins.
+#[derive(Default)]
+pub struct DownCounts(std::sync::Mutex<Vec<usize>>);
+
+impl DownCounts {
+    fn counts(&self, n: usize) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let len = n.max(c.len());
+        c.resize(len, 0);
+        c
+    }
+
+    /// Kills member `i` unless a fault already holds it down.
+    fn kill(&self, members: &[SimMember], i: usize) {
+        let mut c = self.counts(members.len());
+        if c[i] == 0 {
+            Handle::current().kill(members[i].node.id());
+        }
+        c[i] += 1;
+    }
+
+    /// Restarts member `i` if no other fault still holds it down; the node is killed
+    /// first, which closes its sockets (see above).
+    fn restart(&self, members: &[SimMember], i: usize) {
+        let mut c = self.counts(members.len());
+        c[i] = c[i].saturating_sub(1);
+        if c[i] == 0 {
+            let handle = Handle::current();
+            handle.kill(members[i].node.id());
+            handle.restart(members[i].node.id());
+        }
+    }
+}
+
 /// How to undo an injected fault.
 enum Heal {
     Restart(Vec<usize>),
@@ -116,8 +154,12 @@ pub fn set_network(net: &Network) {
 }
 
 /// Injects `p`, returning how to heal it and a description.
-async fn inject(ctx: &RunCtx, members: &[SimMember], p: &Planned) -> (Heal, String) {
-    let handle = Handle::current();
+async fn inject(
+    ctx: &RunCtx,
+    members: &[SimMember],
+    down: &DownCounts,
+    p: &Planned,
+) -> (Heal, String) {
     let n = members.len();
     let mut rng = ChaCha8Rng::seed_from_u64(p.pick);
     let f = &ctx.scenario.faults[p.fault];
@@ -131,7 +173,7 @@ async fn inject(ctx: &RunCtx, members: &[SimMember], p: &Planned) -> (Heal, Stri
             } else {
                 order[0]
             };
-            handle.kill(members[victim].node.id());
+            down.kill(members, victim);
             let mut what = format!("{:?} {}", p.kind, members[victim].name);
             if p.kind == FaultKind::DiskCrash {
                 let disk_seed = rng.gen();
@@ -143,7 +185,7 @@ async fn inject(ctx: &RunCtx, members: &[SimMember], p: &Planned) -> (Heal, Stri
         FaultKind::QuorumLoss => {
             let victims: Vec<usize> = order[..n / 2 + 1].to_vec();
             for &v in &victims {
-                handle.kill(members[v].node.id());
+                down.kill(members, v);
             }
             let what = format!("QuorumLoss killed {}", names(members, &victims));
             (Heal::Restart(victims), what)
@@ -211,12 +253,11 @@ async fn inject(ctx: &RunCtx, members: &[SimMember], p: &Planned) -> (Heal, Stri
     }
 }
 
-fn heal(ctx: &RunCtx, members: &[SimMember], h: Heal) {
-    let handle = Handle::current();
+fn heal(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, h: Heal) {
     match h {
         Heal::Restart(v) => {
             for i in v {
-                handle.restart(members[i].node.id());
+                down.restart(members, i);
             }
         }
         Heal::Unclog(links) => {
@@ -233,8 +274,9 @@ fn heal(ctx: &RunCtx, members: &[SimMember], h: Heal) {
 /// Runs the schedule: each planned fault is injected at its time, held, and healed
 /// (at the latest when the run's duration is over), and recorded in the trace.
 pub async fn run_faults(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, schedule: Vec<Planned>) {
+    let down = Arc::new(DownCounts::default());
     if !ctx.scenario.overlapping_faults {
-        return run_sequence(ctx, members, schedule).await;
+        return run_sequence(ctx, members, down, schedule).await;
     }
     // Each entry's faults follow one another; different entries' run side by side.
     let mut tasks = Vec::new();
@@ -243,6 +285,7 @@ pub async fn run_faults(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, schedule
         tasks.push(madsim::task::spawn(run_sequence(
             ctx.clone(),
             members.clone(),
+            down.clone(),
             mine,
         )));
     }
@@ -252,7 +295,12 @@ pub async fn run_faults(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, schedule
 }
 
 /// Injects, holds and heals each planned fault in turn.
-async fn run_sequence(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, schedule: Vec<Planned>) {
+async fn run_sequence(
+    ctx: Arc<RunCtx>,
+    members: Arc<Vec<SimMember>>,
+    down: Arc<DownCounts>,
+    schedule: Vec<Planned>,
+) {
     let end = Duration::from_secs(ctx.scenario.duration_s);
     for p in schedule {
         let at = Duration::from_millis(p.at_ms);
@@ -261,14 +309,14 @@ async fn run_sequence(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, schedule: 
             sleep(at - now).await;
         }
         let start_ns = ctx.now_ns();
-        let (h, what) = inject(&ctx, &members, &p).await;
+        let (h, what) = inject(&ctx, &members, &down, &p).await;
         ctx.event(format!("fault inject: {what}"));
         let until = (ctx.start.elapsed() + Duration::from_millis(p.hold_ms)).min(end);
         let now = ctx.start.elapsed();
         if until > now {
             sleep(until - now).await;
         }
-        heal(&ctx, &members, h);
+        heal(&ctx, &members, &down, h);
         let end_ns = ctx.now_ns();
         ctx.event(format!("fault heal: {what}"));
         ctx.lock().faults.push(FaultSpan {
