@@ -10,5 +10,12 @@ pub mod check;
 #[cfg(madsim)]
 pub mod client;
 #[cfg(madsim)]
+pub mod faults;
+#[cfg(madsim)]
 pub mod harness;
+pub mod report;
+#[cfg(madsim)]
+pub mod run;
 pub mod scenario;
+#[cfg(madsim)]
+pub mod workload;

@@ -1,0 +1,344 @@
+//! `detcd-sim`: runs chaos scenarios against simulated detcd clusters.
+//!
+//! ```text
+//! detcd-sim run --scenario scenarios/NAME.toml --seed N [--check-determinism] [--duration-s S]
+//! detcd-sim explore (--scenario scenarios/NAME.toml | --all-scenarios) --seeds A..B [--threads T] [--duration-s S]
+//! ```
+//!
+//! It only works when built with `RUSTFLAGS="--cfg madsim"`; the normal build says so.
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!(
+        "detcd-sim runs clusters under the madsim simulator; build it with\n  \
+         RUSTFLAGS=\"--cfg madsim\" cargo run -p detcd-sim --bin detcd-sim --target-dir target/madsim -- ..."
+    );
+    std::process::exit(2);
+}
+
+#[cfg(madsim)]
+fn main() {
+    std::process::exit(cli::main(std::env::args().skip(1).collect()));
+}
+
+#[cfg(madsim)]
+mod cli {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use detcd_sim::check::linearizability::CheckResult;
+    use detcd_sim::report::{self, ReportInput};
+    use detcd_sim::run::{self, RunOutcome};
+    use detcd_sim::scenario::Scenario;
+
+    const USAGE: &str = "usage:\n  \
+        detcd-sim run --scenario scenarios/NAME.toml --seed N [--check-determinism] [--duration-s S]\n  \
+        detcd-sim explore (--scenario scenarios/NAME.toml | --all-scenarios) --seeds A..B \
+        [--threads T] [--duration-s S]";
+
+    /// Parsed command-line options.
+    #[derive(Default)]
+    struct Opts {
+        scenarios: Vec<PathBuf>,
+        all: bool,
+        seed: Option<u64>,
+        seeds: Option<(u64, u64)>,
+        determinism: bool,
+        threads: Option<usize>,
+        duration_s: Option<u64>,
+    }
+
+    fn parse(args: &[String]) -> Result<Opts, String> {
+        let mut o = Opts::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            match a.as_str() {
+                "--scenario" => o.scenarios.push(PathBuf::from(value(a)?)),
+                "--all-scenarios" => o.all = true,
+                "--check-determinism" => o.determinism = true,
+                "--seed" => {
+                    let v = value(a)?;
+                    o.seed = Some(v.parse().map_err(|_| format!("--seed {v}: not a number"))?);
+                }
+                "--seeds" => {
+                    let v = value(a)?;
+                    let (lo, hi) = v
+                        .split_once("..")
+                        .ok_or_else(|| format!("--seeds {v}: expected A..B"))?;
+                    let lo: u64 = lo.parse().map_err(|_| format!("--seeds {v}: bad start"))?;
+                    let hi: u64 = hi.parse().map_err(|_| format!("--seeds {v}: bad end"))?;
+                    if hi <= lo {
+                        return Err(format!("--seeds {v}: the range is empty (B is exclusive)"));
+                    }
+                    o.seeds = Some((lo, hi));
+                }
+                "--threads" => {
+                    let v = value(a)?;
+                    o.threads = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|t| *t > 0)
+                            .ok_or_else(|| format!("--threads {v}: not a positive number"))?,
+                    );
+                }
+                "--duration-s" => {
+                    let v = value(a)?;
+                    o.duration_s = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|d| *d > 0)
+                            .ok_or_else(|| format!("--duration-s {v}: not a positive number"))?,
+                    );
+                }
+                other => return Err(format!("unknown argument {other}")),
+            }
+        }
+        Ok(o)
+    }
+
+    /// Loads a scenario, applying a duration override.
+    fn load(path: &Path, duration_s: Option<u64>) -> Result<Scenario, String> {
+        let mut s = Scenario::load_path(path).map_err(|e| e.to_string())?;
+        if let Some(d) = duration_s {
+            s.duration_s = d;
+        }
+        Ok(s)
+    }
+
+    /// The command that reproduces a run.
+    fn reproduce(path: &Path, seed: u64, duration_s: Option<u64>) -> String {
+        let mut cmd = format!("detcd-sim run --scenario {} --seed {seed}", path.display());
+        if let Some(d) = duration_s {
+            cmd.push_str(&format!(" --duration-s {d}"));
+        }
+        cmd
+    }
+
+    /// Writes the trace (and history) and the HTML report of a failed run; returns their
+    /// paths.
+    fn write_artifacts(out: &RunOutcome, repro: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+        let dir = PathBuf::from("target/detcd-sim");
+        std::fs::create_dir_all(&dir)?;
+        let base = dir.join(format!("{}-{}", out.scenario, out.seed));
+        let trace = base.with_extension("trace");
+        let mut text = format!("# {repro}\n# failures:\n");
+        for f in &out.record.failures {
+            text.push_str(&format!("#   {f}\n"));
+        }
+        text.push_str("# trace:\n");
+        for l in &out.record.trace {
+            text.push_str(l);
+            text.push('\n');
+        }
+        text.push_str("# history:\n");
+        for (i, op) in out.record.history.iter().enumerate() {
+            text.push_str(&format!("#{i} {op}\n"));
+        }
+        if let Some(v) = out.check.as_ref().and_then(|c| c.violation()) {
+            text.push_str(&format!("# checker:\n{}\n", v.explanation));
+        }
+        std::fs::write(&trace, text)?;
+        let html = base.with_extension("html");
+        let title = format!("detcd-sim: {} seed {}", out.scenario, out.seed);
+        std::fs::write(
+            &html,
+            report::html(&ReportInput {
+                title: &title,
+                reproduce: repro,
+                record: &out.record,
+                check: out.check.as_ref(),
+            }),
+        )?;
+        Ok((trace, html))
+    }
+
+    /// Reports a failed run: its failures, artifacts, and the reproduce line.
+    fn report_failure(out: &RunOutcome, repro: &str) {
+        println!("FAILED {} seed {}:", out.scenario, out.seed);
+        for f in &out.record.failures {
+            println!("  {f}");
+        }
+        if let Some(v) = out.check.as_ref().and_then(|c| c.violation()) {
+            println!("{}", v.explanation);
+        }
+        match write_artifacts(out, repro) {
+            Ok((t, h)) => println!("  trace: {}\n  report: {}", t.display(), h.display()),
+            Err(e) => println!("  could not write the trace and report: {e}"),
+        }
+        println!("{repro}");
+    }
+
+    fn cmd_run(o: &Opts) -> Result<i32, String> {
+        let [path] = &o.scenarios[..] else {
+            return Err("run needs exactly one --scenario".into());
+        };
+        let scenario = load(path, o.duration_s)?;
+        let seed = o.seed.unwrap_or(scenario.seed);
+        for line in run::parameters(&scenario, seed) {
+            println!("{line}");
+        }
+        let repro = reproduce(path, seed, o.duration_s);
+        let wall = Instant::now();
+        let out = run::run(&scenario, seed);
+        let h = &out.record.history;
+        let unknown = h.iter().filter(|op| op.output.is_none()).count();
+        let errors = h
+            .iter()
+            .filter(|op| matches!(op.output, Some(Err(_))))
+            .count();
+        println!(
+            "{} operations ({} ok, {errors} definite errors, {unknown} unknown outcomes), {} \
+             faults, {:.1} simulated s in {:.1} wall s ({:.1} s of it checking), fingerprint \
+             {:016x}",
+            h.len(),
+            h.len() - unknown - errors,
+            out.record.faults.len(),
+            out.simulated_s,
+            wall.elapsed().as_secs_f64(),
+            out.check_wall_s,
+            out.record.fingerprint()
+        );
+        if let Some(CheckResult::Unknown(e)) = &out.check {
+            println!(
+                "warning: the linearizability checker gave up after {} steps; inconclusive",
+                e.steps
+            );
+        }
+        if !out.passed() {
+            report_failure(&out, &repro);
+            return Ok(1);
+        }
+        if o.determinism {
+            let again = run::run(&scenario, seed);
+            if let Some((line, a, b)) =
+                report::first_divergence(&out.record.trace, &again.record.trace)
+            {
+                println!(
+                    "NONDETERMINISTIC {} seed {seed}: the traces of two runs differ at line \
+                     {line}:\n  first:  {a}\n  second: {b}\n{} --check-determinism",
+                    scenario.name, repro
+                );
+                return Ok(1);
+            }
+            println!("deterministic: the second run's fingerprint is the same");
+        }
+        println!("PASSED {} seed {seed}", scenario.name);
+        Ok(0)
+    }
+
+    fn cmd_explore(o: &Opts) -> Result<i32, String> {
+        let paths: Vec<PathBuf> = if o.all {
+            let names = Scenario::shipped().map_err(|e| e.to_string())?;
+            names
+                .iter()
+                .map(|n| PathBuf::from(format!("scenarios/{n}.toml")))
+                .collect()
+        } else {
+            o.scenarios.clone()
+        };
+        if paths.is_empty() {
+            return Err("explore needs --scenario or --all-scenarios".into());
+        }
+        let (lo, hi) = o.seeds.ok_or("explore needs --seeds A..B")?;
+        let mut jobs = Vec::new();
+        for p in &paths {
+            // A missing file under `scenarios/` is looked up in the repository too.
+            let s = load(p, o.duration_s).or_else(|e| {
+                let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                Scenario::load(name)
+                    .map(|mut s| {
+                        if let Some(d) = o.duration_s {
+                            s.duration_s = d;
+                        }
+                        s
+                    })
+                    .map_err(|_| e)
+            })?;
+            for seed in lo..hi {
+                jobs.push((p.clone(), s.clone(), seed));
+            }
+        }
+        let threads = o.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let total = jobs.len();
+        let jobs = Arc::new(jobs);
+        let next = Arc::new(AtomicUsize::new(0));
+        let progress = Arc::new(Mutex::new((0usize, Vec::<String>::new(), 0f64)));
+        let wall = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..threads.min(total) {
+            let (jobs, next, progress) = (jobs.clone(), next.clone(), progress.clone());
+            let duration_s = o.duration_s;
+            workers.push(std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((path, scenario, seed)) = jobs.get(i) else {
+                    break;
+                };
+                let out = run::run(scenario, *seed);
+                let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                p.0 += 1;
+                p.2 += out.simulated_s;
+                if !out.passed() {
+                    let repro = reproduce(path, *seed, duration_s);
+                    report_failure(&out, &repro);
+                    p.1.push(repro);
+                }
+                let secs = wall.elapsed().as_secs_f64();
+                println!(
+                    "{}/{total} runs, {} failed, {:.1} simulated s per wall s, {:.1} runs/min",
+                    p.0,
+                    p.1.len(),
+                    p.2 / secs,
+                    p.0 as f64 * 60.0 / secs
+                );
+            }));
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+        let p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        if p.1.is_empty() {
+            println!("all {total} runs passed");
+            Ok(0)
+        } else {
+            println!("{} of {total} runs failed; reproduce with:", p.1.len());
+            for r in &p.1 {
+                println!("{r}");
+            }
+            Ok(1)
+        }
+    }
+
+    /// Runs the command line; returns the exit code.
+    pub fn main(args: Vec<String>) -> i32 {
+        let (cmd, rest) = match args.split_first() {
+            Some((c, r)) => (c.as_str(), r),
+            None => {
+                eprintln!("{USAGE}");
+                return 2;
+            }
+        };
+        let result = parse(rest).and_then(|o| match cmd {
+            "run" => cmd_run(&o),
+            "explore" => cmd_explore(&o),
+            _ => Err(format!("unknown command {cmd}")),
+        });
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("detcd-sim: {e}\n{USAGE}");
+                2
+            }
+        }
+    }
+}

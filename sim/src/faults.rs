@@ -1,0 +1,328 @@
+//! Injecting a scenario's faults on a schedule drawn from the seed, and healing them.
+//!
+//! The whole schedule (when each fault strikes, for how long, and the random number that
+//! picks its target) is drawn before the run starts, so it can be printed first and a
+//! seed names it completely. Targets that depend on the cluster's state (the leader) are
+//! looked up when the fault strikes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::Handle;
+use madsim::time::sleep;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::harness::SimMember;
+use crate::report::FaultSpan;
+use crate::scenario::{FaultKind, Network, Scenario};
+use crate::workload::RunCtx;
+
+/// One planned injection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// When it strikes, in simulated milliseconds after the start.
+    pub at_ms: u64,
+    /// How long it lasts, in milliseconds (cut short at the end of the run).
+    pub hold_ms: u64,
+    /// The index of the scenario's fault entry.
+    pub fault: usize,
+    /// What it does.
+    pub kind: FaultKind,
+    /// The random number that picks its targets.
+    pub pick: u64,
+}
+
+/// Draws the schedule of `scenario` under `seed`, in time order: after each opportunity
+/// (injected or skipped by its probability) the entry's next one comes a gap later,
+/// counted from the heal. Faults strike one at a time unless the scenario lets them
+/// overlap, in which case each entry keeps its own timeline.
+pub fn plan(scenario: &Scenario, seed: u64) -> Vec<Planned> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17_5eed);
+    let end_ms = scenario.duration_s * 1000;
+    let mut next: Vec<u64> = scenario.faults.iter().map(|f| f.start_ms).collect();
+    let mut out = Vec::new();
+    let mut now = 0u64;
+    // Bounded: every opportunity moves time forward by at least 1 ms.
+    while let Some((i, &at)) = next.iter().enumerate().min_by_key(|(_, t)| **t) {
+        let at = if scenario.overlapping_faults {
+            at
+        } else {
+            at.max(now)
+        };
+        if at >= end_ms || out.len() >= 10_000 {
+            break;
+        }
+        let f = &scenario.faults[i];
+        let mut free_at = at;
+        if rng.gen_bool(f.probability) {
+            let hold_ms = rng.gen_range(f.hold_ms[0]..=f.hold_ms[1]);
+            out.push(Planned {
+                at_ms: at,
+                hold_ms,
+                fault: i,
+                kind: f.kind,
+                pick: rng.gen(),
+            });
+            free_at = (at + hold_ms).min(end_ms);
+        }
+        now = free_at;
+        next[i] = free_at + rng.gen_range(f.every_ms[0]..=f.every_ms[1]).max(1);
+    }
+    out
+}
+
+/// How many injected faults currently hold each member down. With overlapping faults a
+/// member may be killed by two at once; it comes back when the last of them heals.
+/// Restarting it only then matters beyond the semantics: madsim 0.2's `restart` of a
+/// running node starts a second incarnation without closing the first one's sockets, so
+/// its peers keep talking to the dead incarnation and the member never rejoins.
+#[derive(Default)]
+pub struct DownCounts(std::sync::Mutex<Vec<usize>>);
+
+impl DownCounts {
+    fn counts(&self, n: usize) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let len = n.max(c.len());
+        c.resize(len, 0);
+        c
+    }
+
+    /// Kills member `i` unless a fault already holds it down.
+    fn kill(&self, members: &[SimMember], i: usize) {
+        let mut c = self.counts(members.len());
+        if c[i] == 0 {
+            Handle::current().kill(members[i].node.id());
+        }
+        c[i] += 1;
+    }
+
+    /// Restarts member `i` if no other fault still holds it down; the node is killed
+    /// first, which closes its sockets (see above).
+    fn restart(&self, members: &[SimMember], i: usize) {
+        let mut c = self.counts(members.len());
+        c[i] = c[i].saturating_sub(1);
+        if c[i] == 0 {
+            let handle = Handle::current();
+            handle.kill(members[i].node.id());
+            handle.restart(members[i].node.id());
+        }
+    }
+}
+
+/// How to undo an injected fault.
+enum Heal {
+    Restart(Vec<usize>),
+    Unclog(Vec<(usize, usize)>),
+    Network,
+    Disk(usize),
+}
+
+/// The index of the member every reachable member names as leader, if any.
+pub async fn find_leader(members: &[SimMember]) -> Option<usize> {
+    for m in members {
+        if let Some((_, leader)) = crate::client::status_of(&m.client_url()).await {
+            if leader != 0 {
+                return members
+                    .iter()
+                    .position(|x| crate::client::id_of(x) == leader);
+            }
+        }
+    }
+    None
+}
+
+fn names(members: &[SimMember], idx: &[usize]) -> String {
+    idx.iter()
+        .map(|&i| members[i].name.clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Sets the network's baseline conditions from the scenario.
+pub fn set_network(net: &Network) {
+    let (loss, latency) = (net.packet_loss_rate, net.latency_ms);
+    NetSim::current().update_config(|c| {
+        c.packet_loss_rate = loss;
+        c.send_latency = match latency {
+            Some([a, b]) => Duration::from_millis(a)..Duration::from_millis(b.max(a + 1)),
+            None => madsim::net::Config::default().send_latency,
+        };
+    });
+}
+
+/// Injects `p`, returning how to heal it and a description.
+async fn inject(
+    ctx: &RunCtx,
+    members: &[SimMember],
+    down: &DownCounts,
+    p: &Planned,
+) -> (Heal, String) {
+    let n = members.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(p.pick);
+    let f = &ctx.scenario.faults[p.fault];
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    let leader_or_random = |leader: Option<usize>| leader.unwrap_or(order[0]);
+    match p.kind {
+        FaultKind::KillRandom | FaultKind::KillLeader | FaultKind::DiskCrash => {
+            let victim = if p.kind == FaultKind::KillLeader {
+                leader_or_random(find_leader(members).await)
+            } else {
+                order[0]
+            };
+            down.kill(members, victim);
+            let mut what = format!("{:?} {}", p.kind, members[victim].name);
+            if p.kind == FaultKind::DiskCrash {
+                let disk_seed = rng.gen();
+                members[victim].disk.crash(disk_seed);
+                what.push_str(&format!(" (disk crash seed {disk_seed})"));
+            }
+            (Heal::Restart(vec![victim]), what)
+        }
+        FaultKind::QuorumLoss => {
+            let victims: Vec<usize> = order[..n / 2 + 1].to_vec();
+            for &v in &victims {
+                down.kill(members, v);
+            }
+            let what = format!("QuorumLoss killed {}", names(members, &victims));
+            (Heal::Restart(victims), what)
+        }
+        FaultKind::Partition | FaultKind::OneWayPartition | FaultKind::IsolateLeader => {
+            let side: Vec<usize> = if p.kind == FaultKind::IsolateLeader {
+                vec![leader_or_random(find_leader(members).await)]
+            } else {
+                let k = rng.gen_range(1..=n / 2);
+                order[..k].to_vec()
+            };
+            let rest: Vec<usize> = (0..n).filter(|i| !side.contains(i)).collect();
+            let net = NetSim::current();
+            let mut links = Vec::new();
+            for &a in &side {
+                for &b in &rest {
+                    links.push((a, b));
+                    if p.kind != FaultKind::OneWayPartition {
+                        links.push((b, a));
+                    }
+                }
+            }
+            for &(a, b) in &links {
+                net.clog_link(members[a].node.id(), members[b].node.id());
+            }
+            let arrow = if p.kind == FaultKind::OneWayPartition {
+                "->"
+            } else {
+                "<->"
+            };
+            let what = format!(
+                "{:?} {{{}}} {arrow} {{{}}}",
+                p.kind,
+                names(members, &side),
+                names(members, &rest)
+            );
+            (Heal::Unclog(links), what)
+        }
+        FaultKind::NetDegrade => {
+            let degraded = Network {
+                packet_loss_rate: f.packet_loss_rate,
+                latency_ms: f.latency_ms,
+            };
+            set_network(&degraded);
+            (
+                Heal::Network,
+                format!(
+                    "NetDegrade loss {} latency {:?} ms",
+                    f.packet_loss_rate, f.latency_ms
+                ),
+            )
+        }
+        FaultKind::SlowDisk => {
+            let m = order[0];
+            members[m]
+                .disk
+                .set_sync_delay(Duration::from_millis(f.sync_delay_ms));
+            (
+                Heal::Disk(m),
+                format!("SlowDisk {} fsync {} ms", members[m].name, f.sync_delay_ms),
+            )
+        }
+        // Refused when the scenario is parsed; nothing to inject.
+        FaultKind::ClockDrift => (Heal::Unclog(vec![]), "ClockDrift (unsupported)".into()),
+    }
+}
+
+fn heal(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, h: Heal) {
+    match h {
+        Heal::Restart(v) => {
+            for i in v {
+                down.restart(members, i);
+            }
+        }
+        Heal::Unclog(links) => {
+            let net = NetSim::current();
+            for (a, b) in links {
+                net.unclog_link(members[a].node.id(), members[b].node.id());
+            }
+        }
+        Heal::Network => set_network(&ctx.scenario.network),
+        Heal::Disk(m) => members[m].disk.set_sync_delay(Duration::ZERO),
+    }
+}
+
+/// Runs the schedule: each planned fault is injected at its time, held, and healed
+/// (at the latest when the run's duration is over), and recorded in the trace.
+pub async fn run_faults(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, schedule: Vec<Planned>) {
+    let down = Arc::new(DownCounts::default());
+    if !ctx.scenario.overlapping_faults {
+        return run_sequence(ctx, members, down, schedule).await;
+    }
+    // Each entry's faults follow one another; different entries' run side by side.
+    let mut tasks = Vec::new();
+    for i in 0..ctx.scenario.faults.len() {
+        let mine: Vec<Planned> = schedule.iter().filter(|p| p.fault == i).cloned().collect();
+        tasks.push(madsim::task::spawn(run_sequence(
+            ctx.clone(),
+            members.clone(),
+            down.clone(),
+            mine,
+        )));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Injects, holds and heals each planned fault in turn.
+async fn run_sequence(
+    ctx: Arc<RunCtx>,
+    members: Arc<Vec<SimMember>>,
+    down: Arc<DownCounts>,
+    schedule: Vec<Planned>,
+) {
+    let end = Duration::from_secs(ctx.scenario.duration_s);
+    for p in schedule {
+        let at = Duration::from_millis(p.at_ms);
+        let now = ctx.start.elapsed();
+        if at > now {
+            sleep(at - now).await;
+        }
+        let start_ns = ctx.now_ns();
+        let (h, what) = inject(&ctx, &members, &down, &p).await;
+        ctx.event(format!("fault inject: {what}"));
+        let until = (ctx.start.elapsed() + Duration::from_millis(p.hold_ms)).min(end);
+        let now = ctx.start.elapsed();
+        if until > now {
+            sleep(until - now).await;
+        }
+        heal(&ctx, &members, &down, h);
+        let end_ns = ctx.now_ns();
+        ctx.event(format!("fault heal: {what}"));
+        ctx.lock().faults.push(FaultSpan {
+            start_ns,
+            end_ns: Some(end_ns),
+            description: what,
+        });
+    }
+}

@@ -1,0 +1,342 @@
+//! One chaos run: boot the scenario's cluster, run its clients and faults, heal, wait for
+//! the cluster to converge, and check what the clients saw (linearizability), that every
+//! member holds the same data (HashKV at one revision) and that writes resume.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::runtime::Handle;
+use madsim::time::{sleep, timeout, Instant};
+
+use crate::check::linearizability::{check, CheckConfig, CheckResult, Operation};
+use crate::check::model::{Input, PutRequest, RangeRequest};
+use crate::faults::{self, Planned};
+use crate::harness::{self, MemberOptions, SimMember};
+use crate::report::RunRecord;
+use crate::scenario::Scenario;
+use crate::workload::{self, RunCtx};
+
+/// What a run produced.
+pub struct RunOutcome {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// The trace, history, faults and failures.
+    pub record: RunRecord,
+    /// The linearizability checker's verdict (`None` if the run panicked first).
+    pub check: Option<CheckResult>,
+    /// How much simulated time the run took, in seconds.
+    pub simulated_s: f64,
+    /// How long the linearizability check took, in wall-clock seconds.
+    pub check_wall_s: f64,
+}
+
+impl RunOutcome {
+    /// Whether the run found nothing wrong.
+    pub fn passed(&self) -> bool {
+        self.record.failures.is_empty()
+    }
+}
+
+/// Every parameter a run under `seed` draws before it starts, one per line: the fault
+/// schedule and the clients' seeds.
+pub fn parameters(scenario: &Scenario, seed: u64) -> Vec<String> {
+    let mut out = vec![
+        format!("seed {seed}"),
+        format!(
+            "scenario {}: {} members, {} s, {} clients, {} keys, think 0..={} ms, timeout {} ms",
+            scenario.name,
+            scenario.members,
+            scenario.duration_s,
+            scenario.workload.clients,
+            scenario.workload.keys,
+            scenario.workload.think_time_max_ms,
+            scenario.workload.request_timeout_ms
+        ),
+        format!("mix {:?}", scenario.workload.mix.weights()),
+        format!("network {:?}", scenario.network),
+    ];
+    for c in 1..=u64::from(scenario.workload.clients) {
+        out.push(format!(
+            "client {c} seed {}",
+            workload::client_seed(seed, c)
+        ));
+    }
+    for p in faults::plan(scenario, seed) {
+        out.push(format!(
+            "fault at {} ms for {} ms: {:?} (pick {})",
+            p.at_ms, p.hold_ms, p.kind, p.pick
+        ));
+    }
+    out
+}
+
+/// How long convergence may take after the heal, in simulated time.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `scenario` under `seed` on a fresh thread with its own madsim runtime, then
+/// checks the history. Never panics: a panic inside the simulation is a failure.
+pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
+    let record = Arc::new(Mutex::new(RunRecord::default()));
+    let sim_record = record.clone();
+    let sim_scenario = scenario.clone();
+    let limit = Duration::from_secs(scenario.duration_s) + Duration::from_secs(600);
+    let joined = std::thread::spawn(move || {
+        // `DETCD_SIM_LOG=info` (or targets, as `detcd=debug,info`) prints the members'
+        // logs, stamped with simulated time, to stderr. The filter is a `Targets`, not an
+        // `EnvFilter`: the latter builds std hash maps, whose random keys must first be
+        // drawn inside the simulation for a seed to replay.
+        let _logs = std::env::var("DETCD_SIM_LOG").ok().map(|filter| {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::Layer;
+            let targets: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_default();
+            tracing::subscriber::set_default(
+                tracing_subscriber::registry().with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(std::io::stderr)
+                        .with_filter(targets),
+                ),
+            )
+        });
+        let mut rt =
+            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.set_time_limit(limit);
+        rt.block_on(simulate(sim_scenario, seed, sim_record))
+    })
+    .join();
+    let mut rec = std::mem::take(&mut *record.lock().unwrap_or_else(|e| e.into_inner()));
+    let simulated_s = match joined {
+        Ok(s) => s,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            rec.failures.push(format!("the simulation panicked: {msg}"));
+            rec.trace.push(format!("panic: {msg}"));
+            rec.history
+                .last()
+                .map(|o| o.return_ns.unwrap_or(o.call_ns) as f64 / 1e9)
+                .unwrap_or(0.0)
+        }
+    };
+    add_possible_expiries(&mut rec);
+    let mut verdict = None;
+    // Outside the simulation's thread, so this is the real clock.
+    let check_started = std::time::Instant::now();
+    if rec.failures.is_empty() {
+        let config = CheckConfig {
+            max_steps: 5_000_000,
+            ..Default::default()
+        };
+        match check(&rec.history, &config) {
+            Err(e) => rec.failures.push(format!("malformed history: {e}")),
+            Ok(result) => {
+                match &result {
+                    CheckResult::Linearizable(_) => {}
+                    CheckResult::Violation(v) => rec.failures.push(format!(
+                        "the history is not linearizable (operations {:?})",
+                        v.ops
+                    )),
+                    CheckResult::Unknown(e) => rec.trace.push(format!(
+                        "checker: search budget exhausted after {} steps; inconclusive",
+                        e.steps
+                    )),
+                }
+                verdict = Some(result);
+            }
+        }
+    }
+    RunOutcome {
+        scenario: scenario.name.clone(),
+        seed,
+        record: rec,
+        check: verdict,
+        simulated_s,
+        check_wall_s: check_started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Adds, for every lease that may have expired before the history ends, a revoke whose
+/// outcome is unknown, called when the lease could first expire (client 0 stands for the
+/// cluster): the model counts an expiry as such a revoke. Leases that cannot have expired
+/// within the history add nothing, which keeps the checker's search small.
+fn add_possible_expiries(rec: &mut RunRecord) {
+    let end_ns = rec
+        .history
+        .iter()
+        .map(|o| o.return_ns.unwrap_or(o.call_ns))
+        .max()
+        .unwrap_or(0);
+    for &(id, call_ns, ttl_s) in &rec.lease_grants {
+        let earliest_ns =
+            call_ns.saturating_add((ttl_s.max(0) as u64).saturating_mul(1_000_000_000));
+        if earliest_ns <= end_ns {
+            rec.history.push(Operation::unknown(
+                0,
+                earliest_ns,
+                Input::LeaseRevoke { id },
+            ));
+        }
+    }
+}
+
+/// The simulation itself; returns the simulated seconds it took.
+async fn simulate(scenario: Scenario, seed: u64, record: Arc<Mutex<RunRecord>>) -> f64 {
+    let handle = Handle::current();
+    let members = harness::start_cluster_with(&handle, scenario.members, MemberOptions::default());
+    let urls: Vec<String> = members.iter().map(|m| m.client_url()).collect();
+    let schedule = faults::plan(&scenario, seed);
+    let members = Arc::new(members);
+    harness::client_node(&handle)
+        .spawn(drive(scenario, seed, record, urls, members, schedule))
+        .await
+        .unwrap_or_else(|e| panic!("the client node failed: {e}"))
+}
+
+async fn drive(
+    scenario: Scenario,
+    seed: u64,
+    record: Arc<Mutex<RunRecord>>,
+    urls: Vec<String>,
+    members: Arc<Vec<SimMember>>,
+    schedule: Vec<Planned>,
+) -> f64 {
+    let origin = Instant::now();
+    // Let the cluster elect its first leader before the clock of the run starts.
+    let all: Vec<usize> = (0..members.len()).collect();
+    for u in &urls {
+        harness::connect_kv(u).await;
+    }
+    crate::client::wait_leader(&members, &all).await;
+    // The scenario's packet loss and latency start with the workload: the cluster boots on
+    // a clean network, since a slow boot (a member publishes itself only once a proposal
+    // commits) is not what the scenarios are about and would only trip the harness's
+    // bounded waits.
+    faults::set_network(&scenario.network);
+    let ctx = Arc::new(RunCtx {
+        scenario: scenario.clone(),
+        urls: urls.clone(),
+        start: Instant::now(),
+        record,
+    });
+    ctx.event(format!("start: {} members, leader elected", members.len()));
+    let injector = madsim::task::spawn(faults::run_faults(ctx.clone(), members.clone(), schedule));
+    let mut clients = Vec::new();
+    for id in 1..=u64::from(scenario.workload.clients) {
+        clients.push(madsim::task::spawn(workload::run_client(
+            ctx.clone(),
+            seed,
+            id,
+        )));
+    }
+    let _ = injector.await;
+    for c in clients {
+        let _ = c.await;
+    }
+    // The injector healed its own faults; the scenario's baseline packet loss and latency
+    // end too, so that convergence is judged on a healthy network.
+    faults::set_network(&crate::scenario::Network::default());
+    ctx.event("workload over, every fault healed");
+    converge(&ctx, &members).await;
+    origin.elapsed().as_secs_f64()
+}
+
+/// After the heal: a leader is elected, a write succeeds (recorded in the history as
+/// client 0), and every member reports the same HashKV at that write's revision.
+async fn converge(ctx: &RunCtx, members: &[SimMember]) {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let mut progress_rev = None;
+    let mut attempt = 0usize;
+    while progress_rev.is_none() && Instant::now() < deadline {
+        let m = attempt % members.len();
+        attempt += 1;
+        let input = Input::Put(PutRequest {
+            key: b"progress".to_vec(),
+            value: format!("after-heal-{attempt}").into_bytes(),
+            lease: 0,
+            prev_kv: false,
+        });
+        let idx = ctx.call(0, m, input.clone());
+        let outcome = match crate::client::channel(&ctx.urls[m]).await {
+            Err(e) => Err(e),
+            Ok(ch) => {
+                match timeout(Duration::from_secs(5), workload::issue(ch, &input, false)).await {
+                    Ok(Ok(reply)) => {
+                        progress_rev = Some(reply.revision);
+                        Ok(Ok(reply))
+                    }
+                    Ok(Err(s)) => Err(s.message().to_string()),
+                    Err(_) => Err("timed out".into()),
+                }
+            }
+        };
+        ctx.finish(idx, outcome);
+        if progress_rev.is_none() {
+            sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let Some(rev) = progress_rev else {
+        ctx.lock().failures.push(format!(
+            "no progress: no write succeeded within {CONVERGE_TIMEOUT:?} after every fault was healed"
+        ));
+        return;
+    };
+    ctx.event(format!("progress: a write succeeded at revision {rev}"));
+    let mut hashes = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let mut got = None;
+        while got.is_none() && Instant::now() < deadline {
+            // A linearizable read makes the member apply everything up to the commit
+            // index, so its HashKV at `rev` covers the whole history.
+            let read = Input::Get(RangeRequest {
+                key: b"progress".to_vec(),
+                ..Default::default()
+            });
+            let ok = match crate::client::channel(&m.client_url()).await {
+                Ok(ch) => matches!(
+                    timeout(Duration::from_secs(5), workload::issue(ch, &read, false)).await,
+                    Ok(Ok(_))
+                ),
+                Err(_) => false,
+            };
+            if ok {
+                if let Ok((h, at)) = crate::client::hash_kv(&m.client_url(), rev).await {
+                    got = Some((h, at));
+                }
+            }
+            if got.is_none() {
+                sleep(Duration::from_millis(300)).await;
+            }
+        }
+        match got {
+            Some((h, at)) => {
+                ctx.event(format!(
+                    "hashkv {} at {rev}: {h:#010x} (member at {at})",
+                    m.name
+                ));
+                hashes.push((i, h));
+            }
+            None => ctx.lock().failures.push(format!(
+                "{} did not answer a linearizable read and HashKV within {CONVERGE_TIMEOUT:?} \
+                     after every fault was healed",
+                m.name
+            )),
+        }
+    }
+    if let Some(&(_, first)) = hashes.first() {
+        if hashes.iter().any(|&(_, h)| h != first) {
+            let list: Vec<String> = hashes
+                .iter()
+                .map(|&(i, h)| format!("{}={h:#010x}", members[i].name))
+                .collect();
+            ctx.lock().failures.push(format!(
+                "members disagree on HashKV at revision {rev}: {}",
+                list.join(" ")
+            ));
+        }
+    }
+}
