@@ -1119,8 +1119,11 @@ impl RaftActor {
 /// answers included, so a follower with a slow disk would look dead to its leader, which
 /// then steps down (check-quorum) although nothing is wrong. Only answers that promise
 /// durable state must wait, as etcd's raft decides: an append acknowledgement (the
-/// entries) and a vote or pre-vote (the vote and term). Heartbeat answers, forwarded
-/// proposals and read requests promise nothing about this member's disk.
+/// entries) and a vote or pre-vote (the vote and term). A candidate's own vote requests
+/// wait too: raft-rs asserts, when a candidate becomes leader, that its whole log was
+/// durable before it asked for votes (the chaos simulator found the assertion firing
+/// with a slow disk during an election). Heartbeat answers, forwarded proposals and read
+/// requests promise nothing about this member's disk.
 fn split_persisted(
     msgs: Vec<raft::eraftpb::Message>,
 ) -> (Vec<raft::eraftpb::Message>, Vec<raft::eraftpb::Message>) {
@@ -1129,6 +1132,8 @@ fn split_persisted(
         matches!(
             m.get_msg_type(),
             MessageType::MsgAppendResponse
+                | MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
                 | MessageType::MsgRequestVoteResponse
                 | MessageType::MsgRequestPreVoteResponse
         )
