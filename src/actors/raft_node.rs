@@ -1050,6 +1050,7 @@ impl RaftActor {
         self.apply_entries(entries).await
     }
 
+    /// The client waiting for entry `e`, found by the request id in its context.
     fn take_waiter(&mut self, e: &Entry) -> Option<Waiter> {
         if e.context.len() == 8 {
             let mut b = [0u8; 8];
@@ -1064,18 +1065,7 @@ impl RaftActor {
         if entries.is_empty() {
             return Ok(());
         }
-        let waiters = entries
-            .iter()
-            .map(|e| {
-                if e.context.len() == 8 {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&e.context);
-                    self.pending.remove(&u64::from_be_bytes(b))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let waiters = entries.iter().map(|e| self.take_waiter(e)).collect();
         self.storage_tx
             .send(StorageMsg::Apply { entries, waiters })
             .await
