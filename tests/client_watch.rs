@@ -519,8 +519,11 @@ async fn ten_thousand_unread_watchers_keep_memory_bounded() {
     }
     let after = rss_kib(s.pid().unwrap());
     eprintln!("writes done: rss {before} KiB -> {after} KiB");
+    // Unbounded queues would grow by about 20 GB; the bound is far below that yet leaves
+    // room for the allocator and sled's cache, whose growth varies from run to run
+    // (about 300-500 MB measured).
     assert!(
-        after < before + 512 * 1024,
+        after < before + 1024 * 1024,
         "server memory grew from {before} KiB to {after} KiB"
     );
     // The watchers are still served: one stream, read now, gets every event in order
