@@ -18,4 +18,6 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 #[cfg(madsim)]
+pub mod watcher;
+#[cfg(madsim)]
 pub mod workload;

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
 use crate::check::linearizability::{CheckResult, Operation};
+use crate::check::watch::{WatchStream, WatchViolation};
 
 /// One injected fault: when it struck, when it was healed, and what it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub struct RunRecord {
     /// simulated nanoseconds) and the TTL asked for, in seconds. A lease can expire no
     /// earlier than its TTL after the grant was called.
     pub lease_grants: Vec<(i64, u64, i64)>,
+    /// Every watcher's stream: its request and every response it received, per creation.
+    pub watches: Vec<WatchStream>,
 }
 
 impl RunRecord {
@@ -104,6 +107,8 @@ pub struct ReportInput<'a> {
     pub record: &'a RunRecord,
     /// The checker's verdict, if the history was checked.
     pub check: Option<&'a CheckResult>,
+    /// The watch guarantees found broken.
+    pub watch_violations: &'a [WatchViolation],
 }
 
 /// Renders a self-contained HTML report: what failed, how to reproduce it, the checker's
@@ -218,6 +223,10 @@ pub fn html(input: &ReportInput<'_>) -> String {
         );
     }
 
+    if !input.watch_violations.is_empty() {
+        watch_section(&mut s, rec, input.watch_violations);
+    }
+
     // The timeline: one lane per client, in client order, plus the faults.
     let mut lanes: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (i, op) in rec.history.iter().enumerate() {
@@ -330,6 +339,83 @@ pub fn html(input: &ReportInput<'_>) -> String {
     s
 }
 
+/// The watch guarantees found broken, each with the response it blames (highlighted)
+/// and the responses around it, so the report shows what the watcher received.
+fn watch_section(s: &mut String, rec: &RunRecord, violations: &[WatchViolation]) {
+    let _ = write!(
+        s,
+        "<h2>Watch guarantees broken</h2><p>{} violation(s). Each names the watcher, the \
+         segment (one creation of the watcher; a new one starts after a resume) and the \
+         response to blame, shown in red among its neighbours.</p>",
+        violations.len()
+    );
+    for v in violations.iter().take(MAX_WATCH_VIOLATIONS_SHOWN) {
+        let _ = write!(
+            s,
+            "<h3 class=\"watch-violation\">{}</h3>",
+            esc(&v.to_string())
+        );
+        let Some(stream) = rec.watches.iter().find(|w| w.watcher == v.watcher) else {
+            continue;
+        };
+        let _ = write!(
+            s,
+            "<p>watcher {} watches {}</p>",
+            stream.watcher,
+            esc(&format!("{:?}", stream.request))
+        );
+        let Some(segment) = stream.segments.get(v.segment) else {
+            continue;
+        };
+        let _ = write!(
+            s,
+            "<p>segment {} started from revision {} (known compact revision {}), ended {:?}</p>\
+             <table><tr><th>response</th><th>header</th><th>flags</th><th>events</th></tr>",
+            v.segment, segment.start_revision, segment.known_compact_revision, segment.end
+        );
+        let blamed = v.response_index.unwrap_or(usize::MAX);
+        let from = v.response_index.unwrap_or(0).saturating_sub(3);
+        for (ri, r) in segment.responses.iter().enumerate().skip(from).take(7) {
+            let class = if ri == blamed { " class=\"flag\"" } else { "" };
+            let mut flags = Vec::new();
+            if r.created {
+                flags.push("created".to_string());
+            }
+            if r.canceled {
+                flags.push("canceled".to_string());
+            }
+            if r.compact_revision != 0 {
+                flags.push(format!("compact {}", r.compact_revision));
+            }
+            if r.fragment {
+                flags.push("fragment".to_string());
+            }
+            if r.is_progress_notify() {
+                flags.push("progress".to_string());
+            }
+            let events: Vec<String> = r
+                .events
+                .iter()
+                .map(|e| match &e.prev_kv {
+                    Some(p) => format!("{} {} (prev {p})", e.kind, e.kv),
+                    None => format!("{} {}", e.kind, e.kv),
+                })
+                .collect();
+            let _ = write!(
+                s,
+                "<tr{class}><td>{ri}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                r.header_revision,
+                esc(&flags.join(" ")),
+                esc(&events.join("; "))
+            );
+        }
+        s.push_str("</table>\n");
+    }
+}
+
+/// How many watch violations the report details; the rest are only counted.
+const MAX_WATCH_VIOLATIONS_SHOWN: usize = 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,12 +487,14 @@ mod tests {
             failures: vec!["the history is not linearizable".into()],
             via: BTreeMap::from([(2, "node3".to_string())]),
             lease_grants: vec![],
+            watches: vec![],
         };
         let page = html(&ReportInput {
             title: "hand-made seed 1",
             reproduce: "detcd-sim run --scenario scenarios/x.toml --seed 1",
             record: &record,
             check: Some(&result),
+            watch_violations: &[],
         });
         assert!(page.contains("detcd-sim run --scenario scenarios/x.toml --seed 1"));
         assert!(page.contains("Linearizability violation"));

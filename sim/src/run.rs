@@ -10,6 +10,7 @@ use madsim::time::{sleep, timeout, Instant};
 
 use crate::check::linearizability::{check, CheckConfig, CheckResult, Operation};
 use crate::check::model::{Input, PutRequest, RangeRequest};
+use crate::check::watch::{check_watches, observed_changes, KvHistory, WatchViolation};
 use crate::faults::{self, Planned};
 use crate::harness::{self, MemberOptions, SimMember};
 use crate::report::RunRecord;
@@ -26,6 +27,8 @@ pub struct RunOutcome {
     pub record: RunRecord,
     /// The linearizability checker's verdict (`None` if the run panicked first).
     pub check: Option<CheckResult>,
+    /// The watch guarantees found broken.
+    pub watch_violations: Vec<WatchViolation>,
     /// How much simulated time the run took, in seconds.
     pub simulated_s: f64,
     /// How long the linearizability check took, in wall-clock seconds.
@@ -61,6 +64,18 @@ pub fn parameters(scenario: &Scenario, seed: u64) -> Vec<String> {
         out.push(format!(
             "client {c} seed {}",
             workload::client_seed(seed, c)
+        ));
+    }
+    for w in 1..=u64::from(scenario.workload.watchers) {
+        out.push(format!(
+            "watcher {w} seed {}",
+            crate::watcher::watcher_seed(seed, w)
+        ));
+    }
+    if scenario.workload.watch_read_delay_ms > 0 {
+        out.push(format!(
+            "watchers read slowly: {} ms after each response",
+            scenario.workload.watch_read_delay_ms
         ));
     }
     for p in faults::plan(scenario, seed) {
@@ -125,39 +140,95 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
     };
     add_possible_expiries(&mut rec);
     let mut verdict = None;
+    let mut watch_violations = Vec::new();
     // Outside the simulation's thread, so this is the real clock.
     let check_started = std::time::Instant::now();
     if rec.failures.is_empty() {
-        let config = CheckConfig {
-            max_steps: 5_000_000,
-            ..Default::default()
-        };
-        match check(&rec.history, &config) {
-            Err(e) => rec.failures.push(format!("malformed history: {e}")),
-            Ok(result) => {
-                match &result {
-                    CheckResult::Linearizable(_) => {}
-                    CheckResult::Violation(v) => rec.failures.push(format!(
-                        "the history is not linearizable (operations {:?})",
-                        v.ops
-                    )),
-                    CheckResult::Unknown(e) => rec.trace.push(format!(
-                        "checker: search budget exhausted after {} steps; inconclusive",
-                        e.steps
-                    )),
-                }
-                verdict = Some(result);
-            }
-        }
+        let (result, violations) = check_history(&mut rec);
+        verdict = result;
+        watch_violations = violations;
     }
     RunOutcome {
         scenario: scenario.name.clone(),
         seed,
         record: rec,
         check: verdict,
+        watch_violations,
         simulated_s,
         check_wall_s: check_started.elapsed().as_secs_f64(),
     }
+}
+
+/// The search budget of one linearizability check.
+const CHECK_MAX_STEPS: u64 = 5_000_000;
+
+/// Checks the history for linearizability, constrained by what the watchers that see
+/// everything saw change at each revision, and then every watch stream against the
+/// history in the order found. Adds what fails to the record's failures.
+///
+/// When the history cannot be linearized in an order the watches agree with, it is
+/// checked once more on its own: if it is linearizable then, the clients' answers are
+/// fine and it is the watches that tell another story.
+fn check_history(rec: &mut RunRecord) -> (Option<CheckResult>, Vec<WatchViolation>) {
+    let (observed, mut watch_violations) = observed_changes(&rec.watches);
+    let constrained = !observed.is_empty();
+    let config = CheckConfig {
+        max_steps: CHECK_MAX_STEPS,
+        observed: Arc::new(observed),
+        ..Default::default()
+    };
+    let mut result = match check(&rec.history, &config) {
+        Ok(r) => r,
+        Err(e) => {
+            rec.failures.push(format!("malformed history: {e}"));
+            return (None, watch_violations);
+        }
+    };
+    if constrained && !result.is_linearizable() {
+        let alone = CheckConfig {
+            max_steps: CHECK_MAX_STEPS,
+            ..Default::default()
+        };
+        if let Ok(r) = check(&rec.history, &alone) {
+            if r.is_linearizable() {
+                let why = match &result {
+                    CheckResult::Violation(v) => v.explanation.clone(),
+                    _ => "the constrained search ran out of budget".to_string(),
+                };
+                rec.failures.push(format!(
+                    "the watch events cannot be reconciled with the clients' history: no \
+                     linearization writes each revision as the watchers saw it\n{why}"
+                ));
+            }
+            result = r;
+        }
+    }
+    match &result {
+        CheckResult::Linearizable(lin) => {
+            match KvHistory::from_linearization(&rec.history, lin, &config.initial) {
+                Ok(history) => watch_violations.extend(check_watches(&rec.watches, &history)),
+                Err(e) => rec
+                    .failures
+                    .push(format!("the watch history could not be built: {e}")),
+            }
+        }
+        CheckResult::Violation(v) => rec.failures.push(format!(
+            "the history is not linearizable (operations {:?})",
+            v.ops
+        )),
+        CheckResult::Unknown(e) => rec.trace.push(format!(
+            "checker: search budget exhausted after {} steps; inconclusive",
+            e.steps
+        )),
+    }
+    if !watch_violations.is_empty() {
+        rec.failures.push(format!(
+            "{} watch guarantee violation(s); the first: {}",
+            watch_violations.len(),
+            watch_violations[0]
+        ));
+    }
+    (Some(result), watch_violations)
 }
 
 /// Adds, for every lease that may have expired before the history ends, a revoke whose
@@ -217,14 +288,17 @@ async fn drive(
     // commits) is not what the scenarios are about and would only trip the harness's
     // bounded waits.
     faults::set_network(&scenario.network);
-    let ctx = Arc::new(RunCtx {
-        scenario: scenario.clone(),
-        urls: urls.clone(),
-        start: Instant::now(),
-        record,
-    });
+    let ctx = Arc::new(RunCtx::new(scenario.clone(), urls.clone(), record));
     ctx.event(format!("start: {} members, leader elected", members.len()));
     let injector = madsim::task::spawn(faults::run_faults(ctx.clone(), members.clone(), schedule));
+    let mut watchers = Vec::new();
+    for id in 1..=u64::from(scenario.workload.watchers) {
+        watchers.push(madsim::task::spawn(crate::watcher::run_watcher(
+            ctx.clone(),
+            seed,
+            id,
+        )));
+    }
     let mut clients = Vec::new();
     for id in 1..=u64::from(scenario.workload.clients) {
         clients.push(madsim::task::spawn(workload::run_client(
@@ -241,13 +315,44 @@ async fn drive(
     // end too, so that convergence is judged on a healthy network.
     faults::set_network(&crate::scenario::Network::default());
     ctx.event("workload over, every fault healed");
-    converge(&ctx, &members).await;
+    let final_revision = converge(&ctx, &members).await;
+    // Every watcher must now be told about everything up to the write that proved
+    // convergence; without one, they stop where they are.
+    ctx.final_revision.store(
+        final_revision.unwrap_or(-1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    for w in watchers {
+        let _ = w.await;
+    }
+    if let Some(r) = final_revision {
+        // Events after the final write (a lease expiring meanwhile) have no counterpart
+        // in the history, which ends there, so they are left out of the check.
+        trim_watches(&mut ctx.lock().watches, r);
+    }
     origin.elapsed().as_secs_f64()
 }
 
+/// Drops every event after revision `last` from the recorded watch streams, and the
+/// responses left without any.
+fn trim_watches(watches: &mut [crate::check::watch::WatchStream], last: i64) {
+    for stream in watches {
+        for segment in &mut stream.segments {
+            segment.responses.retain_mut(|r| {
+                let had_events = !r.events.is_empty();
+                r.events.retain(|e| e.kv.mod_revision <= last);
+                // A response whose events were all dropped must go too, or it would read as
+                // a progress notification.
+                !(had_events && r.events.is_empty())
+            });
+        }
+    }
+}
+
 /// After the heal: a leader is elected, a write succeeds (recorded in the history as
-/// client 0), and every member reports the same HashKV at that write's revision.
-async fn converge(ctx: &RunCtx, members: &[SimMember]) {
+/// client 0), and every member reports the same HashKV at that write's revision. Returns
+/// that write's revision.
+async fn converge(ctx: &RunCtx, members: &[SimMember]) -> Option<i64> {
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
     let mut progress_rev = None;
     let mut attempt = 0usize;
@@ -283,7 +388,7 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) {
         ctx.lock().failures.push(format!(
             "no progress: no write succeeded within {CONVERGE_TIMEOUT:?} after every fault was healed"
         ));
-        return;
+        return None;
     };
     ctx.event(format!("progress: a write succeeded at revision {rev}"));
     let mut hashes = Vec::new();
@@ -339,4 +444,5 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) {
             ));
         }
     }
+    Some(rev)
 }

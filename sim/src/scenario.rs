@@ -76,6 +76,19 @@ pub struct Workload {
     /// The relative weights of the operations.
     #[serde(default)]
     pub mix: Mix,
+    /// How many watchers record their streams for the watch checker. The first two watch
+    /// every key (and pin the order of writes for the linearizability checker); the
+    /// others watch a few keys, some with filters.
+    #[serde(default = "default_watchers")]
+    pub watchers: u32,
+    /// How long a watcher sleeps after each response it reads, in simulated
+    /// milliseconds: a slow reader that the server must not drop events for.
+    #[serde(default)]
+    pub watch_read_delay_ms: u64,
+}
+
+fn default_watchers() -> u32 {
+    2
 }
 
 fn default_clients() -> u32 {
@@ -306,6 +319,12 @@ impl Scenario {
             return Err(ScenarioError(format!(
                 "scenario {name}: duration_s must be 1 to 3600, not {}",
                 s.duration_s
+            )));
+        }
+        if s.workload.watchers > 64 {
+            return Err(ScenarioError(format!(
+                "scenario {name}: workload.watchers must be 0 to 64, not {}",
+                s.workload.watchers
             )));
         }
         if s.workload.request_timeout_ms == 0 {

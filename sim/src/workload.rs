@@ -3,6 +3,7 @@
 //! bounded timeout, and records every one in the run's history and trace.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,9 +39,30 @@ pub struct RunCtx {
     /// What the run records; shared with the thread that started the run, so that it
     /// survives a panic inside the simulation.
     pub record: Arc<Mutex<RunRecord>>,
+    /// The highest revision any answer carried so far, for watchers that start from a
+    /// past revision.
+    pub max_revision: AtomicI64,
+    /// The highest revision a compaction that returned successfully compacted at.
+    pub compacted: AtomicI64,
+    /// 0 while the run goes on; then the revision of the write that proved the cluster
+    /// converged, which every watcher must reach; or -1 if the run ends without one.
+    pub final_revision: AtomicI64,
 }
 
 impl RunCtx {
+    /// A context for a run of `scenario` against the members at `urls`, starting now.
+    pub fn new(scenario: Scenario, urls: Vec<String>, record: Arc<Mutex<RunRecord>>) -> RunCtx {
+        RunCtx {
+            scenario,
+            urls,
+            start: Instant::now(),
+            record,
+            max_revision: AtomicI64::new(0),
+            compacted: AtomicI64::new(0),
+            final_revision: AtomicI64::new(0),
+        }
+    }
+
     /// Simulated nanoseconds since the run started.
     pub fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
@@ -79,6 +101,13 @@ impl RunCtx {
         let client = rec.history[idx].client_id;
         match outcome {
             Ok(out) => {
+                if let Ok(reply) = &out {
+                    self.max_revision
+                        .fetch_max(reply.revision, Ordering::Relaxed);
+                    if let Input::Compact { revision } = &rec.history[idx].input {
+                        self.compacted.fetch_max(*revision, Ordering::Relaxed);
+                    }
+                }
                 rec.event(
                     now,
                     format!("client {client} return #{idx}: {}", ShowOutput(&out)),
@@ -104,7 +133,7 @@ fn certain_error(message: &str) -> Option<KvError> {
     })
 }
 
-fn kv_of(kv: detcd::pb::mvccpb::KeyValue) -> KeyValue {
+pub(crate) fn kv_of(kv: detcd::pb::mvccpb::KeyValue) -> KeyValue {
     KeyValue {
         key: kv.key,
         value: kv.value,

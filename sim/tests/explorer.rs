@@ -90,6 +90,7 @@ fn stale_reads_are_found_and_reported() {
                 reproduce: "detcd-sim run ...",
                 record: &out.record,
                 check: out.check.as_ref(),
+                watch_violations: &out.watch_violations,
             });
             for i in &v.ops {
                 assert!(page.contains(&format!("flag\" data-op=\"{i}\"")), "#{i}");

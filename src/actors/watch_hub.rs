@@ -143,17 +143,24 @@ impl WatchHubActor {
                     let Some((tx, queued_bytes)) = self.streams.get(&stream) else {
                         continue;
                     };
-                    let size = response.encoded_len();
                     if let Some(h) = response.header.as_mut() {
                         let status = self.raft_status.borrow();
                         h.cluster_id = self.cluster_id;
                         h.member_id = self.member_id;
                         h.raft_term = status.term;
                     }
-                    match tx.try_send(Ok(response)) {
-                        Ok(()) => {
-                            queued_bytes.fetch_add(size, Ordering::Relaxed);
-                        }
+                    // The size of the response as sent (the header is complete now), and
+                    // counted before it is queued: the gateway subtracts exactly this
+                    // when gRPC takes it, possibly before `try_send` even returns, and
+                    // the count must never dip below zero (it would wrap and look full).
+                    let size = response.encoded_len();
+                    queued_bytes.fetch_add(size, Ordering::Relaxed);
+                    let sent = tx.try_send(Ok(response));
+                    if sent.is_err() {
+                        queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                    }
+                    match sent {
+                        Ok(()) => {}
                         Err(mpsc::error::TrySendError::Closed(_)) => {
                             // The client went away; its gateway task reports it too.
                             self.hub.close_stream(stream);

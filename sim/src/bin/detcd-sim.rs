@@ -144,6 +144,12 @@ mod cli {
         if let Some(v) = out.check.as_ref().and_then(|c| c.violation()) {
             text.push_str(&format!("# checker:\n{}\n", v.explanation));
         }
+        if !out.watch_violations.is_empty() {
+            text.push_str("# watch violations:\n");
+            for v in &out.watch_violations {
+                text.push_str(&format!("{v}\n"));
+            }
+        }
         std::fs::write(&trace, text)?;
         let html = base.with_extension("html");
         let title = format!("detcd-sim: {} seed {}", out.scenario, out.seed);
@@ -154,6 +160,7 @@ mod cli {
                 reproduce: repro,
                 record: &out.record,
                 check: out.check.as_ref(),
+                watch_violations: &out.watch_violations,
             }),
         )?;
         Ok((trace, html))
@@ -204,6 +211,23 @@ mod cli {
             wall.elapsed().as_secs_f64(),
             out.check_wall_s,
             out.record.fingerprint()
+        );
+        let w = &out.record.watches;
+        let segments: usize = w.iter().map(|s| s.segments.len()).sum();
+        let responses: usize = w
+            .iter()
+            .flat_map(|s| &s.segments)
+            .map(|g| g.responses.len())
+            .sum();
+        let events: usize = w
+            .iter()
+            .flat_map(|s| &s.segments)
+            .flat_map(|g| &g.responses)
+            .map(|r| r.events.len())
+            .sum();
+        println!(
+            "{} watchers: {segments} creations, {responses} responses, {events} events",
+            w.len()
         );
         if let Some(CheckResult::Unknown(e)) = &out.check {
             println!(

@@ -62,8 +62,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
-use super::model::{Input, Model, Output, Response, ShowOutput, TxnOpResult, Undo};
+use super::model::{Input, KeyValue, Model, Output, Response, ShowOutput, TxnOpResult, Undo};
 
 /// One operation of a history: a request, when it was called, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,13 +138,24 @@ pub struct CheckConfig {
     pub max_steps: u64,
     /// The state before the first operation.
     pub initial: Model,
+    /// What watchers saw change at each revision. A placement that moves the store to
+    /// a revision listed here must make exactly these changes, so that the linearization
+    /// found is one the watch streams agree with (when unknown outcomes leave the order
+    /// of writes open, the watch events pin it). Empty: no constraint.
+    pub observed: Arc<ObservedChanges>,
 }
+
+/// For each revision some watcher saw, every key that changed at it and its key-value
+/// afterwards (`None`: deleted). Only watchers that see every key and every event type
+/// can contribute, so that a revision's entry is complete.
+pub type ObservedChanges = BTreeMap<i64, BTreeMap<Vec<u8>, Option<KeyValue>>>;
 
 impl Default for CheckConfig {
     fn default() -> Self {
         CheckConfig {
             max_steps: 10_000_000,
             initial: Model::new(),
+            observed: Arc::new(ObservedChanges::new()),
         }
     }
 }
@@ -232,6 +244,12 @@ pub enum Rejection {
     /// The outcome is unknown and the operation would change nothing here; that is the
     /// same as leaving it out.
     NoEffect,
+    /// The operation would move the store to a revision whose changes watchers saw, but
+    /// it would change something else.
+    WatchMismatch {
+        /// The revision.
+        revision: i64,
+    },
     /// The last operation of the prefix has an unknown outcome and this one commutes with
     /// it, so the search considers the order with the unknown one later instead.
     CommutesWithUnknown {
@@ -495,6 +513,8 @@ struct Search<'h> {
     deepest: Option<DeadEndSnapshot>,
     /// Two writes (operation-table indices) reporting the same revision, if any.
     duplicate_claim: Option<(usize, usize, i64)>,
+    /// What watchers saw change at each revision.
+    observed: Arc<ObservedChanges>,
 }
 
 /// The search's situation at its deepest dead end, kept for the report.
@@ -617,6 +637,7 @@ impl<'h> Search<'h> {
             next,
             prev,
             initial: config.initial.clone(),
+            observed: config.observed.clone(),
             model: config.initial.clone(),
             stack: Vec::new(),
             linearized,
@@ -649,6 +670,24 @@ impl<'h> Search<'h> {
         if n != NIL {
             self.prev[n] = node;
         }
+    }
+
+    /// Whether the step logged in `undo`, just applied to the model, changed exactly the
+    /// keys watchers saw change at the new revision, to the key-values they saw.
+    fn matches_observed(&self, undo: &Undo, seen: &BTreeMap<Vec<u8>, Option<KeyValue>>) -> bool {
+        let mut changed = 0usize;
+        for key in undo.changed_keys() {
+            changed += 1;
+            match seen.get(key) {
+                None => return false,
+                Some(expected) => {
+                    if self.model.get(key) != expected.as_ref() {
+                        return false;
+                    }
+                }
+            }
+        }
+        changed == seen.len()
     }
 
     /// Tries to linearize `op` next. With `record` the attempt counts against the budget
@@ -684,6 +723,11 @@ impl<'h> Search<'h> {
                         revision,
                         by_op: self.ops.get(by).map_or(usize::MAX, |b| b.orig),
                     });
+                }
+            }
+            if let Some(seen) = self.observed.get(&revision) {
+                if !self.matches_observed(&undo, seen) {
+                    return Some(Rejection::WatchMismatch { revision });
                 }
             }
             let first_other = self.pending.iter().find(|&&(_, p)| p != op).copied();
@@ -1306,6 +1350,9 @@ fn explain(
                 describe(history, *unknown_op)
             ),
             Rejection::DeadEnd => "placing it here leads to a dead end further on".to_string(),
+            Rejection::WatchMismatch { revision } => {
+                format!("it would write revision {revision}, where watchers saw other changes")
+            }
         };
         let _ = writeln!(s, "  - {}: {why}.", describe(history, a.op));
     }

@@ -679,3 +679,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn watch_observations_pin_the_order_of_unknown_writes() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    // Two puts whose outcome is unknown; nothing read them, so either order is
+    // linearizable, until watchers report that "b" was written first.
+    let history = vec![
+        Operation::unknown(1, 10, put("a", "1")),
+        Operation::unknown(2, 20, put("b", "1")),
+        op(
+            3,
+            100,
+            110,
+            get("a"),
+            get_ok(3, vec![kv("a", "1", 3, 3, 1)]),
+        ),
+    ];
+    let mut observed = BTreeMap::new();
+    observed.insert(
+        2,
+        BTreeMap::from([(b"b".to_vec(), Some(kv("b", "1", 2, 2, 1)))]),
+    );
+    observed.insert(
+        3,
+        BTreeMap::from([(b"a".to_vec(), Some(kv("a", "1", 3, 3, 1)))]),
+    );
+    let config = CheckConfig {
+        observed: Arc::new(observed.clone()),
+        ..CheckConfig::default()
+    };
+    match check(&history, &config).unwrap() {
+        CheckResult::Linearizable(l) => assert_eq!(l.order, vec![1, 0, 2]),
+        other => panic!("{other:?}"),
+    }
+    // Watchers that saw "a" written at revision 2 contradict the read of "a" at 3.
+    observed.clear();
+    observed.insert(
+        2,
+        BTreeMap::from([(b"a".to_vec(), Some(kv("a", "1", 2, 2, 1)))]),
+    );
+    let config = CheckConfig {
+        observed: Arc::new(observed),
+        ..CheckConfig::default()
+    };
+    let result = check(&history, &config).unwrap();
+    assert!(result.violation().is_some(), "{result:?}");
+    // Without observations the history is linearizable.
+    assert!(check(&history, &CheckConfig::default())
+        .unwrap()
+        .is_linearizable());
+}

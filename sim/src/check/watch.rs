@@ -39,7 +39,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use super::linearizability::{Linearization, Operation};
+use super::linearizability::{Linearization, ObservedChanges, Operation};
 use super::model::{Input, KeyValue, Model, Undo};
 
 /// Whether a change or event stored or deleted a key.
@@ -455,6 +455,86 @@ pub fn check_watches(streams: &[WatchStream], history: &KvHistory) -> Vec<WatchV
 /// Checks one watch stream against the history.
 pub fn check_watch(stream: &WatchStream, history: &KvHistory) -> Vec<WatchViolation> {
     check_watches(std::slice::from_ref(stream), history)
+}
+
+impl WatchRequest {
+    /// Whether this watcher is sent every change of every key: its range starts at the
+    /// lowest key and has no end, and it filters nothing.
+    pub fn sees_everything(&self) -> bool {
+        self.range_end == [0]
+            && (self.key.is_empty() || self.key == [0])
+            && !self.no_put
+            && !self.no_delete
+    }
+}
+
+/// What the watchers that see everything ([`WatchRequest::sees_everything`]) saw change
+/// at each revision, for the linearizability checker to agree with; and a violation for
+/// every revision where two of them saw different changes to a key. Within one watcher,
+/// the first event of a (revision, key) counts: repeats are [`check_watches`]' business.
+pub fn observed_changes(streams: &[WatchStream]) -> (ObservedChanges, Vec<WatchViolation>) {
+    let mut observed = ObservedChanges::new();
+    // Who first saw each revision, to name both sides of a disagreement.
+    let mut seen_by: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut violations = Vec::new();
+    for stream in streams.iter().filter(|s| s.request.sees_everything()) {
+        let mut mine: ObservedChanges = ObservedChanges::new();
+        let mut place: HashMap<i64, (usize, usize, usize)> = HashMap::new();
+        for (si, segment) in stream.segments.iter().enumerate() {
+            for (ri, response) in segment.responses.iter().enumerate() {
+                for (ei, event) in response.events.iter().enumerate() {
+                    let revision = event.kv.mod_revision;
+                    let kv = match event.kind {
+                        EventKind::Put => Some(event.kv.clone()),
+                        EventKind::Delete => None,
+                    };
+                    mine.entry(revision)
+                        .or_default()
+                        .entry(event.kv.key.clone())
+                        .or_insert(kv);
+                    place.entry(revision).or_insert((si, ri, ei));
+                }
+            }
+        }
+        for (revision, changes) in mine {
+            match observed.get(&revision) {
+                None => {
+                    observed.insert(revision, changes);
+                    seen_by.insert(revision, stream.watcher);
+                }
+                Some(theirs) if *theirs == changes => {}
+                Some(theirs) => {
+                    let (si, ri, ei) = place.get(&revision).copied().unwrap_or_default();
+                    violations.push(WatchViolation {
+                        watcher: stream.watcher,
+                        segment: si,
+                        response_index: Some(ri),
+                        event_index: Some(ei),
+                        kind: ViolationKind::Content,
+                        explanation: format!(
+                            "at revision {revision} this watcher saw {} but watcher {} saw {}",
+                            show_changes(&changes),
+                            seen_by.get(&revision).copied().unwrap_or_default(),
+                            show_changes(theirs)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    (observed, violations)
+}
+
+/// One revision's changes, for people.
+fn show_changes(changes: &BTreeMap<Vec<u8>, Option<KeyValue>>) -> String {
+    let parts: Vec<String> = changes
+        .iter()
+        .map(|(k, kv)| match kv {
+            Some(kv) => format!("PUT {kv}"),
+            None => format!("DELETE {}", Quoted(k)),
+        })
+        .collect();
+    parts.join(", ")
 }
 
 /// How many missing changes one segment reports one by one before summing up the rest.
@@ -1095,6 +1175,15 @@ impl<'a> Checker<'a> {
             .index
             .matching(request, from, state.through)
             .filter(|(rev, c)| !self.delivered.contains_key(&(*rev, c.key.clone())))
+            // As in etcd, a compaction at revision `r` removes the tombstones written at
+            // `r` itself (a deleted key keeps nothing), so a watcher that starts exactly
+            // at the compact revision, as a watcher canceled for compaction is told to,
+            // cannot be sent the deletes of that revision once the compaction ran.
+            .filter(|(rev, c)| {
+                !(c.kv.is_none()
+                    && *rev == start
+                    && self.index.history.compact_revisions.contains(rev))
+            })
             .collect();
         let total = missing.len();
         for (n, (rev, change)) in missing.into_iter().enumerate() {

@@ -823,3 +823,33 @@ fn mismatches_at_unknown_outcome_writes_say_so() {
         v[0]
     );
 }
+
+#[test]
+fn deletes_at_the_compact_revision_may_be_gone_for_a_watch_starting_there() {
+    // Revision 6 deletes "a". As in etcd, a compaction at 6 removes that tombstone, so a
+    // watcher that starts at 6 afterwards gets only revision 7.
+    let mut h = small_history();
+    let mut s = plain(&h, all_keys(), 6);
+    let at6 = response_of(&s, 6);
+    s.segments[0].responses[at6]
+        .events
+        .retain(|e| e.kv.mod_revision != 6);
+    s.segments[0]
+        .responses
+        .retain(|r| r.created || !r.events.is_empty());
+    // Without that compaction the delete is missing.
+    assert_kinds(&s, &h, &[ViolationKind::Reliable]);
+    h.compact_revisions.push(6);
+    assert_kinds(&s, &h, &[]);
+    // A watch that starts earlier must still get it: the excuse is only for the start.
+    let mut early = plain(&h, all_keys(), 5);
+    let at6 = early.segments[0]
+        .responses
+        .iter()
+        .position(|r| r.events.iter().any(|e| e.kv.mod_revision == 6))
+        .expect("revision 6 delivered");
+    early.segments[0].responses[at6]
+        .events
+        .retain(|e| e.kv.mod_revision != 6);
+    assert_kinds(&early, &h, &[ViolationKind::Reliable]);
+}
