@@ -35,11 +35,22 @@ pub struct Planned {
     pub pick: u64,
 }
 
+/// The faults of `scenario` under `seed` that are injected: [`plan_all`] without the
+/// ones the scenario skips.
+pub fn plan(scenario: &Scenario, seed: u64) -> Vec<Planned> {
+    plan_all(scenario, seed)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !scenario.skip_faults.contains(i))
+        .map(|(_, p)| p)
+        .collect()
+}
+
 /// Draws the schedule of `scenario` under `seed`, in time order: after each opportunity
 /// (injected or skipped by its probability) the entry's next one comes a gap later,
 /// counted from the heal. Faults strike one at a time unless the scenario lets them
 /// overlap, in which case each entry keeps its own timeline.
-pub fn plan(scenario: &Scenario, seed: u64) -> Vec<Planned> {
+pub fn plan_all(scenario: &Scenario, seed: u64) -> Vec<Planned> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17_5eed);
     let end_ms = scenario.duration_s * 1000;
     let mut next: Vec<u64> = scenario.faults.iter().map(|f| f.start_ms).collect();

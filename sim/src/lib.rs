@@ -13,10 +13,13 @@ pub mod client;
 pub mod faults;
 #[cfg(madsim)]
 pub mod harness;
+#[cfg(madsim)]
+pub mod monitor;
 pub mod report;
 #[cfg(madsim)]
 pub mod run;
 pub mod scenario;
+pub mod shrink;
 #[cfg(madsim)]
 pub mod watcher;
 #[cfg(madsim)]

@@ -78,9 +78,14 @@ pub fn parameters(scenario: &Scenario, seed: u64) -> Vec<String> {
             scenario.workload.watch_read_delay_ms
         ));
     }
-    for p in faults::plan(scenario, seed) {
+    for (i, p) in faults::plan_all(scenario, seed).into_iter().enumerate() {
+        let skipped = if scenario.skip_faults.contains(&i) {
+            " (skipped)"
+        } else {
+            ""
+        };
         out.push(format!(
-            "fault at {} ms for {} ms: {:?} (pick {})",
+            "fault {i} at {} ms for {} ms: {:?} (pick {}){skipped}",
             p.at_ms, p.hold_ms, p.kind, p.pick
         ));
     }
@@ -290,6 +295,12 @@ async fn drive(
     faults::set_network(&scenario.network);
     let ctx = Arc::new(RunCtx::new(scenario.clone(), urls.clone(), record));
     ctx.event(format!("start: {} members, leader elected", members.len()));
+    let stop_monitor = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = madsim::task::spawn(crate::monitor::run_monitor(
+        ctx.clone(),
+        members.clone(),
+        stop_monitor.clone(),
+    ));
     let injector = madsim::task::spawn(faults::run_faults(ctx.clone(), members.clone(), schedule));
     let mut watchers = Vec::new();
     for id in 1..=u64::from(scenario.workload.watchers) {
@@ -325,6 +336,8 @@ async fn drive(
     for w in watchers {
         let _ = w.await;
     }
+    stop_monitor.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = monitor.await;
     if let Some(r) = final_revision {
         // Events after the final write (a lease expiring meanwhile) have no counterpart
         // in the history, which ends there, so they are left out of the check.

@@ -12,10 +12,10 @@
 //! runtime, shared by every node (`madsim::time` has no per-node clock or rate), so
 //! members always agree on time. A `clock-drift` fault is refused with that reason.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One simulation scenario, as a `scenarios/*.toml` file describes it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// A short name, used in reports.
@@ -43,6 +43,11 @@ pub struct Scenario {
     /// that another partition also cut).
     #[serde(default)]
     pub overlapping_faults: bool,
+    /// Planned faults that are not injected, by their index in the schedule the seed
+    /// draws (as `detcd-sim run` lists it). `detcd-sim shrink` writes this to remove single
+    /// faults from a failing run without changing anything else it draws.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_faults: Vec<usize>,
 }
 
 fn default_duration_s() -> u64 {
@@ -50,7 +55,7 @@ fn default_duration_s() -> u64 {
 }
 
 /// The client workload.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     /// How many puts the smoke test's single sequential client issues (the explorer's
@@ -105,7 +110,7 @@ fn default_lease_ttl_s() -> i64 {
 
 /// Relative weights of the operations a client issues; an operation of weight 0 is never
 /// issued.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mix {
     /// A linearizable read of one key.
@@ -179,7 +184,7 @@ impl Mix {
 }
 
 /// Network conditions for the whole run (madsim's `NetSim` configuration).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// The probability that a packet is lost (connections retransmit, so a loss is a
@@ -193,7 +198,7 @@ pub struct Network {
 }
 
 /// The kinds of faults a scenario can inject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     /// Kills a random member, and restarts it when the fault heals.
@@ -223,7 +228,7 @@ pub enum FaultKind {
 /// One kind of fault and how often it strikes. Unless [`Scenario::overlapping_faults`] is
 /// set, the injector handles one fault at a time: it picks the fault that is due first,
 /// maybe injects it, holds it, heals it, and schedules that fault's next opportunity.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
     /// What goes wrong.

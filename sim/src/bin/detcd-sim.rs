@@ -2,8 +2,15 @@
 //!
 //! ```text
 //! detcd-sim run --scenario scenarios/NAME.toml --seed N [--check-determinism] [--duration-s S]
-//! detcd-sim explore (--scenario scenarios/NAME.toml | --all-scenarios) --seeds A..B [--threads T] [--duration-s S]
+//! detcd-sim explore (--scenario scenarios/NAME.toml | --all-scenarios) --seeds A..B [--threads T] [--duration-s S] [--until-failure]
 //! ```
+//!
+//! detcd-sim shrink --scenario scenarios/NAME.toml --seed N [--duration-s S] [--max-runs R]
+//!
+//! `shrink` makes a failing run's scenario smaller while the seed still fails the same
+//! way, and prints (and saves) the smallest one. `--until-failure` stops exploring at the first failing seed (seeds are handed out in
+//! order, so every lower seed has run) and reports how many seeds it took: the planted-bug
+//! check (`ci/planted-bugs.sh`) uses it to show how quickly each bug is caught.
 //!
 //! It only works when built with `RUSTFLAGS="--cfg madsim"`; the normal build says so.
 
@@ -32,11 +39,13 @@ mod cli {
     use detcd_sim::report::{self, ReportInput};
     use detcd_sim::run::{self, RunOutcome};
     use detcd_sim::scenario::Scenario;
+    use detcd_sim::shrink;
 
     const USAGE: &str = "usage:\n  \
         detcd-sim run --scenario scenarios/NAME.toml --seed N [--check-determinism] [--duration-s S]\n  \
         detcd-sim explore (--scenario scenarios/NAME.toml | --all-scenarios) --seeds A..B \
-        [--threads T] [--duration-s S]";
+        [--threads T] [--duration-s S] [--until-failure]\n  \
+        detcd-sim shrink --scenario scenarios/NAME.toml --seed N [--duration-s S] [--max-runs R]";
 
     /// Parsed command-line options.
     #[derive(Default)]
@@ -48,6 +57,8 @@ mod cli {
         determinism: bool,
         threads: Option<usize>,
         duration_s: Option<u64>,
+        until_failure: bool,
+        max_runs: Option<usize>,
     }
 
     fn parse(args: &[String]) -> Result<Opts, String> {
@@ -63,6 +74,16 @@ mod cli {
                 "--scenario" => o.scenarios.push(PathBuf::from(value(a)?)),
                 "--all-scenarios" => o.all = true,
                 "--check-determinism" => o.determinism = true,
+                "--until-failure" => o.until_failure = true,
+                "--max-runs" => {
+                    let v = value(a)?;
+                    o.max_runs = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|r| *r > 0)
+                            .ok_or_else(|| format!("--max-runs {v}: not a positive number"))?,
+                    );
+                }
                 "--seed" => {
                     let v = value(a)?;
                     o.seed = Some(v.parse().map_err(|_| format!("--seed {v}: not a number"))?);
@@ -298,12 +319,19 @@ mod cli {
         let jobs = Arc::new(jobs);
         let next = Arc::new(AtomicUsize::new(0));
         let progress = Arc::new(Mutex::new((0usize, Vec::<String>::new(), 0f64)));
+        // The lowest failing seed so far, when exploring only until the first failure.
+        let stop = Arc::new(Mutex::new(None::<u64>));
+        let until_failure = o.until_failure;
         let wall = Instant::now();
         let mut workers = Vec::new();
         for _ in 0..threads.min(total) {
             let (jobs, next, progress) = (jobs.clone(), next.clone(), progress.clone());
+            let stop = stop.clone();
             let duration_s = o.duration_s;
             workers.push(std::thread::spawn(move || loop {
+                if stop.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some((path, scenario, seed)) = jobs.get(i) else {
                     break;
@@ -316,6 +344,10 @@ mod cli {
                     let repro = reproduce(path, *seed, duration_s);
                     report_failure(&out, &repro);
                     p.1.push(repro);
+                    if until_failure {
+                        let mut first = stop.lock().unwrap_or_else(|e| e.into_inner());
+                        *first = Some(first.map_or(*seed, |f: u64| f.min(*seed)));
+                    }
                 }
                 let secs = wall.elapsed().as_secs_f64();
                 println!(
@@ -331,6 +363,12 @@ mod cli {
             let _ = w.join();
         }
         let p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(first) = *stop.lock().unwrap_or_else(|e| e.into_inner()) {
+            println!(
+                "first failure at seed {first}: caught within {} seed(s) of {lo}..{hi}",
+                first - lo + 1
+            );
+        }
         if p.1.is_empty() {
             println!("all {total} runs passed");
             Ok(0)
@@ -341,6 +379,60 @@ mod cli {
             }
             Ok(1)
         }
+    }
+
+    /// How many runs `shrink` makes at most unless told otherwise.
+    const SHRINK_MAX_RUNS: usize = 300;
+
+    fn cmd_shrink(o: &Opts) -> Result<i32, String> {
+        let [path] = &o.scenarios[..] else {
+            return Err("shrink needs exactly one --scenario".into());
+        };
+        let scenario = load(path, o.duration_s)?;
+        let seed = o.seed.unwrap_or(scenario.seed);
+        let first = run::run(&scenario, seed);
+        if first.passed() {
+            println!("{} seed {seed} passes: nothing to shrink", scenario.name);
+            return Ok(0);
+        }
+        let class = shrink::failure_class(&first.record.failures);
+        println!(
+            "{} seed {seed} fails ({class}): {}",
+            scenario.name,
+            first.record.failures.join("; ")
+        );
+        let planned = |s: &Scenario| detcd_sim::faults::plan_all(s, seed).len();
+        let fails = |s: &Scenario| {
+            let out = run::run(s, seed);
+            let same = !out.passed() && shrink::failure_class(&out.record.failures) == class;
+            if same {
+                println!("  still fails: {}", out.record.failures.join("; "));
+            }
+            same
+        };
+        let out = shrink::shrink(
+            scenario,
+            planned,
+            fails,
+            o.max_runs.unwrap_or(SHRINK_MAX_RUNS),
+        );
+        for step in &out.steps {
+            println!("step: {step}");
+        }
+        let text = toml::to_string(&out.scenario).map_err(|e| e.to_string())?;
+        let dir = PathBuf::from("target/detcd-sim");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let file = dir.join(format!("{}-{seed}-shrunk.toml", out.scenario.name));
+        std::fs::write(&file, &text).map_err(|e| e.to_string())?;
+        println!(
+            "shrunk in {} runs ({} steps); the smallest scenario that still fails:\n{text}\n\
+             saved as {}; reproduce with:\ndetcd-sim run --scenario {} --seed {seed}",
+            out.runs,
+            out.steps.len(),
+            file.display(),
+            file.display()
+        );
+        Ok(1)
     }
 
     /// Runs the command line; returns the exit code.
@@ -355,6 +447,7 @@ mod cli {
         let result = parse(rest).and_then(|o| match cmd {
             "run" => cmd_run(&o),
             "explore" => cmd_explore(&o),
+            "shrink" => cmd_shrink(&o),
             _ => Err(format!("unknown command {cmd}")),
         });
         match result {
