@@ -129,6 +129,7 @@ enum Heal {
     Unclog(Vec<(usize, usize)>),
     Network,
     Disk(usize),
+    Clock(usize),
 }
 
 /// The index of the member every reachable member names as leader, if any.
@@ -259,8 +260,25 @@ async fn inject(
                 format!("SlowDisk {} fsync {} ms", members[m].name, f.sync_delay_ms),
             )
         }
-        // Refused when the scenario is parsed; nothing to inject.
-        FaultKind::ClockDrift => (Heal::Unclog(vec![]), "ClockDrift (unsupported)".into()),
+        FaultKind::ClockDrift => {
+            let m = order[0];
+            let drift = rng.gen_range(1..=f.drift_ppm.max(1));
+            let fast = rng.gen_bool(0.5);
+            let rate_ppm = if fast {
+                1_000_000 + drift
+            } else {
+                1_000_000 - drift
+            };
+            detcd::rt::set_clock_rate(members[m].node.id(), rate_ppm);
+            (
+                Heal::Clock(m),
+                format!(
+                    "ClockDrift {} runs {} by {drift} ppm",
+                    members[m].name,
+                    if fast { "fast" } else { "slow" }
+                ),
+            )
+        }
     }
 }
 
@@ -279,6 +297,7 @@ fn heal(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, h: Heal) {
         }
         Heal::Network => set_network(&ctx.scenario.network),
         Heal::Disk(m) => members[m].disk.set_sync_delay(Duration::ZERO),
+        Heal::Clock(m) => detcd::rt::set_clock_rate(members[m].node.id(), 1_000_000),
     }
 }
 

@@ -143,7 +143,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
                 .unwrap_or(0.0)
         }
     };
-    add_possible_expiries(&mut rec);
+    add_possible_expiries(&mut rec, scenario.max_drift_ppm());
     let mut verdict = None;
     let mut watch_violations = Vec::new();
     // Outside the simulation's thread, so this is the real clock.
@@ -240,7 +240,10 @@ fn check_history(rec: &mut RunRecord) -> (Option<CheckResult>, Vec<WatchViolatio
 /// outcome is unknown, called when the lease could first expire (client 0 stands for the
 /// cluster): the model counts an expiry as such a revoke. Leases that cannot have expired
 /// within the history add nothing, which keeps the checker's search small.
-fn add_possible_expiries(rec: &mut RunRecord) {
+///
+/// A member whose clock runs fast measures a TTL in less real time: with clocks that gain
+/// at most `max_drift_ppm`, a lease may expire that much sooner.
+fn add_possible_expiries(rec: &mut RunRecord, max_drift_ppm: u64) {
     let end_ns = rec
         .history
         .iter()
@@ -248,8 +251,9 @@ fn add_possible_expiries(rec: &mut RunRecord) {
         .max()
         .unwrap_or(0);
     for &(id, call_ns, ttl_s) in &rec.lease_grants {
-        let earliest_ns =
-            call_ns.saturating_add((ttl_s.max(0) as u64).saturating_mul(1_000_000_000));
+        let ttl_ns = (ttl_s.max(0) as u128) * 1_000_000_000 * 1_000_000
+            / (1_000_000 + u128::from(max_drift_ppm));
+        let earliest_ns = call_ns.saturating_add(u64::try_from(ttl_ns).unwrap_or(u64::MAX));
         if earliest_ns <= end_ns {
             rec.history.push(Operation::unknown(
                 0,

@@ -123,9 +123,7 @@ impl LeaseTimer {
 
     /// Runs until stopped.
     pub async fn run(mut self) {
-        let mut check =
-            tokio::time::interval(Duration::from_millis(lease::EXPIRY_CHECK_INTERVAL_MS));
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = rt::Ticker::new(Duration::from_millis(lease::EXPIRY_CHECK_INTERVAL_MS));
         loop {
             tokio::select! {
                 // Branches are polled in order, not at random, so a simulation replays from its

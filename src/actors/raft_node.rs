@@ -363,10 +363,9 @@ impl RaftActor {
                 .map_err(|e| RaftFatal(format!("raft campaign: {e}")))?;
         }
         self.rerandomize_election_timeout();
-        let mut ticker = tokio::time::interval(Duration::from_millis(
+        let mut ticker = rt::Ticker::new(Duration::from_millis(
             self.config.heartbeat_interval_ms.max(1),
         ));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut wal_done = self.wal_done.take();
             let mut snapshot_rx = self.snapshot_rx.take();

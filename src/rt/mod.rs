@@ -29,14 +29,147 @@ where
     tokio::spawn(fut)
 }
 
-/// Sleeps for the given duration of (real or simulated) time.
+/// Sleeps for the given duration of this member's clock (real or simulated time; under
+/// simulation a drifting member's clock runs faster or slower, see [`set_clock_rate`]).
 pub async fn sleep(duration: Duration) {
-    tokio::time::sleep(duration).await
+    tokio::time::sleep(clock::to_real(duration)).await
 }
 
-/// The current (real or simulated) monotonic instant.
+/// The current monotonic instant on this member's clock.
 pub fn now() -> Instant {
-    Instant::now()
+    clock::now()
+}
+
+/// A periodic timer on this member's clock. A tick that comes late (a busy loop) delays
+/// the following ones rather than bursting to catch up, as tokio's
+/// `MissedTickBehavior::Delay`. Dropping a pending `tick()` loses nothing, so it can sit
+/// in a `select!`.
+pub struct Ticker {
+    period: Duration,
+    next: Instant,
+}
+
+impl Ticker {
+    /// A ticker whose first tick is immediate and then one every `period`.
+    pub fn new(period: Duration) -> Ticker {
+        Ticker {
+            period,
+            next: now(),
+        }
+    }
+
+    /// Waits for the next tick.
+    pub async fn tick(&mut self) {
+        let wait = self.next.saturating_duration_since(now());
+        if !wait.is_zero() {
+            sleep(wait).await;
+        }
+        self.next = self.next.max(now()) + self.period;
+    }
+}
+
+/// Makes the clock of the simulated node `node` run at `rate_ppm` parts per million of
+/// real (simulated) time from now on: 1_050_000 is 5% fast. Only the simulator calls
+/// this; timers, timeouts and [`now`] on that node follow its clock, as they would on a
+/// machine whose oscillator drifts.
+#[cfg(madsim)]
+pub fn set_clock_rate(node: madsim::task::NodeId, rate_ppm: u64) {
+    clock::set_rate(node, rate_ppm);
+}
+
+/// Per-node clocks. Outside simulation every clock is the real one.
+mod clock {
+    use super::Instant;
+    use std::time::Duration;
+
+    #[cfg(not(madsim))]
+    pub fn now() -> Instant {
+        Instant::now()
+    }
+
+    #[cfg(not(madsim))]
+    pub fn to_real(local: Duration) -> Duration {
+        local
+    }
+
+    /// One node's clock: from `anchor_real` on, it reads `anchor_local` plus the real time
+    /// elapsed scaled by `rate_ppm`.
+    #[cfg(madsim)]
+    #[derive(Clone, Copy)]
+    struct NodeClock {
+        anchor_real: Instant,
+        anchor_local: Instant,
+        rate_ppm: u64,
+    }
+
+    #[cfg(madsim)]
+    impl NodeClock {
+        fn read(&self, real: Instant) -> Instant {
+            let elapsed = real.saturating_duration_since(self.anchor_real);
+            self.anchor_local + scale(elapsed, self.rate_ppm, 1_000_000)
+        }
+    }
+
+    #[cfg(madsim)]
+    fn scale(d: Duration, num: u64, den: u64) -> Duration {
+        let nanos = d.as_nanos() * u128::from(num) / u128::from(den.max(1));
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    // madsim runs a whole simulation on one thread, so per-thread state is per-simulation
+    // state: concurrent simulations on other threads each have their own.
+    #[cfg(madsim)]
+    thread_local! {
+        static CLOCKS: std::cell::RefCell<std::collections::BTreeMap<madsim::task::NodeId, NodeClock>> =
+            const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+    }
+
+    /// The clock of the node the current task runs on, if it drifts.
+    #[cfg(madsim)]
+    fn current() -> Option<NodeClock> {
+        CLOCKS.with(|c| {
+            let c = c.borrow();
+            if c.is_empty() {
+                return None;
+            }
+            c.get(&madsim::plugin::node()).copied()
+        })
+    }
+
+    #[cfg(madsim)]
+    pub fn now() -> Instant {
+        let real = Instant::now();
+        match current() {
+            Some(c) => c.read(real),
+            None => real,
+        }
+    }
+
+    #[cfg(madsim)]
+    pub fn to_real(local: Duration) -> Duration {
+        match current() {
+            Some(c) => scale(local, 1_000_000, c.rate_ppm),
+            None => local,
+        }
+    }
+
+    #[cfg(madsim)]
+    pub fn set_rate(node: madsim::task::NodeId, rate_ppm: u64) {
+        let real = Instant::now();
+        CLOCKS.with(|c| {
+            let mut c = c.borrow_mut();
+            // Re-anchor where the clock reads now, so it never jumps or goes back.
+            let anchor_local = c.get(&node).map_or(real, |old| old.read(real));
+            c.insert(
+                node,
+                NodeClock {
+                    anchor_real: real,
+                    anchor_local,
+                    rate_ppm: rate_ppm.max(1),
+                },
+            );
+        });
+    }
 }
 
 /// Milliseconds of wall-clock time since the Unix epoch (simulated under madsim).
@@ -217,5 +350,9 @@ pub async fn timeout_at<F: Future>(
     deadline: Instant,
     fut: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), fut).await
+    tokio::time::timeout(
+        clock::to_real(deadline.saturating_duration_since(now())),
+        fut,
+    )
+    .await
 }
