@@ -307,6 +307,7 @@ pub async fn run(
         cluster_id,
         membership: membership_rx.clone(),
         health: PeerHealth::default(),
+        remotes: Default::default(),
     };
     // Every member has a transport, even alone: members can be added at any time.
     let raft_actor = raft_actor.with_transport(Transport::start(
@@ -665,25 +666,47 @@ async fn join_existing(cfg: &ServerConfig) -> Result<Bootstrap, ServerError> {
         .filter(|(name, _)| *name != cfg.name)
         .flat_map(|(_, urls)| urls.iter().cloned())
         .collect();
-    let Some(existing) = transport::fetch_cluster(&remote, Duration::from_secs(2)).await else {
-        return Err(ServerError(
-            "cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs"
-                .into(),
-        ));
+    // etcd takes the first peer that answers. A peer that has not applied this member's
+    // addition yet (one that lags, or was just restarted) answers with a list that does
+    // not match, and etcd then fails to start; detcd asks the next peer instead, and
+    // reports the first mismatch only if no peer's list matches.
+    let mut first_error = None;
+    let mut found = None;
+    for url in &remote {
+        let Some(existing) =
+            transport::fetch_cluster(std::slice::from_ref(url), Duration::from_secs(2)).await
+        else {
+            continue;
+        };
+        match membership::assign_ids(&cfg.initial_cluster, &existing.members) {
+            Ok(assigned) => {
+                found = Some((existing, assigned));
+                break;
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| {
+                    ServerError(format!(
+                        "error validating peerURLs {{ClusterID:{:x} Members:[{}]}}: {e}",
+                        existing.cluster_id,
+                        existing
+                            .members
+                            .iter()
+                            .map(|m| format!("{:x}={}", m.id, m.peer_urls.join(",")))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ))
+                });
+            }
+        }
+    }
+    let Some((existing, assigned)) = found else {
+        return Err(first_error.unwrap_or_else(|| {
+            ServerError(
+                "cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs"
+                    .into(),
+            )
+        }));
     };
-    let assigned =
-        membership::assign_ids(&cfg.initial_cluster, &existing.members).map_err(|e| {
-            ServerError(format!(
-                "error validating peerURLs {{ClusterID:{:x} Members:[{}]}}: {e}",
-                existing.cluster_id,
-                existing
-                    .members
-                    .iter()
-                    .map(|m| format!("{:x}={}", m.id, m.peer_urls.join(",")))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ))
-        })?;
     let Some((_, _, member_id)) = assigned.iter().find(|(name, _, _)| *name == cfg.name) else {
         return Err(ServerError(format!(
             "couldn't find local name {:?} in the initial cluster configuration",

@@ -116,8 +116,12 @@ pub async fn status_of(url: &str) -> Option<(u64, u64)> {
     }
 }
 
-/// The member id of a member of the initial cluster, as etcd derives it.
+/// The member id the member runs as: for a member of the initial cluster, as etcd derives
+/// it from its peer URL; for one added at runtime, the id its addition returned.
 pub fn id_of(m: &SimMember) -> u64 {
+    if let Some(id) = m.added_member_id() {
+        return id;
+    }
     let i = (m
         .ip
         .to_string()

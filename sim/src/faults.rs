@@ -8,9 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use detcd::pb::etcdserverpb::cluster_client::ClusterClient;
+use detcd::pb::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
-use madsim::time::sleep;
+use madsim::time::{sleep, timeout, Instant};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -130,6 +132,118 @@ enum Heal {
     Network,
     Disk(usize),
     Clock(usize),
+    /// Add a new member in place of the removed one and start it.
+    Rejoin(usize),
+    Nothing,
+}
+
+/// How long the injector keeps trying a membership change.
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks member `via` to do a membership change, bounded.
+async fn cluster_client(
+    members: &[SimMember],
+    via: usize,
+) -> Result<ClusterClient<tonic::transport::Channel>, String> {
+    Ok(ClusterClient::new(
+        crate::client::channel(&members[via].client_url()).await?,
+    ))
+}
+
+/// Removes member `victim` through the leader (which must be another member); returns the
+/// member it went through.
+async fn remove_member(members: &[SimMember], victim: usize) -> Result<usize, String> {
+    let leader = find_leader(members).await.ok_or("no leader")?;
+    let via = if leader == victim {
+        // etcd lets the leader remove itself, but then the request's answer races its
+        // stepping down; going through another member keeps the outcome certain.
+        (0..members.len())
+            .find(|&i| i != victim)
+            .ok_or("no other member")?
+    } else {
+        leader
+    };
+    let id = crate::client::id_of(&members[victim]);
+    let mut c = cluster_client(members, via).await?;
+    match timeout(
+        Duration::from_secs(5),
+        c.member_remove(MemberRemoveRequest { id }),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(via),
+        Ok(Err(s)) => Err(s.message().to_string()),
+        Err(_) => Err("member remove timed out".into()),
+    }
+}
+
+/// Adds a new member with the peer URL of `victim`'s machine, retrying until it works or
+/// [`MEMBERSHIP_CHANGE_TIMEOUT`] passes, then boots the machine as that new member.
+async fn rejoin(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, victim: usize) {
+    let deadline = Instant::now() + MEMBERSHIP_CHANGE_TIMEOUT;
+    let peer_url = crate::harness::member_peer_url(
+        members[victim]
+            .ip
+            .to_string()
+            .rsplit('.')
+            .next()
+            .and_then(|d| d.parse::<usize>().ok())
+            .unwrap_or(1)
+            - 1,
+    );
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        let via = find_leader(members).await.unwrap_or(0);
+        let added = match cluster_client(members, via).await {
+            Err(e) => Err(e),
+            Ok(mut c) => match timeout(
+                Duration::from_secs(5),
+                c.member_add(MemberAddRequest {
+                    peer_ur_ls: vec![peer_url.clone()],
+                    is_learner: false,
+                }),
+            )
+            .await
+            {
+                Ok(Ok(r)) => Ok(r.into_inner()),
+                Ok(Err(s)) => Err(s.message().to_string()),
+                Err(_) => Err("member add timed out".into()),
+            },
+        };
+        match added {
+            Ok(r) => {
+                let id = r.member.map_or(0, |m| m.id);
+                // As etcdctl prints it for the new member's flags: every member under its
+                // name (empty for one that has not started yet), the new one under its own.
+                let mut initial_cluster: Vec<(String, Vec<String>)> = r
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let name = if m.id == id {
+                            members[victim].name.clone()
+                        } else {
+                            m.name.clone()
+                        };
+                        (name, m.peer_ur_ls.clone())
+                    })
+                    .collect();
+                initial_cluster.sort();
+                members[victim].rejoin_as_new(id, initial_cluster);
+                ctx.event(format!(
+                    "{} rejoins as new member {id:x} (through {})",
+                    members[victim].name, members[via].name
+                ));
+                down.restart(members, victim);
+                return;
+            }
+            Err(e) => last_error = e,
+        }
+        sleep(Duration::from_millis(500)).await;
+    }
+    ctx.lock().failures.push(format!(
+        "could not add a new member in place of {} within {MEMBERSHIP_CHANGE_TIMEOUT:?}: {last_error}",
+        members[victim].name
+    ));
 }
 
 /// The index of the member every reachable member names as leader, if any.
@@ -260,6 +374,25 @@ async fn inject(
                 format!("SlowDisk {} fsync {} ms", members[m].name, f.sync_delay_ms),
             )
         }
+        FaultKind::ReplaceMember => {
+            let victim = order[0];
+            match remove_member(members, victim).await {
+                Ok(via) => {
+                    down.kill(members, victim);
+                    (
+                        Heal::Rejoin(victim),
+                        format!(
+                            "ReplaceMember removed {} (through {})",
+                            members[victim].name, members[via].name
+                        ),
+                    )
+                }
+                Err(e) => (
+                    Heal::Nothing,
+                    format!("ReplaceMember of {} not done: {e}", members[victim].name),
+                ),
+            }
+        }
         FaultKind::ClockDrift => {
             let m = order[0];
             let drift = rng.gen_range(1..=f.drift_ppm.max(1));
@@ -282,7 +415,7 @@ async fn inject(
     }
 }
 
-fn heal(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, h: Heal) {
+async fn heal(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, h: Heal) {
     match h {
         Heal::Restart(v) => {
             for i in v {
@@ -298,6 +431,8 @@ fn heal(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, h: Heal) {
         Heal::Network => set_network(&ctx.scenario.network),
         Heal::Disk(m) => members[m].disk.set_sync_delay(Duration::ZERO),
         Heal::Clock(m) => detcd::rt::set_clock_rate(members[m].node.id(), 1_000_000),
+        Heal::Rejoin(m) => rejoin(ctx, members, down, m).await,
+        Heal::Nothing => {}
     }
 }
 
@@ -346,7 +481,7 @@ async fn run_sequence(
         if until > now {
             sleep(until - now).await;
         }
-        heal(&ctx, &members, &down, h);
+        heal(&ctx, &members, &down, h).await;
         let end_ns = ctx.now_ns();
         ctx.event(format!("fault heal: {what}"));
         ctx.lock().faults.push(FaultSpan {

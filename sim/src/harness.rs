@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use detcd::pb::etcdserverpb::kv_client::KvClient;
@@ -11,6 +11,9 @@ use detcd::server::{BackendChoice, ServerConfig};
 use detcd::storage::backend::MemBackend;
 use detcd::storage::disk::SimDisk;
 use madsim::runtime::{Handle, NodeHandle};
+
+/// How many times a member's node tries to start before the run fails.
+const START_ATTEMPTS: u32 = 20;
 
 /// The client port every simulated member listens on.
 pub const CLIENT_PORT: u16 = 2379;
@@ -27,9 +30,52 @@ pub struct SimMember {
     pub ip: IpAddr,
     /// The simulated disk its WAL lives on (survives kills, loses unsynced writes on crash).
     pub disk: SimDisk,
+    /// How the node boots on its next (re)start; the simulator changes it to replace the
+    /// member by a new one on the same machine (see [`SimMember::rejoin_as_new`]).
+    boot: Arc<Mutex<Boot>>,
+}
+
+/// What a member's node boots with. A new generation is a new member on the same
+/// machine: an empty data directory, a fresh backend, and a join of the running cluster.
+#[derive(Clone)]
+struct Boot {
+    initial_cluster: Vec<(String, Vec<String>)>,
+    join_existing: bool,
+    generation: u64,
+    backend: MemBackend,
+    /// The member id, once known for a member added at runtime (initial members' ids are
+    /// derived from their peer URLs).
+    member_id: Option<u64>,
 }
 
 impl SimMember {
+    /// How many times the member was replaced by a new one ([`SimMember::rejoin_as_new`]).
+    pub fn generation(&self) -> u64 {
+        self.lock_boot().generation
+    }
+
+    /// The id of the member the node runs now, if it was added at runtime (`None` for a
+    /// member of the initial cluster, whose id follows from its peer URL).
+    pub fn added_member_id(&self) -> Option<u64> {
+        self.lock_boot().member_id
+    }
+
+    /// Makes the node's next start a new member that joins the running cluster as
+    /// `member_id`, listed with the others in `initial_cluster`, with an empty data
+    /// directory and backend. The caller adds it to the cluster first and then restarts
+    /// the node.
+    pub fn rejoin_as_new(&self, member_id: u64, initial_cluster: Vec<(String, Vec<String>)>) {
+        let mut b = self.lock_boot();
+        b.generation += 1;
+        b.join_existing = true;
+        b.initial_cluster = initial_cluster;
+        b.backend = MemBackend::new();
+        b.member_id = Some(member_id);
+    }
+
+    fn lock_boot(&self) -> std::sync::MutexGuard<'_, Boot> {
+        self.boot.lock().unwrap_or_else(|e| e.into_inner())
+    }
     /// The member's client URL.
     pub fn client_url(&self) -> String {
         format!("http://{}:{}", self.ip, CLIENT_PORT)
@@ -109,7 +155,14 @@ fn start_member(
 ) -> SimMember {
     let ip = member_ip(i);
     let disk = SimDisk::new();
-    let backend = MemBackend::new();
+    let boot = Arc::new(Mutex::new(Boot {
+        initial_cluster,
+        join_existing,
+        generation: 0,
+        backend: MemBackend::new(),
+        member_id: None,
+    }));
+    let node_boot = boot.clone();
     let node_disk = disk.clone();
     let node_name = name.to_string();
     let node = handle
@@ -117,37 +170,62 @@ fn start_member(
         .name(name)
         .ip(ip)
         .init(move || {
-            let cfg = ServerConfig {
-                name: node_name.clone(),
-                data_dir: PathBuf::from(format!("/{node_name}.etcd")),
-                wal_dir: None,
-                listen_client_addrs: vec![SocketAddr::new(ip, CLIENT_PORT)],
-                listen_peer_addrs: vec![SocketAddr::new(ip, PEER_PORT)],
-                advertise_client_urls: vec![format!("http://{ip}:{CLIENT_PORT}")],
-                initial_advertise_peer_urls: vec![member_peer_url(i)],
-                initial_cluster: initial_cluster.clone(),
-                initial_cluster_token: "etcd-cluster".to_string(),
-                join_existing,
-                strict_reconfig_check: true,
-                force_new_cluster: false,
-                heartbeat_interval_ms: 100,
-                election_timeout_ms: 1000,
-                max_request_bytes: 1536 * 1024,
-                max_txn_ops: 128,
-                watch_progress_notify_interval: Duration::from_secs(600),
-                snapshot_count: options.snapshot_count,
-                snapshot_catchup_entries: options.snapshot_catchup_entries,
-                quota_backend_bytes: 0,
-                initial_corrupt_check: false,
-                corrupt_check_interval: Duration::ZERO,
-                disk: Arc::new(node_disk.clone()),
-                backend: BackendChoice::Memory(backend.clone()),
-                bcrypt_cost: 4,
-                auth_token_ttl: Duration::from_secs(300),
+            let node_name = node_name.clone();
+            let node_boot = node_boot.clone();
+            let node_disk = node_disk.clone();
+            let make_config = move || {
+                let boot = node_boot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                // A new generation is a new member: its own, empty data directory.
+                let data_dir = if boot.generation == 0 {
+                    PathBuf::from(format!("/{node_name}.etcd"))
+                } else {
+                    PathBuf::from(format!("/{node_name}-{}.etcd", boot.generation))
+                };
+                ServerConfig {
+                    name: node_name.clone(),
+                    data_dir,
+                    wal_dir: None,
+                    listen_client_addrs: vec![SocketAddr::new(ip, CLIENT_PORT)],
+                    listen_peer_addrs: vec![SocketAddr::new(ip, PEER_PORT)],
+                    advertise_client_urls: vec![format!("http://{ip}:{CLIENT_PORT}")],
+                    initial_advertise_peer_urls: vec![member_peer_url(i)],
+                    initial_cluster: boot.initial_cluster,
+                    initial_cluster_token: "etcd-cluster".to_string(),
+                    join_existing: boot.join_existing,
+                    strict_reconfig_check: true,
+                    force_new_cluster: false,
+                    heartbeat_interval_ms: 100,
+                    election_timeout_ms: 1000,
+                    max_request_bytes: 1536 * 1024,
+                    max_txn_ops: 128,
+                    watch_progress_notify_interval: Duration::from_secs(600),
+                    snapshot_count: options.snapshot_count,
+                    snapshot_catchup_entries: options.snapshot_catchup_entries,
+                    quota_backend_bytes: 0,
+                    initial_corrupt_check: false,
+                    corrupt_check_interval: Duration::ZERO,
+                    disk: Arc::new(node_disk.clone()),
+                    backend: BackendChoice::Memory(boot.backend),
+                    bcrypt_cost: 4,
+                    auth_token_ttl: Duration::from_secs(300),
+                }
             };
             async move {
-                if let Err(e) = detcd::server::run(cfg, detcd::rt::shutdown_signal(), None).await {
-                    panic!("member failed: {e}");
+                // A supervisor's restarts (systemd's `Restart=on-failure`): a start that
+                // fails, such as a join that met only peers which had not applied the
+                // member's addition yet, is tried again a second later; a member that
+                // keeps failing fails the run.
+                for attempt in 1..=START_ATTEMPTS {
+                    match detcd::server::run(make_config(), detcd::rt::shutdown_signal(), None)
+                        .await
+                    {
+                        Ok(()) => return,
+                        Err(e) if attempt == START_ATTEMPTS => panic!("member failed: {e}"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, attempt, "member failed to start; retrying");
+                            madsim::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
                 }
             }
         })
@@ -157,6 +235,7 @@ fn start_member(
         node,
         ip,
         disk,
+        boot,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Invariants checked continuously while a chaos run goes on: every member is asked for
 //! its status a few times a second, and the answers must never show two leaders in one
 //! term, nor a member whose store revision or raft term went back (a restart included:
-//! what a member applied was durable first, so it comes back with at least as much).
+//! what a member applied was durable first, so it comes back with at least as much; a
+//! member replaced by a new one on the same machine starts over).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +52,8 @@ pub async fn run_monitor(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, stop: A
     // The leader each term had, and the member that first said so.
     let mut leaders: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
     let mut highest: Vec<(u64, i64)> = vec![(0, 0); n];
+    // A member replaced by a new one on the same machine starts from nothing.
+    let mut generations: Vec<u64> = members.iter().map(SimMember::generation).collect();
     let mut reported: Vec<bool> = vec![false; n];
     let mut polls = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -70,6 +73,11 @@ pub async fn run_monitor(ctx: Arc<RunCtx>, members: Arc<Vec<SimMember>>, stop: A
                 continue;
             };
             let name = &members[i].name;
+            let generation = members[i].generation();
+            if generation != generations[i] {
+                generations[i] = generation;
+                highest[i] = (0, 0);
+            }
             if seen.leader != 0 {
                 match leaders.get(&seen.term) {
                     Some(&(leader, who)) if leader != seen.leader && !reported[i] => {

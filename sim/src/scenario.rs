@@ -221,6 +221,12 @@ pub enum FaultKind {
     DiskCrash,
     /// Makes a random member's fsyncs slow while it lasts.
     SlowDisk,
+    /// Replaces a random member by a new one on the same machine, as an operator replaces
+    /// a failed disk: the member is removed from the cluster (MemberRemove through the
+    /// leader) and stopped; when the fault heals, a new member with an empty data
+    /// directory is added (MemberAdd) and joins. The clients' address for it stays the
+    /// same.
+    ReplaceMember,
     /// Makes a random member's clock run fast or slow by up to `drift_ppm` while it lasts:
     /// its heartbeats, election timeouts, lease expiry checks and request timeouts follow.
     ClockDrift,
@@ -406,6 +412,7 @@ impl Scenario {
                     | FaultKind::OneWayPartition
                     | FaultKind::IsolateLeader
                     | FaultKind::QuorumLoss
+                    | FaultKind::ReplaceMember
             );
             if needs_two && s.members < 2 {
                 return Err(ScenarioError(format!(

@@ -1019,6 +1019,15 @@ impl RaftActor {
             && change.member.id == self.config.member_id
         {
             self.removed = true;
+            // A leader that removed itself steps down at once. raft-rs, unlike etcd's raft,
+            // assumes a leader is in its own configuration: an append answer or a proposal
+            // reaching it in the few ticks before it stops would find no progress for
+            // itself and panic. As a follower without a leader it ignores the former and
+            // refuses the latter; the others elect a new leader among themselves.
+            if self.node.raft.state == raft::StateRole::Leader {
+                let term = self.node.raft.term;
+                self.node.raft.become_follower(term, raft::INVALID_ID);
+            }
         }
         Ok(change)
     }

@@ -120,10 +120,45 @@ pub struct PeerConfig {
     pub membership: MembershipRx,
     /// Peer reachability, written by the senders.
     pub health: PeerHealth,
+    /// Members this member has heard from but not yet applied the addition of.
+    pub remotes: Remotes,
 }
+
+/// Senders this member does not know as members yet, with their peer URLs, learned from
+/// their batches. etcd keeps such "remotes" so that a member that lags behind a
+/// membership change can still answer a leader that joined after its applied state: it
+/// would otherwise refuse the leader and never hear about the change that adds it.
+#[derive(Clone, Default)]
+pub struct Remotes(Arc<Mutex<BTreeMap<u64, Vec<String>>>>);
+
+impl Remotes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Vec<String>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that `id` sent from `urls` (bounded: a cluster has few members).
+    fn learn(&self, id: u64, urls: &[String]) {
+        let mut map = self.lock();
+        if map.len() < MAX_REMOTES || map.contains_key(&id) {
+            map.insert(id, urls.to_vec());
+        }
+    }
+
+    /// The peer URLs of remote `id`, if known.
+    fn get(&self, id: u64) -> Option<Vec<String>> {
+        self.lock().get(&id).cloned()
+    }
+}
+
+/// The most senders outside the applied membership a member keeps addresses for.
+const MAX_REMOTES: usize = 16;
 
 struct PeerQueue {
     urls: Vec<String>,
+    /// This member's own peer URLs as its batches to the peer announce them.
+    own_urls: Vec<String>,
     tx: mpsc::Sender<Message>,
     /// One snapshot at a time (raft sends a follower nothing else until it hears how the
     /// snapshot went); dropping it ends the peer's snapshot sender.
@@ -163,11 +198,20 @@ impl Transport {
     fn sync(&mut self) {
         let membership = self.config.membership.borrow_and_update().clone();
         let health = &self.config.health;
+        let own_urls = membership
+            .members
+            .get(&self.config.local_id)
+            .map(|m| m.peer_urls.clone())
+            .unwrap_or_default();
+        let remotes = self.config.remotes.clone();
         self.queues.retain(|id, q| {
-            let keep = membership
-                .members
-                .get(id)
-                .is_some_and(|m| m.peer_urls == q.urls);
+            let keep = match membership.members.get(id) {
+                Some(m) => m.peer_urls == q.urls && q.own_urls == own_urls,
+                // A remote keeps its queue until the membership knows it (or removes it).
+                None => {
+                    !membership.removed.contains(id) && remotes.get(*id).as_ref() == Some(&q.urls)
+                }
+            };
             if !keep {
                 health.mark(*id, false);
             }
@@ -177,12 +221,21 @@ impl Transport {
             if id == self.config.local_id || self.queues.contains_key(&id) {
                 continue;
             }
+            self.open(id, m.peer_urls.clone(), own_urls.clone());
+        }
+    }
+
+    /// Starts the sender tasks of peer `id` at `urls`; batches carry `own_urls`.
+    fn open(&mut self, id: u64, urls: Vec<String>, own_urls: Vec<String>) {
+        {
+            let m_peer_urls = urls;
             let (tx, rx) = mpsc::channel(PEER_QUEUE_BOUND);
             let (snapshot_tx, snapshot_rx) = mpsc::channel(1);
             self.queues.insert(
                 id,
                 PeerQueue {
-                    urls: m.peer_urls.clone(),
+                    urls: m_peer_urls.clone(),
+                    own_urls: own_urls.clone(),
                     tx,
                     snapshot_tx,
                 },
@@ -191,7 +244,7 @@ impl Transport {
                 local_id: self.config.local_id,
                 cluster_id: self.config.cluster_id,
                 peer_id: id,
-                urls: m.peer_urls.clone(),
+                urls: m_peer_urls.clone(),
                 queue: snapshot_rx,
                 raft_tx: self.raft_tx.clone(),
                 storage_tx: self.storage_tx.clone(),
@@ -201,7 +254,8 @@ impl Transport {
                 local_id: self.config.local_id,
                 cluster_id: self.config.cluster_id,
                 peer_id: id,
-                urls: m.peer_urls.clone(),
+                urls: m_peer_urls,
+                own_urls,
                 queue: rx,
                 raft_tx: self.raft_tx.clone(),
                 health: self.config.health.clone(),
@@ -219,6 +273,23 @@ impl Transport {
             self.sync();
         }
         let to = msg.to;
+        if !self.queues.contains_key(&to) {
+            // A sender outside the applied membership (a member added after it): answer
+            // it at the address its batches came with.
+            if let Some(urls) = self.config.remotes.get(to) {
+                let membership = self.config.membership.borrow();
+                let own_urls = membership
+                    .members
+                    .get(&self.config.local_id)
+                    .map(|m| m.peer_urls.clone())
+                    .unwrap_or_default();
+                let removed = membership.removed.contains(&to);
+                drop(membership);
+                if !removed && to != self.config.local_id {
+                    self.open(to, urls, own_urls);
+                }
+            }
+        }
         if msg.get_msg_type() == MessageType::MsgSnapshot {
             let queued = self
                 .queues
@@ -348,6 +419,7 @@ struct PeerSender {
     cluster_id: u64,
     peer_id: u64,
     urls: Vec<String>,
+    own_urls: Vec<String>,
     queue: mpsc::Receiver<Message>,
     raft_tx: mpsc::Sender<RaftMsg>,
     health: PeerHealth,
@@ -395,6 +467,7 @@ impl PeerSender {
                         from: self.local_id,
                         to: self.peer_id,
                         messages: batch,
+                        from_peer_urls: self.own_urls.clone(),
                     });
                     match rt::timeout_at(rt::now() + PEER_SEND_TIMEOUT, call).await {
                         Ok(Ok(_)) => Ok(()),
@@ -510,13 +583,15 @@ async fn connect(url: &str) -> Option<RaftClient<tonic::transport::Channel>> {
     }
 }
 
-/// Checks a batch and decodes its messages, refusing anything that did not come from a
-/// member of this cluster or that raft must not take from the network.
+/// Checks a batch and decodes its messages, refusing anything that came from another
+/// cluster, from a removed member or from this member itself, or that raft must not take
+/// from the network. A sender that is not (yet) in the applied membership is accepted, as
+/// etcd does: it may be a member added after this member's applied state.
 pub fn decode_batch(
     batch: &RaftBatch,
     local_id: u64,
     cluster_id: u64,
-    members: &BTreeSet<u64>,
+    removed: &BTreeSet<u64>,
 ) -> Result<Vec<Message>, EtcdError> {
     if batch.cluster_id != cluster_id {
         return Err(EtcdError::InvalidArgument(format!(
@@ -524,9 +599,9 @@ pub fn decode_batch(
             batch.cluster_id
         )));
     }
-    if !members.contains(&batch.from) || batch.from == local_id {
+    if removed.contains(&batch.from) || batch.from == local_id || batch.from == 0 {
         return Err(EtcdError::InvalidArgument(format!(
-            "rejected raft messages from unknown member {:x}",
+            "rejected raft messages from member {:x}",
             batch.from
         )));
     }
@@ -617,6 +692,7 @@ pub struct PeerService {
     status: watch::Receiver<RaftStatus>,
     bootstrap_voters: Vec<u64>,
     handle: Option<Handle>,
+    remotes: Remotes,
 }
 
 impl PeerService {
@@ -636,6 +712,7 @@ impl PeerService {
             status,
             bootstrap_voters: Vec::new(),
             handle: None,
+            remotes: config.remotes.clone(),
         }
     }
 
@@ -651,6 +728,19 @@ impl PeerService {
         let mut ids: BTreeSet<u64> = self.membership.borrow().members.keys().copied().collect();
         ids.insert(self.local_id);
         ids
+    }
+
+    /// Checks the sender of raft traffic: of this cluster and not removed. Unlike
+    /// [`PeerService::check_peer`] it accepts a sender this member does not know yet (see
+    /// [`Remotes`]).
+    fn check_sender(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
+        if cluster_id != self.cluster_id {
+            return self.check_peer(cluster_id, from);
+        }
+        if self.membership.borrow().removed.contains(&from) {
+            return Err(Status::permission_denied(MEMBER_REMOVED_MESSAGE));
+        }
+        Ok(())
     }
 
     fn check_peer(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
@@ -683,10 +773,10 @@ impl PeerService {
 impl Raft for PeerService {
     async fn send(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
         let batch = req.into_inner();
-        self.check_peer(batch.cluster_id, batch.from)?;
-        let members = self.member_ids();
+        self.check_sender(batch.cluster_id, batch.from)?;
+        let removed = self.membership.borrow().removed.clone();
         let messages =
-            decode_batch(&batch, self.local_id, self.cluster_id, &members).map_err(|e| {
+            decode_batch(&batch, self.local_id, self.cluster_id, &removed).map_err(|e| {
                 tracing::warn!(
                     remote_peer_id = format!("{:x}", batch.from),
                     error = %e,
@@ -694,6 +784,9 @@ impl Raft for PeerService {
                 );
                 Status::invalid_argument(e.message())
             })?;
+        if !self.member_ids().contains(&batch.from) && !batch.from_peer_urls.is_empty() {
+            self.remotes.learn(batch.from, &batch.from_peer_urls);
+        }
         if messages.is_empty() {
             return Ok(Response::new(RaftAck {}));
         }
@@ -720,7 +813,7 @@ impl Raft for PeerService {
             Some(chunk) => chunk,
             None => return Err(Status::invalid_argument("empty snapshot stream")),
         };
-        self.check_peer(first.cluster_id, first.from)?;
+        self.check_sender(first.cluster_id, first.from)?;
         let mut msg = decode_snapshot_header(&first, self.local_id)
             .map_err(|e| Status::invalid_argument(e.message()))?;
         let total = first.total_bytes as usize;
@@ -977,16 +1070,13 @@ impl LeaseForwarder {
 mod tests {
     use super::*;
 
-    fn members() -> BTreeSet<u64> {
-        [1, 2, 3].into_iter().collect()
-    }
-
     fn batch(messages: Vec<Vec<u8>>) -> RaftBatch {
         RaftBatch {
             cluster_id: 7,
             from: 2,
             to: 1,
             messages,
+            from_peer_urls: vec![],
         }
     }
 
@@ -1001,22 +1091,25 @@ mod tests {
 
     #[test]
     fn accepts_a_well_formed_batch() {
-        let got = decode_batch(&batch(vec![heartbeat(2, 1)]), 1, 7, &members()).unwrap();
+        let got = decode_batch(&batch(vec![heartbeat(2, 1)]), 1, 7, &BTreeSet::new()).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].get_msg_type(), MessageType::MsgHeartbeat);
     }
 
     #[test]
-    fn refuses_another_cluster_and_strangers() {
+    fn refuses_another_cluster_and_removed_members() {
         let mut b = batch(vec![heartbeat(2, 1)]);
         b.cluster_id = 8;
-        let e = decode_batch(&b, 1, 7, &members()).unwrap_err();
+        let e = decode_batch(&b, 1, 7, &BTreeSet::new()).unwrap_err();
         assert!(e.message().contains("cluster ID mismatch"), "{e}");
+        // A removed member is refused; one this member does not know yet is not (it may
+        // have been added after this member's applied state).
         let mut b = batch(vec![heartbeat(9, 1)]);
         b.from = 9;
-        assert!(decode_batch(&b, 1, 7, &members()).is_err());
+        assert!(decode_batch(&b, 1, 7, &BTreeSet::from([9])).is_err());
+        assert_eq!(decode_batch(&b, 1, 7, &BTreeSet::new()).unwrap().len(), 1);
         // A message claiming another sender than the batch is refused.
-        assert!(decode_batch(&batch(vec![heartbeat(3, 1)]), 1, 7, &members()).is_err());
+        assert!(decode_batch(&batch(vec![heartbeat(3, 1)]), 1, 7, &BTreeSet::new()).is_err());
     }
 
     #[test]
@@ -1026,15 +1119,15 @@ mod tests {
             vec![0x0a; 1000],
             vec![0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f],
         ] {
-            assert!(decode_batch(&batch(vec![bytes]), 1, 7, &members()).is_err());
+            assert!(decode_batch(&batch(vec![bytes]), 1, 7, &BTreeSet::new()).is_err());
         }
         let huge = vec![0u8; MAX_PEER_MESSAGE_BYTES + 1];
-        assert!(decode_batch(&batch(vec![huge]), 1, 7, &members()).is_err());
+        assert!(decode_batch(&batch(vec![huge]), 1, 7, &BTreeSet::new()).is_err());
         let mut hup = Message::default();
         hup.set_msg_type(MessageType::MsgHup);
         hup.from = 2;
         hup.to = 1;
         let b = batch(vec![hup.write_to_bytes().unwrap()]);
-        assert!(decode_batch(&b, 1, 7, &members()).is_err());
+        assert!(decode_batch(&b, 1, 7, &BTreeSet::new()).is_err());
     }
 }

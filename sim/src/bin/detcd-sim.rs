@@ -1,7 +1,7 @@
 //! `detcd-sim`: runs chaos scenarios against simulated detcd clusters.
 //!
 //! ```text
-//! detcd-sim run --scenario scenarios/NAME.toml --seed N [--check-determinism] [--duration-s S]
+//! detcd-sim run --scenario scenarios/NAME.toml --seed N [--check-determinism] [--duration-s S] [--trace]
 //! detcd-sim explore (--scenario scenarios/NAME.toml | --all-scenarios) --seeds A..B [--threads T] [--duration-s S] [--until-failure]
 //! ```
 //!
@@ -42,7 +42,7 @@ mod cli {
     use detcd_sim::shrink;
 
     const USAGE: &str = "usage:\n  \
-        detcd-sim run --scenario scenarios/NAME.toml --seed N [--check-determinism] [--duration-s S]\n  \
+        detcd-sim run --scenario scenarios/NAME.toml --seed N [--check-determinism] [--duration-s S] [--trace]\n  \
         detcd-sim explore (--scenario scenarios/NAME.toml | --all-scenarios) --seeds A..B \
         [--threads T] [--duration-s S] [--until-failure]\n  \
         detcd-sim shrink --scenario scenarios/NAME.toml --seed N [--duration-s S] [--max-runs R]";
@@ -59,6 +59,7 @@ mod cli {
         duration_s: Option<u64>,
         until_failure: bool,
         max_runs: Option<usize>,
+        keep_trace: bool,
     }
 
     fn parse(args: &[String]) -> Result<Opts, String> {
@@ -75,6 +76,7 @@ mod cli {
                 "--all-scenarios" => o.all = true,
                 "--check-determinism" => o.determinism = true,
                 "--until-failure" => o.until_failure = true,
+                "--trace" => o.keep_trace = true,
                 "--max-runs" => {
                     let v = value(a)?;
                     o.max_runs = Some(
@@ -259,6 +261,10 @@ mod cli {
         if !out.passed() {
             report_failure(&out, &repro);
             return Ok(1);
+        }
+        if o.keep_trace {
+            let (trace, html) = write_artifacts(&out, &repro).map_err(|e| e.to_string())?;
+            println!("trace: {}\nreport: {}", trace.display(), html.display());
         }
         if o.determinism {
             let again = run::run(&scenario, seed);
