@@ -786,4 +786,77 @@ mod tests {
         let ip = ServerName::try_from("127.0.0.1").unwrap();
         assert!(cert.verify_is_valid_for_subject_name(&ip).is_ok());
     }
+
+    /// A CA and two certificates it issued (serials 7 and 8, CN "peer", valid for
+    /// 127.0.0.1), as DER, and a CRL revoking serial 7 written to a file.
+    fn issued(dir: &Path) -> (CertificateDer<'static>, CertificateDer<'static>, String) {
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issue = |serial: u64| {
+            let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "peer");
+            params.serial_number = Some(rcgen::SerialNumber::from(serial));
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.signed_by(&key, &ca, &ca_key).unwrap().der().clone()
+        };
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(7u64),
+                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca, &ca_key)
+        .unwrap();
+        let crl_path = dir.join("crl.pem");
+        std::fs::write(&crl_path, crl.pem().unwrap()).unwrap();
+        (issue(7), issue(8), crl_path.display().to_string())
+    }
+
+    #[test]
+    fn revocation_lists_refuse_listed_serial_numbers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (revoked, good, crl) = issued(dir.path());
+        let list = Revoked::load(&crl).unwrap();
+        assert_eq!(
+            list.check([&revoked]),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))
+        );
+        assert_eq!(list.check([&good]), Ok(()));
+        assert!(Revoked::load("/nonexistent.crl")
+            .unwrap_err()
+            .0
+            .contains("no such file or directory"));
+    }
+
+    #[test]
+    fn allowed_common_name_and_hostname_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _, _) = issued(dir.path());
+        assert_eq!(common_name(&cert).as_deref(), Some("peer"));
+        assert_eq!(NameCheck::CommonName("peer".into()).check(&cert), Ok(()));
+        assert!(NameCheck::CommonName("other".into()).check(&cert).is_err());
+        assert_eq!(NameCheck::Hostname("127.0.0.1".into()).check(&cert), Ok(()));
+        assert!(NameCheck::Hostname("10.0.0.1".into()).check(&cert).is_err());
+        assert!(NameCheck::Hostname("example.com".into())
+            .check(&cert)
+            .is_err());
+        assert_eq!(NameCheck::None.check(&cert), Ok(()));
+    }
 }

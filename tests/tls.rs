@@ -680,3 +680,46 @@ fn peer_with_a_disallowed_common_name_is_kept_out() {
     let out = members[2].etcdctl(&[], &["get", "foo"]);
     assert!(!out.success(), "the intruder served a read: {}", out.stdout);
 }
+
+#[tokio::test]
+async fn certificate_user_metadata_cannot_be_forged_by_a_client() {
+    // The member hands a verified certificate's CN to its auth checks as request
+    // metadata; a client sending that metadata itself over a plain connection must stay
+    // anonymous.
+    let m = Member::single("http", &[]);
+    for args in [
+        vec!["user", "add", "root:rootpw"],
+        vec!["role", "add", "root"],
+        vec!["user", "grant-role", "root", "root"],
+        vec!["auth", "enable"],
+    ] {
+        m.etcdctl(&[], &args).ok();
+    }
+    let channel = tonic::transport::Endpoint::from_shared(m.client_url.clone())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let mut kv = detcd::pb::etcdserverpb::kv_client::KvClient::new(channel);
+    let mut req = tonic::Request::new(detcd::pb::etcdserverpb::PutRequest {
+        key: b"foo".to_vec(),
+        value: b"bar".to_vec(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        detcd::gateway::CERT_CN_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static("root"),
+    );
+    let status = kv.put(req).await.unwrap_err();
+    assert_eq!(status.message(), "etcdserver: user name is empty");
+    assert_eq!(
+        m.etcdctl(
+            &[],
+            &["--user", "root:rootpw", "get", "foo", "--print-value-only"]
+        )
+        .ok(),
+        ""
+    );
+}
