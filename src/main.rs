@@ -171,7 +171,8 @@ fn member_tls(config: &Config) -> Result<MemberTls, String> {
                 url.socket_addr_string()
             ));
         }
-        let server = detcd::tls::server_config(&peer_info, false).map_err(|e| e.to_string())?;
+        let mut server = detcd::tls::server_config(&peer_info, false).map_err(|e| e.to_string())?;
+        server.check_client_san = !config.experimental_peer_skip_client_san_verification;
         tls.peer.push(Some(Arc::new(server)));
     }
     let dials_https = config.initial_cluster.contains("https://")

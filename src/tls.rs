@@ -74,6 +74,10 @@ pub struct ServerTls {
     /// True when the verified client certificate's common name stands for the user of
     /// requests that carry no token (etcd's `--client-cert-auth` on the client listener).
     pub cert_cn_auth: bool,
+    /// True when a client certificate's subject alternative names must match the address
+    /// it connects from (etcd's `checkSAN` on peer listeners, unless
+    /// `--experimental-peer-skip-client-san-verification`).
+    pub check_client_san: bool,
 }
 
 /// The TLS configuration a member dials its peers with.
@@ -212,6 +216,84 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
     let cn = parsed.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
+}
+
+/// The subject alternative names of a client certificate, to compare with the address
+/// the client connects from (etcd's `checkSAN`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientSan {
+    /// The IP addresses the certificate names.
+    pub ips: Vec<std::net::IpAddr>,
+    /// The DNS names it names.
+    pub dns_names: Vec<String>,
+}
+
+impl ClientSan {
+    /// The names of the DER certificate `cert` (none if it cannot be parsed: rustls has
+    /// verified it already).
+    pub fn of(cert: &[u8]) -> ClientSan {
+        let mut san = ClientSan::default();
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+            return san;
+        };
+        let Ok(Some(ext)) = parsed.subject_alternative_name() else {
+            return san;
+        };
+        for name in &ext.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    if let Ok(v4) = <[u8; 4]>::try_from(*bytes) {
+                        san.ips.push(std::net::IpAddr::from(v4));
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(*bytes) {
+                        san.ips.push(std::net::IpAddr::from(v6));
+                    }
+                }
+                x509_parser::extensions::GeneralName::DNSName(dns) => {
+                    san.dns_names.push(dns.to_string());
+                }
+                _ => {}
+            }
+        }
+        san
+    }
+
+    /// What the IP addresses decide for a client at `remote`: accepted, refused, or
+    /// `None` when the DNS names must be resolved to decide.
+    pub fn check_ips(&self, remote: std::net::IpAddr) -> Option<Result<(), String>> {
+        if !self.ips.is_empty() {
+            if self.ips.contains(&remote) {
+                return Some(Ok(()));
+            }
+            if self.dns_names.is_empty() {
+                let ips: Vec<String> = self.ips.iter().map(|ip| ip.to_string()).collect();
+                return Some(Err(format!(
+                    "x509: certificate is valid for {}, not {remote}",
+                    ips.join(", ")
+                )));
+            }
+        }
+        if self.dns_names.is_empty() {
+            return Some(Ok(()));
+        }
+        None
+    }
+
+    /// Decides with the addresses the DNS names resolve to.
+    pub fn check_resolved(
+        &self,
+        remote: std::net::IpAddr,
+        resolved: &[std::net::IpAddr],
+    ) -> Result<(), String> {
+        if resolved.contains(&remote) {
+            Ok(())
+        } else {
+            Err(format!(
+                "tls: {:?} does not match any of DNSNames {:?}",
+                remote.to_string(),
+                self.dns_names
+            ))
+        }
+    }
 }
 
 /// Checks client certificates as etcd's listener does: a chain to the trusted CA (rustls's
@@ -565,6 +647,7 @@ pub fn server_config(info: &TlsInfo, cert_cn_auth: bool) -> Result<ServerTls, Tl
     Ok(ServerTls {
         config: Arc::new(config),
         cert_cn_auth: cert_cn_auth && info.requires_client_cert(),
+        check_client_san: false,
     })
 }
 
@@ -843,6 +926,33 @@ mod tests {
             .unwrap_err()
             .0
             .contains("no such file or directory"));
+    }
+
+    #[test]
+    fn client_san_must_match_the_remote_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _, _) = issued(dir.path());
+        let san = ClientSan::of(&cert);
+        assert_eq!(san.ips, vec![std::net::IpAddr::from([127, 0, 0, 1])]);
+        assert_eq!(san.check_ips([127, 0, 0, 1].into()), Some(Ok(())));
+        assert_eq!(
+            san.check_ips([127, 0, 0, 2].into()),
+            Some(Err(
+                "x509: certificate is valid for 127.0.0.1, not 127.0.0.2".into()
+            ))
+        );
+        let dns = ClientSan {
+            ips: Vec::new(),
+            dns_names: vec!["localhost".into()],
+        };
+        assert_eq!(dns.check_ips([127, 0, 0, 1].into()), None);
+        let local = [std::net::IpAddr::from([127, 0, 0, 1])];
+        assert_eq!(dns.check_resolved([127, 0, 0, 1].into(), &local), Ok(()));
+        assert!(dns.check_resolved([10, 0, 0, 1].into(), &local).is_err());
+        assert_eq!(
+            ClientSan::default().check_ips([10, 0, 0, 1].into()),
+            Some(Ok(()))
+        );
     }
 
     #[test]

@@ -209,11 +209,10 @@ pub async fn serve_grpc(
         // others; finished connections queue for tonic. The accept loop ends when tonic
         // drops the queue (the server stopped).
         let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
-        let acceptor = tls.map(|t| {
-            (
-                tokio_rustls::TlsAcceptor::from(t.config.clone()),
-                t.cert_cn_auth,
-            )
+        let acceptor = tls.map(|t| TlsAccept {
+            acceptor: tokio_rustls::TlsAcceptor::from(t.config.clone()),
+            cert_cn_auth: t.cert_cn_auth,
+            check_client_san: t.check_client_san,
         });
         spawn("accept", accept_loop(listener.inner, acceptor, tx));
         let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -234,7 +233,7 @@ pub async fn serve_grpc(
 #[cfg(not(madsim))]
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    acceptor: Option<(tokio_rustls::TlsAcceptor, bool)>,
+    acceptor: Option<TlsAccept>,
     tx: tokio::sync::mpsc::Sender<std::io::Result<AuthorityFixStream<ServerConn>>>,
 ) {
     loop {
@@ -269,9 +268,12 @@ async fn accept_loop(
                     return;
                 }
             }
-            Some((acceptor, cert_cn_auth)) => {
-                let acceptor = acceptor.clone();
-                let cert_cn_auth = *cert_cn_auth;
+            Some(accept) => {
+                let TlsAccept {
+                    acceptor,
+                    cert_cn_auth,
+                    check_client_san,
+                } = accept.clone();
                 let tx = tx.clone();
                 spawn("tls-handshake", async move {
                     let handshake =
@@ -289,6 +291,19 @@ async fn accept_loop(
                             return;
                         }
                     };
+                    if check_client_san {
+                        let leaf = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|certs| certs.first());
+                        if let Some(leaf) = leaf {
+                            if let Err(e) = check_san(leaf, remote.ip().to_canonical()).await {
+                                tracing::warn!(remote_addr = %remote, error = %e, "rejected connection");
+                                return;
+                            }
+                        }
+                    }
                     let cert_cn = if cert_cn_auth {
                         stream
                             .get_ref()
@@ -308,6 +323,32 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// How a TLS listener accepts connections.
+#[cfg(not(madsim))]
+#[derive(Clone)]
+struct TlsAccept {
+    acceptor: tokio_rustls::TlsAcceptor,
+    cert_cn_auth: bool,
+    check_client_san: bool,
+}
+
+/// etcd's `checkSAN` for peer connections: a client certificate that names addresses must
+/// name the one the client connects from, directly or through one of its DNS names.
+#[cfg(not(madsim))]
+async fn check_san(cert: &[u8], remote: std::net::IpAddr) -> Result<(), String> {
+    let san = crate::tls::ClientSan::of(cert);
+    if let Some(decided) = san.check_ips(remote) {
+        return decided;
+    }
+    let mut resolved = Vec::new();
+    for name in &san.dns_names {
+        if let Ok(addrs) = tokio::net::lookup_host((name.as_str(), 0)).await {
+            resolved.extend(addrs.map(|a| a.ip()));
+        }
+    }
+    san.check_resolved(remote, &resolved)
 }
 
 /// What tonic records about an accepted connection (in each request's extensions): its
