@@ -9,6 +9,7 @@
 //! - [`actors`]: thin async loops that own the state machines.
 //! - [`gateway`]: one file per gRPC service.
 //! - [`msg`]: every message the actors exchange.
+//! - [`tls`]: TLS configurations for client and peer connections, from etcd's flags.
 //! - [`planted`]: deliberate bugs for the simulator to catch (a test-only feature).
 
 pub mod actors;
@@ -24,6 +25,7 @@ pub mod raft;
 pub mod rt;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 /// The etcd server version detcd reports to clients (`Status.version`, `/version`): the
 /// API level detcd speaks, so clients enable exactly the features detcd serves.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use detcd::config::{Config, ConfigError, NoticeLevel, Parsed, Url};
-use detcd::server::{BackendChoice, ServerConfig};
+use detcd::server::{BackendChoice, MemberTls, ServerConfig};
 use detcd::storage::disk::RealDisk;
+use detcd::tls::TlsInfo;
 
 fn main() -> ExitCode {
     let args = std::env::args().skip(1);
@@ -91,9 +92,6 @@ fn listen_addr(url: &Url) -> Result<SocketAddr, String> {
             "listen {url}: unix socket listeners are not supported by detcd yet"
         ));
     }
-    if url.is_tls() {
-        return Err(format!("listen {url}: TLS is not supported by detcd yet"));
-    }
     let host = if url.host == "localhost" || url.host.is_empty() {
         "127.0.0.1"
     } else {
@@ -121,6 +119,121 @@ fn check_auth_token(auth_token: &str) -> Result<(), String> {
     }
 }
 
+/// The TLS of the member's listeners and peer connections, from the flags, as etcd sets
+/// up its listeners (`configurePeerListeners`, then `configureClientListeners`): https
+/// URLs need a certificate, `--auto-tls` and `--peer-auto-tls` generate one when none is
+/// given, and http URLs ignore the certificate flags.
+fn member_tls(config: &Config) -> Result<MemberTls, String> {
+    let (_, dropped) =
+        detcd::tls::parse_cipher_suites(&config.cipher_suites).map_err(|e| e.to_string())?;
+    for name in dropped {
+        tracing::warn!(
+            cipher_suite = %name,
+            "ignoring a TLS cipher suite detcd does not implement"
+        );
+    }
+    let data_dir = std::path::Path::new(&config.data_dir);
+    let hosts = |urls: &[Url]| urls.iter().map(|u| u.host.clone()).collect::<Vec<_>>();
+
+    let mut peer_info = TlsInfo {
+        cert_file: config.peer_cert_file.clone(),
+        key_file: config.peer_key_file.clone(),
+        trusted_ca_file: config.peer_trusted_ca_file.clone(),
+        client_cert_auth: config.peer_client_cert_auth,
+        crl_file: config.peer_crl_file.clone(),
+        allowed_cn: config.peer_cert_allowed_cn.clone(),
+        allowed_hostname: config.peer_cert_allowed_hostname.clone(),
+        cipher_suites: config.cipher_suites.clone(),
+        self_signed: false,
+    };
+    if config.peer_auto_tls {
+        if peer_info.is_empty() {
+            let dir = data_dir.join("fixtures").join("peer");
+            let generated = detcd::tls::self_cert(&dir, &hosts(&config.listen_peer_urls), true)
+                .map_err(|e| e.to_string())?;
+            peer_info = TlsInfo {
+                cipher_suites: config.cipher_suites.clone(),
+                ..generated
+            };
+        } else {
+            tracing::warn!("ignoring peer auto TLS since certs given");
+        }
+    }
+    let mut tls = MemberTls::default();
+    for url in &config.listen_peer_urls {
+        if !url.is_tls() {
+            tls.peer.push(None);
+            continue;
+        }
+        if peer_info.is_empty() {
+            return Err(format!(
+                "cannot listen on TLS for {}: KeyFile and CertFile are not presented",
+                url.socket_addr_string()
+            ));
+        }
+        let mut server = detcd::tls::server_config(&peer_info, false).map_err(|e| e.to_string())?;
+        server.check_client_san = !config.experimental_peer_skip_client_san_verification;
+        tls.peer.push(Some(Arc::new(server)));
+    }
+    let dials_https = config.initial_cluster.contains("https://")
+        || config.initial_advertise_peer_urls.iter().any(Url::is_tls);
+    if !peer_info.is_empty() || dials_https {
+        tls.peer_client = Some(Arc::new(
+            detcd::tls::client_config(&peer_info).map_err(|e| e.to_string())?,
+        ));
+    }
+
+    let mut client_info = TlsInfo {
+        cert_file: config.cert_file.clone(),
+        key_file: config.key_file.clone(),
+        trusted_ca_file: config.trusted_ca_file.clone(),
+        client_cert_auth: config.client_cert_auth,
+        crl_file: config.client_crl_file.clone(),
+        allowed_cn: String::new(),
+        allowed_hostname: config.client_cert_allowed_hostname.clone(),
+        cipher_suites: config.cipher_suites.clone(),
+        self_signed: false,
+    };
+    if config.auto_tls {
+        if client_info.is_empty() {
+            let dir = data_dir.join("fixtures").join("client");
+            let generated = detcd::tls::self_cert(&dir, &hosts(&config.listen_client_urls), false)
+                .map_err(|e| e.to_string())?;
+            client_info = TlsInfo {
+                cipher_suites: config.cipher_suites.clone(),
+                ..generated
+            };
+        } else {
+            tracing::warn!("ignoring client auto TLS since certs given");
+        }
+    }
+    let mut client_server = None;
+    for url in &config.listen_client_urls {
+        if !url.is_tls() {
+            if !client_info.is_empty() {
+                tracing::warn!(url = %url, "scheme is HTTP while key and cert files are present; ignoring key and cert files");
+            }
+            if client_info.client_cert_auth {
+                tracing::warn!(url = %url, "scheme is HTTP while --client-cert-auth is enabled; ignoring client cert auth for this URL");
+            }
+            tls.client.push(None);
+            continue;
+        }
+        if client_info.is_empty() {
+            return Err(format!(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url {url} with HTTPS scheme"
+            ));
+        }
+        if client_server.is_none() {
+            let server = detcd::tls::server_config(&client_info, client_info.client_cert_auth)
+                .map_err(|e| e.to_string())?;
+            client_server = Some(Arc::new(server));
+        }
+        tls.client.push(client_server.clone());
+    }
+    Ok(tls)
+}
+
 fn server_config(config: &Config) -> Result<ServerConfig, String> {
     check_auth_token(&config.auth_token)?;
     let members = config
@@ -135,6 +248,7 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
     if !data_dir.join("member").join("wal").exists() && wal_dir.is_none() {
         config.verify_bootstrap().map_err(|e| e.to_string())?;
     }
+    let tls = member_tls(config)?;
     let listen_client_addrs = config
         .listen_client_urls
         .iter()
@@ -183,6 +297,7 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         backend: BackendChoice::Sled,
         bcrypt_cost: u32::try_from(config.bcrypt_cost).unwrap_or(u32::MAX),
         auth_token_ttl: Duration::from_secs(config.auth_token_ttl_secs),
+        tls,
     })
 }
 

@@ -18,7 +18,8 @@ use crate::actors::lease_timer::{LeaseMsg, LeaseTimer, LeaseTimerConfig};
 use crate::actors::raft_node::{RaftActor, RaftActorConfig, DEFAULT_SNAPSHOT_COUNT};
 use crate::actors::storage::{self, StorageActor};
 use crate::actors::transport::{
-    self, LeaseForwarder, PeerConfig, PeerHealth, PeerService, Transport, MAX_PEER_GRPC_BYTES,
+    self, LeaseForwarder, PeerConfig, PeerDialer, PeerHealth, PeerService, Transport,
+    MAX_PEER_GRPC_BYTES,
 };
 use crate::actors::watch_hub::WatchHubActor;
 use crate::core::corrupt::KvHash;
@@ -111,6 +112,31 @@ pub struct ServerConfig {
     pub bcrypt_cost: u32,
     /// `--auth-token-ttl`: how long a simple token lives without use.
     pub auth_token_ttl: Duration,
+    /// TLS for the listeners and for connections to peers.
+    pub tls: MemberTls,
+}
+
+/// TLS for a member's listeners and for its connections to peers. The default is plain
+/// TCP everywhere, which simulations always use: madsim's network carries no TLS.
+#[derive(Debug, Clone, Default)]
+pub struct MemberTls {
+    /// For each of `listen_client_addrs`, in order, the TLS it is served with (an https
+    /// URL); a listener without an entry, or with `None`, is served in the clear.
+    pub client: Vec<Option<Arc<crate::tls::ServerTls>>>,
+    /// Likewise for `listen_peer_addrs`.
+    pub peer: Vec<Option<Arc<crate::tls::ServerTls>>>,
+    /// What this member dials https peer URLs with.
+    pub peer_client: Option<Arc<crate::tls::ClientTls>>,
+}
+
+impl MemberTls {
+    fn client(&self, index: usize) -> Option<Arc<crate::tls::ServerTls>> {
+        self.client.get(index).cloned().flatten()
+    }
+
+    fn peer(&self, index: usize) -> Option<Arc<crate::tls::ServerTls>> {
+        self.peer.get(index).cloned().flatten()
+    }
 }
 
 /// Why a member failed to start or stopped abnormally.
@@ -239,7 +265,8 @@ pub async fn run(
         };
         let members = storage::stored_membership(backend.as_ref()).map_err(err)?;
         let peers = corrupt_check::peers_of(&members, member_id);
-        corrupt_check::initial_check(local, &peers, request_timeout)
+        let dialer = PeerDialer::new(cfg.tls.peer_client.clone());
+        corrupt_check::initial_check(&dialer, local, &peers, request_timeout)
             .await
             .map_err(ServerError)?;
     }
@@ -308,6 +335,7 @@ pub async fn run(
         membership: membership_rx.clone(),
         health: PeerHealth::default(),
         remotes: Default::default(),
+        dialer: PeerDialer::new(cfg.tls.peer_client.clone()),
     };
     // Every member has a transport, even alone: members can be added at any time.
     let raft_actor = raft_actor.with_transport(Transport::start(
@@ -390,9 +418,11 @@ pub async fn run(
     // catch up without it.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
-    for listener in peer_listeners {
+    for (index, listener) in peer_listeners.into_iter().enumerate() {
         let addr = listener.local_addr();
-        let router = tonic::transport::Server::builder()
+        let tls = cfg.tls.peer(index);
+        let secure = tls.is_some();
+        let router = rt::grpc_server()
             .add_service(
                 RaftServer::new(
                     PeerService::new(
@@ -413,12 +443,16 @@ pub async fn run(
             ));
         let mut stop = stop_rx.clone();
         servers.push(rt::spawn("grpc-peer", async move {
-            rt::serve_grpc(router, listener, async move {
+            rt::serve_grpc(router, listener, tls, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
         }));
-        tracing::info!(address = %addr, "serving peer traffic on {addr}");
+        if secure {
+            tracing::info!(address = %addr, "serving peer traffic securely on {addr}");
+        } else {
+            tracing::info!(address = %addr, "serving peer traffic on {addr}");
+        }
     }
 
     // Serve only once a leader exists, this member has applied everything committed
@@ -449,10 +483,12 @@ pub async fn run(
 
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut bound = Vec::new();
-    for listener in listeners {
+    for (index, listener) in listeners.into_iter().enumerate() {
         let addr = listener.local_addr();
         bound.push(addr);
-        let router = tonic::transport::Server::builder()
+        let tls = cfg.tls.client(index);
+        let secure = tls.is_some();
+        let router = rt::grpc_server()
             .add_service(
                 KvServer::new(gateway::kv::KvService::new(handle.clone()))
                     .max_decoding_message_size(max_recv)
@@ -499,7 +535,7 @@ pub async fn run(
             );
         let mut stop = stop_rx.clone();
         servers.push(rt::spawn("grpc", async move {
-            rt::serve_grpc(router, listener, async move {
+            rt::serve_grpc(router, listener, tls, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
@@ -508,16 +544,21 @@ pub async fn run(
             address = %addr,
             "ready to serve client requests"
         );
-        tracing::info!(
-            address = %addr,
-            "serving insecure client requests on {addr}, this is strongly discouraged!"
-        );
+        if secure {
+            tracing::info!(address = %addr, "serving client requests on {addr}");
+        } else {
+            tracing::info!(
+                address = %addr,
+                "serving insecure client requests on {addr}, this is strongly discouraged!"
+            );
+        }
     }
     if !cfg.corrupt_check_interval.is_zero() {
         rt::spawn(
             "corrupt-check",
             corrupt_check::run_periodic(
                 handle.clone(),
+                PeerDialer::new(cfg.tls.peer_client.clone()),
                 cfg.corrupt_check_interval,
                 stop_rx.clone(),
             ),
@@ -670,11 +711,13 @@ async fn join_existing(cfg: &ServerConfig) -> Result<Bootstrap, ServerError> {
     // addition yet (one that lags, or was just restarted) answers with a list that does
     // not match, and etcd then fails to start; detcd asks the next peer instead, and
     // reports the first mismatch only if no peer's list matches.
+    let dialer = PeerDialer::new(cfg.tls.peer_client.clone());
     let mut first_error = None;
     let mut found = None;
     for url in &remote {
         let Some(existing) =
-            transport::fetch_cluster(std::slice::from_ref(url), Duration::from_secs(2)).await
+            transport::fetch_cluster(std::slice::from_ref(url), Duration::from_secs(2), &dialer)
+                .await
         else {
             continue;
         };

@@ -208,6 +208,7 @@ fn start_member(
                     backend: BackendChoice::Memory(boot.backend),
                     bcrypt_cost: 4,
                     auth_token_ttl: Duration::from_secs(300),
+                    tls: Default::default(),
                 }
             };
             async move {

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::actors::transport::PeerDialer;
 use crate::core::corrupt::{self, KvHash};
 use crate::error::EtcdError;
 use crate::gateway::Handle;
@@ -32,14 +33,17 @@ fn kv_hash(resp: &HashKvResponse) -> KvHash {
 }
 
 /// Asks one peer for its hash at `revision` through each of its URLs in turn.
-async fn peer_hash(id: u64, urls: &[String], revision: i64, timeout: Duration) -> Option<KvHash> {
+async fn peer_hash(
+    dialer: &PeerDialer,
+    id: u64,
+    urls: &[String],
+    revision: i64,
+    timeout: Duration,
+) -> Option<KvHash> {
     for url in urls {
         let deadline = rt::now() + timeout;
         let call = async {
-            let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-                .map_err(|e| e.to_string())?
-                .connect_timeout(timeout);
-            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let channel = dialer.connect(url, timeout).await?;
             MaintenanceClient::new(channel)
                 .hash_kv(HashKvRequest { revision })
                 .await
@@ -67,13 +71,14 @@ async fn peer_hash(id: u64, urls: &[String], revision: i64, timeout: Duration) -
 /// Every peer's hash at `revision`, leaving out the peers that could not answer (down,
 /// behind, or compacted past `revision`), as etcd does.
 async fn peer_hashes(
+    dialer: &PeerDialer,
     peers: &BTreeMap<u64, Vec<String>>,
     revision: i64,
     timeout: Duration,
 ) -> Vec<KvHash> {
     let mut hashes = Vec::new();
     for (&id, urls) in peers {
-        if let Some(h) = peer_hash(id, urls, revision, timeout).await {
+        if let Some(h) = peer_hash(dialer, id, urls, revision, timeout).await {
             hashes.push(h);
         }
     }
@@ -84,13 +89,14 @@ async fn peer_hashes(
 /// revision, before it serves) with its peers' hashes at that revision. Fails with etcd's
 /// "<id> found data inconsistency with peers" if any comparable peer differs.
 pub async fn initial_check(
+    dialer: &PeerDialer,
     local: KvHash,
     peers: &BTreeMap<u64, Vec<String>>,
     timeout: Duration,
 ) -> Result<(), String> {
     let id = format!("{:x}", local.member_id);
     tracing::info!(local_member_id = %id, "starting initial corruption check");
-    let hashes = peer_hashes(peers, local.revision, timeout).await;
+    let hashes = peer_hashes(dialer, peers, local.revision, timeout).await;
     let mismatches = corrupt::initial_mismatches(&local, &hashes);
     for peer in &mismatches {
         tracing::warn!(
@@ -125,9 +131,13 @@ async fn local_hash(handle: &Handle) -> Result<KvHash, EtcdError> {
 
 /// One pass of the leader's periodic check (etcd's `checkHashKV`); raises CORRUPT for
 /// the first member found inconsistent.
-async fn check_once(handle: &Handle, peers: &BTreeMap<u64, Vec<String>>) -> Result<(), EtcdError> {
+async fn check_once(
+    handle: &Handle,
+    dialer: &PeerDialer,
+    peers: &BTreeMap<u64, Vec<String>>,
+) -> Result<(), EtcdError> {
     let before = local_hash(handle).await?;
-    let hashes = peer_hashes(peers, before.revision, handle.request_timeout).await;
+    let hashes = peer_hashes(dialer, peers, before.revision, handle.request_timeout).await;
     handle.read_index().await?;
     let after = local_hash(handle).await?;
     let Some(member_id) = corrupt::periodic_mismatch(&before, &after, &hashes) else {
@@ -160,8 +170,14 @@ pub fn peers_of(membership: &crate::msg::Membership, local_id: u64) -> BTreeMap<
 }
 
 /// Runs the periodic check every `interval` while this member leads, until `stop` turns
-/// true. Each round checks the members of the membership applied at that time.
-pub async fn run_periodic(handle: Handle, interval: Duration, mut stop: rt::watch::Receiver<bool>) {
+/// true. Each round checks the members of the membership applied at that time, dialing
+/// them with `dialer`.
+pub async fn run_periodic(
+    handle: Handle,
+    dialer: PeerDialer,
+    interval: Duration,
+    mut stop: rt::watch::Receiver<bool>,
+) {
     tracing::info!(interval = ?interval, "enabled corruption checking");
     loop {
         tokio::select! {
@@ -175,7 +191,7 @@ pub async fn run_periodic(handle: Handle, interval: Duration, mut stop: rt::watc
             continue;
         }
         let peers = peers_of(&handle.membership.borrow(), status.member_id);
-        if let Err(e) = check_once(&handle, &peers).await {
+        if let Err(e) = check_once(&handle, &dialer, &peers).await {
             tracing::warn!(error = %e, "failed to check hash KV");
         }
     }

@@ -122,6 +122,63 @@ pub struct PeerConfig {
     pub health: PeerHealth,
     /// Members this member has heard from but not yet applied the addition of.
     pub remotes: Remotes,
+    /// How peers are dialed (TLS for https peer URLs).
+    pub dialer: PeerDialer,
+}
+
+/// How this member dials its peers: in the clear for http peer URLs, over TLS with the
+/// peer client configuration (`--peer-cert-file`, `--peer-trusted-ca-file`, ...) for
+/// https ones.
+#[derive(Debug, Clone, Default)]
+pub struct PeerDialer {
+    tls: Option<Arc<crate::tls::ClientTls>>,
+}
+
+impl PeerDialer {
+    /// A dialer that uses `tls` for https URLs (none: plain connections only).
+    pub fn new(tls: Option<Arc<crate::tls::ClientTls>>) -> PeerDialer {
+        PeerDialer { tls }
+    }
+
+    fn tls_for(&self, url: &str) -> Option<Arc<crate::tls::ClientTls>> {
+        if url.starts_with("https://") {
+            self.tls.clone()
+        } else {
+            None
+        }
+    }
+
+    /// A channel to `url`, connected within `connect_timeout`.
+    pub async fn connect(
+        &self,
+        url: &str,
+        connect_timeout: Duration,
+    ) -> Result<tonic::transport::Channel, String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(connect_timeout);
+        let connect = rt::connect_channel(endpoint, self.tls_for(url));
+        match rt::timeout_at(rt::now() + connect_timeout, connect).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// A channel to `url` that connects on first use; every call on it is bounded by
+    /// `request_timeout`.
+    fn connect_lazy(
+        &self,
+        url: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Option<tonic::transport::Channel> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .ok()?
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout);
+        Some(rt::connect_channel_lazy(endpoint, self.tls_for(url)))
+    }
 }
 
 /// Senders this member does not know as members yet, with their peer URLs, learned from
@@ -241,6 +298,7 @@ impl Transport {
                 },
             );
             let snapshot_sender = SnapshotSender {
+                dialer: self.config.dialer.clone(),
                 local_id: self.config.local_id,
                 cluster_id: self.config.cluster_id,
                 peer_id: id,
@@ -251,6 +309,7 @@ impl Transport {
             };
             rt::spawn("snapshot-sender", snapshot_sender.run());
             let sender = PeerSender {
+                dialer: self.config.dialer.clone(),
                 local_id: self.config.local_id,
                 cluster_id: self.config.cluster_id,
                 peer_id: id,
@@ -313,6 +372,7 @@ impl Transport {
 /// Streams snapshots to one peer: asks the storage actor for the state when raft decides
 /// to send one, sends it in chunks, and tells raft how it went.
 struct SnapshotSender {
+    dialer: PeerDialer,
     local_id: u64,
     cluster_id: u64,
     peer_id: u64,
@@ -385,7 +445,7 @@ impl SnapshotSender {
             .write_to_bytes()
             .map_err(|e| format!("cannot encode the snapshot message: {e}"))?;
         let url = self.urls.first().cloned().unwrap_or_default();
-        let mut client = connect(&url)
+        let mut client = connect(&self.dialer, &url)
             .await
             .ok_or_else(|| format!("cannot connect to {url}"))?;
         let size = blob.len();
@@ -415,6 +475,7 @@ impl SnapshotSender {
 }
 
 struct PeerSender {
+    dialer: PeerDialer,
     local_id: u64,
     cluster_id: u64,
     peer_id: u64,
@@ -457,7 +518,7 @@ impl PeerSender {
             if client.is_none() {
                 let url = self.urls[url_index % self.urls.len().max(1)].clone();
                 url_index = url_index.wrapping_add(1);
-                client = connect(&url).await;
+                client = connect(&self.dialer, &url).await;
             }
             let delivered = match client.as_mut() {
                 None => Err("cannot connect".to_string()),
@@ -555,9 +616,13 @@ impl PeerSender {
 /// Asks the members at `urls` (peer URLs) for the cluster's id and members, as a member
 /// joining with `--initial-cluster-state existing` does (etcd's `GetClusterFromRemotePeers`),
 /// trying each URL in turn until one answers.
-pub async fn fetch_cluster(urls: &[String], timeout: Duration) -> Option<MembersResponse> {
+pub async fn fetch_cluster(
+    urls: &[String],
+    timeout: Duration,
+    dialer: &PeerDialer,
+) -> Option<MembersResponse> {
     for url in urls {
-        let Some(mut client) = connect(url).await else {
+        let Some(mut client) = connect(dialer, url).await else {
             tracing::warn!(remote_peer_url = %url, "failed to get cluster response");
             continue;
         };
@@ -569,17 +634,17 @@ pub async fn fetch_cluster(urls: &[String], timeout: Duration) -> Option<Members
     None
 }
 
-async fn connect(url: &str) -> Option<RaftClient<tonic::transport::Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .ok()?
-        .connect_timeout(PEER_CONNECT_TIMEOUT);
-    match rt::timeout_at(rt::now() + PEER_CONNECT_TIMEOUT, endpoint.connect()).await {
-        Ok(Ok(channel)) => Some(
+async fn connect(dialer: &PeerDialer, url: &str) -> Option<RaftClient<tonic::transport::Channel>> {
+    match dialer.connect(url, PEER_CONNECT_TIMEOUT).await {
+        Ok(channel) => Some(
             RaftClient::new(channel)
                 .max_decoding_message_size(MAX_PEER_GRPC_BYTES)
                 .max_encoding_message_size(MAX_PEER_GRPC_BYTES),
         ),
-        _ => None,
+        Err(e) => {
+            tracing::debug!(remote_peer_url = %url, error = %e, "cannot connect to peer");
+            None
+        }
     }
 }
 
@@ -968,6 +1033,7 @@ pub struct LeaseForwarder {
     local_id: u64,
     cluster_id: u64,
     membership: MembershipRx,
+    dialer: PeerDialer,
     /// Lazily connecting channels by member id, with the peer URL each was built for.
     channels: Arc<Mutex<BTreeMap<u64, (String, tonic::transport::Channel)>>>,
 }
@@ -979,6 +1045,7 @@ impl LeaseForwarder {
             local_id: config.local_id,
             cluster_id: config.cluster_id,
             membership: config.membership.clone(),
+            dialer: config.dialer.clone(),
             channels: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
@@ -1000,11 +1067,9 @@ impl LeaseForwarder {
                 return Some(c.clone());
             }
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-            .ok()?
-            .connect_timeout(PEER_CONNECT_TIMEOUT)
-            .timeout(PEER_SEND_TIMEOUT);
-        let channel = endpoint.connect_lazy();
+        let channel = self
+            .dialer
+            .connect_lazy(&url, PEER_CONNECT_TIMEOUT, PEER_SEND_TIMEOUT)?;
         channels.insert(id, (url, channel.clone()));
         Some(channel)
     }

@@ -88,6 +88,11 @@ pub struct AuthInfo {
 /// The gRPC metadata key etcd's clients send their token under.
 pub const TOKEN_METADATA_KEY: &str = "token";
 
+/// The metadata key under which the runtime seam hands over the common name of a verified
+/// client certificate (`--client-cert-auth` on a TLS listener). The seam removes whatever
+/// a client sends under this key, so only a certificate can set it.
+pub const CERT_CN_METADATA_KEY: &str = "detcd-client-cert-cn";
+
 impl Handle {
     /// The applied auth store, as of the last applied batch.
     pub fn auth_store(&self) -> Arc<AuthStore> {
@@ -106,7 +111,7 @@ impl Handle {
         md: &tonic::metadata::MetadataMap,
     ) -> Result<AuthInfo, EtcdError> {
         let Some(token) = md.get(TOKEN_METADATA_KEY).and_then(|t| t.to_str().ok()) else {
-            return Ok(AuthInfo::default());
+            return Ok(self.cert_auth_info(md));
         };
         let token = token.to_string();
         for attempt in 0..2 {
@@ -150,6 +155,23 @@ impl Handle {
             .await??;
         }
         Err(EtcdError::InvalidAuthToken)
+    }
+
+    /// etcd's `AuthInfoFromTLS`, for requests without a token: the common name of the
+    /// connection's verified client certificate is the user, when the listener
+    /// authenticates with client certificates and auth is enabled.
+    fn cert_auth_info(&self, md: &tonic::metadata::MetadataMap) -> AuthInfo {
+        let Some(cn) = md.get(CERT_CN_METADATA_KEY).and_then(|v| v.to_str().ok()) else {
+            return AuthInfo::default();
+        };
+        let store = self.auth_store();
+        if !store.is_enabled() {
+            return AuthInfo::default();
+        }
+        AuthInfo {
+            user: cn.to_string(),
+            revision: store.revision(),
+        }
     }
 
     /// Proposes `request` on behalf of the client whose metadata is `md`: the header names

@@ -69,8 +69,15 @@ impl WatchService {
 }
 
 /// etcd's `isWatchPermitted`: whether the stream's token may read `[key, range_end)`. An
-/// unknown token, like a missing one while auth is enabled, may not.
-fn watch_permitted(auth: &SharedAuth, token: Option<&str>, key: &[u8], range_end: &[u8]) -> bool {
+/// unknown token, like a missing one while auth is enabled, may not. Without a token, the
+/// stream acts for `cert_user`, its connection's client-certificate user, if any.
+fn watch_permitted(
+    auth: &SharedAuth,
+    token: Option<&str>,
+    cert_user: Option<&str>,
+    key: &[u8],
+    range_end: &[u8],
+) -> bool {
     let mut view = match auth.lock() {
         Ok(v) => v,
         Err(poisoned) => poisoned.into_inner(),
@@ -79,7 +86,7 @@ fn watch_permitted(auth: &SharedAuth, token: Option<&str>, key: &[u8], range_end
         return true;
     }
     let user = match token {
-        None => String::new(),
+        None => cert_user.unwrap_or_default().to_string(),
         Some(t) => match view.tokens.user_of(t, rt::now()) {
             Some(user) => user,
             None => return false,
@@ -123,6 +130,11 @@ impl Watch for WatchService {
             .get(super::TOKEN_METADATA_KEY)
             .and_then(|t| t.to_str().ok())
             .map(str::to_string);
+        let cert_user = req
+            .metadata()
+            .get(super::CERT_CN_METADATA_KEY)
+            .and_then(|t| t.to_str().ok())
+            .map(str::to_string);
         let auth = self.auth.clone();
         let mut inbound = req.into_inner();
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
@@ -148,7 +160,13 @@ impl Watch for WatchService {
                             if let (Some(auth), Some(RequestUnion::CreateRequest(c))) =
                                 (&auth, &req.request_union)
                             {
-                                if !watch_permitted(auth, token.as_deref(), &c.key, &c.range_end) {
+                                if !watch_permitted(
+                                    auth,
+                                    token.as_deref(),
+                                    cert_user.as_deref(),
+                                    &c.key,
+                                    &c.range_end,
+                                ) {
                                     // As etcd: the watch is created and canceled at once.
                                     let resp = WatchResponse {
                                         header: Some(Default::default()),

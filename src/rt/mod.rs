@@ -279,14 +279,58 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<Listener> {
     }
 }
 
-/// Serves a gRPC router on a bound listener until `shutdown` resolves.
+/// How long a client or peer may take to complete its TLS handshake before its
+/// connection is closed, so that idle or stalled connections cannot pile up.
+#[cfg(not(madsim))]
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted connections waiting for tonic to take them.
+#[cfg(not(madsim))]
+const ACCEPT_QUEUE: usize = 64;
+
+/// A gRPC server builder with the layers every detcd listener has: on real sockets, the
+/// one that turns a connection's verified client certificate into request metadata for
+/// the auth checks (see [`crate::gateway::CERT_CN_METADATA_KEY`]). madsim's tonic has no
+/// layers, and its connections carry no certificates.
+#[cfg(not(madsim))]
+pub type GrpcServer =
+    tonic::transport::Server<tower_layer::Stack<CertIdentityLayer, tower_layer::Identity>>;
+/// A gRPC server builder (madsim: without layers).
+#[cfg(madsim)]
+pub type GrpcServer = tonic::transport::Server;
+
+/// The router a [`GrpcServer`] builds, which [`serve_grpc`] serves.
+#[cfg(not(madsim))]
+pub type GrpcRouter =
+    tonic::transport::server::Router<tower_layer::Stack<CertIdentityLayer, tower_layer::Identity>>;
+/// The router a [`GrpcServer`] builds (madsim).
+#[cfg(madsim)]
+pub type GrpcRouter = tonic::transport::server::Router;
+
+/// A new gRPC server builder for a client or peer listener.
+pub fn grpc_server() -> GrpcServer {
+    #[cfg(not(madsim))]
+    {
+        tonic::transport::Server::builder().layer(CertIdentityLayer)
+    }
+    #[cfg(madsim)]
+    {
+        tonic::transport::Server::builder()
+    }
+}
+
+/// Serves a gRPC router on a bound listener until `shutdown` resolves; over TLS when
+/// `tls` is given (an https listen URL). Under madsim the simulated network has no TLS,
+/// so `tls` is ignored there and the same server code runs in the clear.
 pub async fn serve_grpc(
-    router: tonic::transport::server::Router,
+    router: GrpcRouter,
     listener: Listener,
+    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
     #[cfg(madsim)]
     {
+        let _ = tls;
         router
             .serve_with_shutdown(listener.addr, shutdown)
             .await
@@ -294,19 +338,17 @@ pub async fn serve_grpc(
     }
     #[cfg(not(madsim))]
     {
-        use tokio_stream::StreamExt;
-        // Every client connection goes through the :authority shim so that etcdctl 3.4's
-        // `endpoint` commands, which send `:authority: http://host:port`, are not
-        // rejected by h2 (see gateway::h2_authority). TCP_NODELAY as in Go (and as tonic
-        // sets it only on connections it accepts itself): without it a small response
-        // written right after another (a watch event after the write's response) waits
-        // for the client's delayed ACK, some 40 ms.
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener.inner).map(|conn| {
-            conn.map(|tcp| {
-                let _ = tcp.set_nodelay(true);
-                AuthorityFixStream::new(tcp)
-            })
+        // Handshakes run in their own tasks, so one slow client cannot hold up the
+        // others; finished connections queue for tonic. The accept loop ends when tonic
+        // drops the queue (the server stopped).
+        let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
+        let acceptor = tls.map(|t| TlsAccept {
+            acceptor: tokio_rustls::TlsAcceptor::from(t.config.clone()),
+            cert_cn_auth: t.cert_cn_auth,
+            check_client_san: t.check_client_san,
         });
+        spawn("accept", accept_loop(listener.inner, acceptor, tx));
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
         router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
@@ -314,8 +356,236 @@ pub async fn serve_grpc(
     }
 }
 
+/// Accepts TCP connections, completes their TLS handshakes when the listener has TLS,
+/// and queues them for tonic. Every connection goes through the :authority shim so that
+/// etcdctl 3.4's `endpoint` commands, which send `:authority: http://host:port`, are not
+/// rejected by h2 (see gateway::h2_authority). TCP_NODELAY as in Go (and as tonic sets it
+/// only on connections it accepts itself): without it a small response written right
+/// after another (a watch event after the write's response) waits for the client's
+/// delayed ACK, some 40 ms.
+#[cfg(not(madsim))]
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    acceptor: Option<TlsAccept>,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<AuthorityFixStream<ServerConn>>>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            // Branches are polled in order, not at random, so a simulation replays from its seed.
+            biased;
+            _ = tx.closed() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, as Go's server
+                // does, rather than spin.
+                tracing::warn!(error = %e, "failed to accept a connection");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let info = tonic::transport::server::Connected::connect_info(&tcp);
+        match &acceptor {
+            None => {
+                let conn = ServerConn {
+                    info: ConnInfo {
+                        tcp: info,
+                        cert_cn: None,
+                    },
+                    io: ServerIo::Plain(tcp),
+                };
+                if tx.send(Ok(AuthorityFixStream::new(conn))).await.is_err() {
+                    return;
+                }
+            }
+            Some(accept) => {
+                let TlsAccept {
+                    acceptor,
+                    cert_cn_auth,
+                    check_client_san,
+                } = accept.clone();
+                let tx = tx.clone();
+                spawn("tls-handshake", async move {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            // etcd logs refused handshakes the same way, so operators can
+                            // see why a client or peer cannot connect.
+                            tracing::warn!(remote_addr = %remote, error = %e, "rejected connection");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(remote_addr = %remote, "rejected connection: the TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    if check_client_san {
+                        let leaf = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|certs| certs.first());
+                        if let Some(leaf) = leaf {
+                            if let Err(e) = check_san(leaf, remote.ip().to_canonical()).await {
+                                tracing::warn!(remote_addr = %remote, error = %e, "rejected connection");
+                                return;
+                            }
+                        }
+                    }
+                    let cert_cn = if cert_cn_auth {
+                        stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|certs| certs.first())
+                            .and_then(|c| crate::tls::common_name(c))
+                    } else {
+                        None
+                    };
+                    let conn = ServerConn {
+                        info: ConnInfo { tcp: info, cert_cn },
+                        io: ServerIo::Tls(Box::new(stream)),
+                    };
+                    let _ = tx.send(Ok(AuthorityFixStream::new(conn))).await;
+                });
+            }
+        }
+    }
+}
+
+/// How a TLS listener accepts connections.
+#[cfg(not(madsim))]
+#[derive(Clone)]
+struct TlsAccept {
+    acceptor: tokio_rustls::TlsAcceptor,
+    cert_cn_auth: bool,
+    check_client_san: bool,
+}
+
+/// etcd's `checkSAN` for peer connections: a client certificate that names addresses must
+/// name the one the client connects from, directly or through one of its DNS names.
+#[cfg(not(madsim))]
+async fn check_san(cert: &[u8], remote: std::net::IpAddr) -> Result<(), String> {
+    let san = crate::tls::ClientSan::of(cert);
+    if let Some(decided) = san.check_ips(remote) {
+        return decided;
+    }
+    let mut resolved = Vec::new();
+    for name in &san.dns_names {
+        if let Ok(addrs) = tokio::net::lookup_host((name.as_str(), 0)).await {
+            resolved.extend(addrs.map(|a| a.ip()));
+        }
+    }
+    san.check_resolved(remote, &resolved)
+}
+
+/// What tonic records about an accepted connection (in each request's extensions): its
+/// addresses and, on a TLS listener with client-certificate authentication, the verified
+/// certificate's common name.
+#[cfg(not(madsim))]
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP connection's addresses.
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    /// The client certificate's common name, when it authenticates the user.
+    pub cert_cn: Option<String>,
+}
+
+/// An accepted connection, in the clear or over TLS.
+#[cfg(not(madsim))]
+pub struct ServerConn {
+    info: ConnInfo,
+    io: ServerIo,
+}
+
+#[cfg(not(madsim))]
+enum ServerIo {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+#[cfg(not(madsim))]
+impl tonic::transport::server::Connected for ServerConn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+#[cfg(not(madsim))]
+impl tokio::io::AsyncRead for ServerConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+#[cfg(not(madsim))]
+impl tokio::io::AsyncWrite for ServerConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().io {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().io {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            ServerIo::Plain(s) => s.is_write_vectored(),
+            ServerIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            ServerIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            ServerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// tonic asks each accepted connection for its addresses; the shim reports those of the
-/// TCP connection it wraps.
+/// connection it wraps.
 #[cfg(not(madsim))]
 impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
     for AuthorityFixStream<S>
@@ -324,6 +594,147 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.get_ref().connect_info()
+    }
+}
+
+/// The layer that hands a connection's verified client-certificate common name to the
+/// auth checks as request metadata. It first removes any value a client sent under that
+/// key itself, so the metadata can only come from a verified certificate.
+#[cfg(not(madsim))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CertIdentityLayer;
+
+#[cfg(not(madsim))]
+impl<S> tower_layer::Layer<S> for CertIdentityLayer {
+    type Service = CertIdentity<S>;
+
+    fn layer(&self, inner: S) -> CertIdentity<S> {
+        CertIdentity { inner }
+    }
+}
+
+/// The service [`CertIdentityLayer`] wraps around the router.
+#[cfg(not(madsim))]
+#[derive(Debug, Clone)]
+pub struct CertIdentity<S> {
+    inner: S,
+}
+
+#[cfg(not(madsim))]
+impl<S, B> tower_service::Service<http::Request<B>> for CertIdentity<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
+        let key = crate::gateway::CERT_CN_METADATA_KEY;
+        req.headers_mut().remove(key);
+        let cn = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|c| c.cert_cn.as_deref())
+            .and_then(|cn| http::HeaderValue::from_str(cn).ok());
+        if let Some(cn) = cn {
+            req.headers_mut().insert(key, cn);
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Connects a gRPC channel to `endpoint`, over TLS with `tls` when given (an https peer
+/// URL). Under madsim `tls` is ignored: the simulated network carries no TLS.
+pub async fn connect_channel(
+    endpoint: tonic::transport::Endpoint,
+    tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    #[cfg(madsim)]
+    {
+        let _ = tls;
+        endpoint.connect().await
+    }
+    #[cfg(not(madsim))]
+    {
+        match tls {
+            None => endpoint.connect().await,
+            Some(tls) => endpoint.connect_with_connector(TlsConnector { tls }).await,
+        }
+    }
+}
+
+/// Like [`connect_channel`], but connects on first use.
+pub fn connect_channel_lazy(
+    endpoint: tonic::transport::Endpoint,
+    tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+) -> tonic::transport::Channel {
+    #[cfg(madsim)]
+    {
+        let _ = tls;
+        endpoint.connect_lazy()
+    }
+    #[cfg(not(madsim))]
+    {
+        match tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector { tls }),
+        }
+    }
+}
+
+/// Dials a peer over TCP and completes a TLS handshake, verifying the peer's certificate
+/// against the URL's host.
+#[cfg(not(madsim))]
+#[derive(Clone)]
+struct TlsConnector {
+    tls: std::sync::Arc<crate::tls::ClientTls>,
+}
+
+#[cfg(not(madsim))]
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, std::io::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::io::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.tls.config.clone();
+        Box::pin(async move {
+            let invalid = |what: &str| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string())
+            };
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid("the peer URL has no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|_| invalid("the peer URL's host is not a valid TLS server name"))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
     }
 }
 
