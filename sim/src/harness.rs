@@ -144,6 +144,7 @@ fn start_member(
                 backend: BackendChoice::Memory(backend.clone()),
                 bcrypt_cost: 4,
                 auth_token_ttl: Duration::from_secs(300),
+                token_provider: Default::default(),
             };
             async move {
                 if let Err(e) = detcd::server::run(cfg, detcd::rt::shutdown_signal(), None).await {

@@ -52,14 +52,19 @@ const ERR_NOT_RSA_PUBLIC: &str = "key is not a valid RSA public key";
 const ERR_NOT_EC_PRIVATE: &str = "key is not a valid ECDSA private key";
 const ERR_NOT_EC_PUBLIC: &str = "key is not a valid ECDSA public key";
 const ERR_MALFORMED_CERT: &str = "x509: malformed tbs certificate";
+const ERR_EC_HINT: &str =
+    "x509: failed to parse private key (use ParseECPrivateKey instead for this key format)";
+const ERR_PKCS1_HINT: &str =
+    "x509: failed to parse private key (use ParsePKCS1PrivateKey instead for this key format)";
 
 /// The known JWT option names; others are warned about and ignored, as etcd does.
 const KNOWN_JWT_OPTIONS: [&str; 4] = ["sign-method", "pub-key", "priv-key", "ttl"];
 
-/// The token provider `--auth-token` selects.
-#[derive(Debug, Clone)]
+/// The token provider `--auth-token` selects; etcd's default is simple tokens.
+#[derive(Debug, Clone, Default)]
 pub enum TokenProvider {
     /// Member-local random tokens (`simple`).
+    #[default]
     Simple,
     /// Signed JSON Web Tokens (`jwt,...`).
     Jwt(Box<JwtTokens>),
@@ -693,6 +698,8 @@ enum AnyPrivate {
     Pkcs1Rsa(Box<RsaPrivateKey>),
     /// SEC1 `ECPrivateKey`.
     Sec1Ec(EcSecret),
+    /// SEC1-shaped, but without a named curve, or on a curve not supported here.
+    Sec1Unusable,
     /// PKCS#8 with an RSA key.
     Pkcs8Rsa(Box<RsaPrivateKey>),
     /// PKCS#8 with an EC key.
@@ -707,8 +714,10 @@ fn parse_private(der: &[u8]) -> AnyPrivate {
     if let Ok(k) = RsaPrivateKey::from_pkcs1_der(der) {
         return AnyPrivate::Pkcs1Rsa(Box::new(k));
     }
-    if let Some(k) = ec_from_sec1(der) {
-        return AnyPrivate::Sec1Ec(k);
+    match ec_from_sec1(der) {
+        Some(Some(k)) => return AnyPrivate::Sec1Ec(k),
+        Some(None) => return AnyPrivate::Sec1Unusable,
+        None => {}
     }
     if let Ok(k) = RsaPrivateKey::from_pkcs8_der(der) {
         return AnyPrivate::Pkcs8Rsa(Box::new(k));
@@ -728,14 +737,32 @@ fn parse_private(der: &[u8]) -> AnyPrivate {
     AnyPrivate::Unreadable
 }
 
-fn ec_from_sec1(der: &[u8]) -> Option<EcSecret> {
-    if let Ok(k) = p256::SecretKey::from_sec1_der(der) {
-        return Some(EcSecret::P256(k));
-    }
-    if let Ok(k) = p384::SecretKey::from_sec1_der(der) {
-        return Some(EcSecret::P384(k));
-    }
-    p521::SecretKey::from_sec1_der(der).ok().map(EcSecret::P521)
+/// A SEC1 `ECPrivateKey` as Go's `x509.ParseECPrivateKey` reads it: `None` when `der` is
+/// not one, `Some(None)` when it is one Go refuses (no named curve, or one it does not
+/// sign with here).
+fn ec_from_sec1(der: &[u8]) -> Option<Option<EcSecret>> {
+    use sec1::der::Decode;
+    const P256: &str = "1.2.840.10045.3.1.7";
+    const P384: &str = "1.3.132.0.34";
+    const P521: &str = "1.3.132.0.35";
+    let key = sec1::EcPrivateKey::from_der(der).ok()?;
+    let curve = key
+        .parameters
+        .and_then(|p| p.named_curve())
+        .map(|oid| oid.to_string());
+    let secret = match curve.as_deref() {
+        Some(P256) => p256::SecretKey::from_slice(key.private_key)
+            .ok()
+            .map(EcSecret::P256),
+        Some(P384) => p384::SecretKey::from_slice(key.private_key)
+            .ok()
+            .map(EcSecret::P384),
+        Some(P521) => p521::SecretKey::from_slice(key.private_key)
+            .ok()
+            .map(EcSecret::P521),
+        _ => None,
+    };
+    Some(secret)
 }
 
 /// The DER `SubjectPublicKeyInfo` of a PKIX public key, or of a certificate's key, as the
@@ -763,9 +790,7 @@ fn rsa_key(public_pem: &[u8], private_pem: &[u8]) -> Result<Key, String> {
             AnyPrivate::Pkcs8Ec(_) | AnyPrivate::Pkcs8Other => {
                 return Err(ERR_NOT_RSA_PRIVATE.into())
             }
-            AnyPrivate::Sec1Ec(_) => {
-                return Err("x509: failed to parse private key (use ParseECPrivateKey instead for this key format)".into())
-            }
+            AnyPrivate::Sec1Ec(_) | AnyPrivate::Sec1Unusable => return Err(ERR_EC_HINT.into()),
             AnyPrivate::Unreadable => return Err("x509: failed to parse private key".into()),
         }
     };
@@ -799,9 +824,8 @@ fn ec_key(public_pem: &[u8], private_pem: &[u8]) -> Result<Key, String> {
             AnyPrivate::Pkcs8Rsa(_) | AnyPrivate::Pkcs8Other => {
                 return Err(ERR_NOT_EC_PRIVATE.into())
             }
-            AnyPrivate::Pkcs1Rsa(_) => {
-                return Err("x509: failed to parse private key (use ParsePKCS1PrivateKey instead for this key format)".into())
-            }
+            AnyPrivate::Pkcs1Rsa(_) => return Err(ERR_PKCS1_HINT.into()),
+            AnyPrivate::Sec1Unusable => return Err(ERR_EC_HINT.into()),
             AnyPrivate::Unreadable => return Err("x509: failed to parse private key".into()),
         }
     };

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::actors::storage::SharedAuth;
 use crate::core::auth::Access;
+use crate::core::jwt::TokenProvider;
 use crate::error::EtcdError;
 use crate::msg::WatchMsg;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
@@ -34,8 +35,8 @@ pub struct WatchService {
     next_stream: Arc<AtomicU64>,
     /// The raft status, to refuse streams while this member is a learner.
     raft_status: Option<rt::watch::Receiver<crate::msg::RaftStatus>>,
-    /// The auth view, to check each watch's read permission.
-    auth: Option<SharedAuth>,
+    /// The auth view and the token provider, to check each watch's read permission.
+    auth: Option<(SharedAuth, Arc<TokenProvider>)>,
 }
 
 impl WatchService {
@@ -52,8 +53,8 @@ impl WatchService {
 
     /// Checks each watch's read permission with the applied auth store and this member's
     /// tokens (etcd's `isWatchPermitted`).
-    pub fn with_auth(mut self, auth: SharedAuth) -> WatchService {
-        self.auth = Some(auth);
+    pub fn with_auth(mut self, auth: SharedAuth, tokens: Arc<TokenProvider>) -> WatchService {
+        self.auth = Some((auth, tokens));
         self
     }
 
@@ -70,7 +71,12 @@ impl WatchService {
 
 /// etcd's `isWatchPermitted`: whether the stream's token may read `[key, range_end)`. An
 /// unknown token, like a missing one while auth is enabled, may not.
-fn watch_permitted(auth: &SharedAuth, token: Option<&str>, key: &[u8], range_end: &[u8]) -> bool {
+fn watch_permitted(
+    (auth, tokens): &(SharedAuth, Arc<TokenProvider>),
+    token: Option<&str>,
+    key: &[u8],
+    range_end: &[u8],
+) -> bool {
     let mut view = match auth.lock() {
         Ok(v) => v,
         Err(poisoned) => poisoned.into_inner(),
@@ -78,16 +84,15 @@ fn watch_permitted(auth: &SharedAuth, token: Option<&str>, key: &[u8], range_end
     if !view.store.is_enabled() {
         return true;
     }
-    let user = match token {
-        None => String::new(),
-        Some(t) => match view.tokens.user_of(t, rt::now()) {
-            Some(user) => user,
+    let info = match token {
+        None => super::AuthInfo::default(),
+        Some(t) => match super::resolve_token(&mut view, tokens, t) {
+            Some(info) => info,
             None => return false,
         },
     };
-    let revision = view.store.revision();
     view.store
-        .check(&user, revision, Access::Read, key, range_end)
+        .check(&info.user, info.revision, Access::Read, key, range_end)
         .is_ok()
 }
 

@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rsa::pkcs1::EncodeRsaPrivateKey;
@@ -14,6 +15,21 @@ fn rsa_private() -> &'static RsaPrivateKey {
     KEY.get_or_init(|| {
         RsaPrivateKey::new(&mut ChaCha20Rng::seed_from_u64(1), 2048).expect("RSA key")
     })
+}
+
+/// A SEC1 PEM naming its curve, as OpenSSL writes them (the EC crates' own SEC1 output
+/// names none, which Go refuses).
+fn sec1_pem(secret: &[u8], public_point: &[u8], curve_oid: &str) -> Vec<u8> {
+    use sec1::der::Encode;
+    let oid = sec1::der::oid::ObjectIdentifier::new_unwrap(curve_oid);
+    let der = sec1::EcPrivateKey {
+        private_key: secret,
+        parameters: Some(sec1::EcParameters::NamedCurve(oid)),
+        public_key: Some(public_point),
+    }
+    .to_der()
+    .expect("DER");
+    pem::encode(&pem::Pem::new("EC PRIVATE KEY", der)).into_bytes()
 }
 
 fn rng() -> ChaCha20Rng {
@@ -50,7 +66,11 @@ impl Files {
         );
         files.insert(
             "ec.pem".into(),
-            pem(&ec.to_sec1_pem(LineEnding::LF).expect("pem")),
+            sec1_pem(
+                &ec.to_bytes(),
+                ec.public_key().to_encoded_point(false).as_bytes(),
+                "1.2.840.10045.3.1.7",
+            ),
         );
         files.insert(
             "ec8.pem".into(),
@@ -65,7 +85,11 @@ impl Files {
         );
         files.insert(
             "ec384.pem".into(),
-            pem(&ec384.to_sec1_pem(LineEnding::LF).expect("pem")),
+            sec1_pem(
+                &ec384.to_bytes(),
+                ec384.public_key().to_encoded_point(false).as_bytes(),
+                "1.3.132.0.34",
+            ),
         );
         files.insert(
             "ec384.pub".into(),
@@ -76,7 +100,15 @@ impl Files {
         );
         files.insert(
             "ec521.pem".into(),
-            pem(&ec521.to_sec1_pem(LineEnding::LF).expect("pem")),
+            sec1_pem(
+                &ec521.to_bytes(),
+                ec521.public_key().to_encoded_point(false).as_bytes(),
+                "1.3.132.0.35",
+            ),
+        );
+        files.insert(
+            "ec-nocurve.pem".into(),
+            pem(&ec.to_sec1_pem(LineEnding::LF).expect("pem")),
         );
         files.insert("secret".into(), b"not a PEM file, an HMAC secret".to_vec());
         Files(files)
@@ -158,6 +190,15 @@ fn providers_and_start_errors_are_etcds() {
     assert_eq!(
         err("jwt,sign-method=RS256,priv-key=ec.pem"),
         "x509: failed to parse private key (use ParseECPrivateKey instead for this key format)"
+    );
+    assert_eq!(
+        err("jwt,sign-method=ES256,priv-key=ec-nocurve.pem"),
+        "x509: failed to parse private key (use ParseECPrivateKey instead for this key format)",
+        "Go needs the named curve in a SEC1 key"
+    );
+    assert_eq!(
+        err("jwt,sign-method=ES256,priv-key=rsa.pem"),
+        "x509: failed to parse private key (use ParsePKCS1PrivateKey instead for this key format)"
     );
     assert_eq!(
         err("jwt,sign-method=RS256,pub-key=rsa.pem"),
@@ -293,13 +334,12 @@ fn foreign_and_malformed_tokens_are_refused() {
     let rs384 = f.jwt("jwt,sign-method=RS384,priv-key=rsa.pem");
     let es256 = f.jwt("jwt,sign-method=ES256,priv-key=ec.pem");
     let other_ec = {
-        let files = Files::new();
-        let mut files = files;
+        let mut files = Files::new();
         let other = p256::SecretKey::from_slice(&[8u8; 32]).unwrap();
         files.0.insert(
             "other.pem".into(),
             other
-                .to_sec1_pem(LineEnding::LF)
+                .to_pkcs8_pem(LineEnding::LF)
                 .unwrap()
                 .as_bytes()
                 .to_vec(),
