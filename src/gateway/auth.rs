@@ -150,9 +150,15 @@ impl Auth for AuthService {
                 let Some(user) = store.user(&r.name) else {
                     return Err(EtcdError::AuthFailed);
                 };
-                if user.options.as_ref().is_some_and(|o| o.no_password)
-                    || !password_matches(&r.password, &user.password)
-                {
+                // etcd's `CheckPassword` has an error of its own for users without a
+                // password, which gRPC sends as Unknown.
+                if user.options.as_ref().is_some_and(|o| o.no_password) {
+                    return Err(EtcdError::Unknown(
+                        "auth: authentication failed, password was given for no password user"
+                            .into(),
+                    ));
+                }
+                if !password_matches(&r.password, &user.password) {
                     return Err(EtcdError::AuthFailed);
                 }
                 // As etcd: only simple tokens have a prefix; an empty one tells the apply

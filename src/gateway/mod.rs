@@ -124,10 +124,10 @@ impl Handle {
         }
     }
 
-    /// etcd's `AuthInfoFromCtx`: the user the request's token stands for. No token, or
-    /// auth disabled, is an anonymous request (whose requests fail at apply while auth is
-    /// enabled); an unknown, lapsed, expired or badly signed token is "invalid auth
-    /// token". A simple token stands for its user at the current auth revision; a JWT
+    /// etcd's `AuthInfoFromCtx`: the user the request's token stands for. No token is an
+    /// anonymous request (whose requests fail at apply while auth is enabled); an unknown,
+    /// lapsed, expired or badly signed token is "invalid auth token", whether or not auth
+    /// is enabled (disabling it voids every simple token), as in etcd. A simple token stands for its user at the current auth revision; a JWT
     /// carries the auth revision it was issued at, so once auth changed its requests fail
     /// with "revision of auth store is old" until the client authenticates again.
     pub async fn auth_info(
@@ -144,9 +144,6 @@ impl Handle {
             Ok(v) => v,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if !view.store.is_enabled() {
-            return Ok(AuthInfo::default());
-        }
         resolve_token(&mut view, &self.token_provider, token).ok_or(EtcdError::InvalidAuthToken)
     }
 
@@ -159,9 +156,6 @@ impl Handle {
                     Ok(v) => v,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                if !view.store.is_enabled() {
-                    return Ok(AuthInfo::default());
-                }
                 if let Some(info) = resolve_token(&mut view, &TokenProvider::Simple, token) {
                     return Ok(info);
                 }
@@ -226,17 +220,23 @@ impl Handle {
     /// service hands the auth layer's own errors to gRPC unconverted, so clients see them
     /// as `Unknown` with the "auth: ..." text; this does the same.
     pub async fn check_admin(&self, md: &tonic::metadata::MetadataMap) -> Result<(), EtcdError> {
-        let result = match self.auth_info(md).await {
-            Ok(info) => self.auth_store().check_admin(&info.user),
-            Err(e) => Err(e),
-        };
-        result.map_err(|e| match e {
+        self.admin_permitted(md).await.map_err(|e| match e {
             EtcdError::UserEmpty => EtcdError::Unknown("auth: user name is empty".into()),
             EtcdError::UserNotFound => EtcdError::Unknown("auth: user not found".into()),
             EtcdError::PermissionDenied => EtcdError::Unknown("auth: permission denied".into()),
             EtcdError::InvalidAuthToken => EtcdError::Unknown("auth: invalid auth token".into()),
             other => other,
         })
+    }
+
+    /// etcd's `IsAdminPermitted` with etcd's gRPC errors (membership changes): the token's
+    /// user must hold the root role while auth is enabled.
+    pub async fn admin_permitted(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<(), EtcdError> {
+        let info = self.auth_info(md).await?;
+        self.auth_store().check_admin(&info.user)
     }
 
     /// etcd's `IsRangePermitted` for reads served by this member: the caller, if allowed.

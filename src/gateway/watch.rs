@@ -69,31 +69,36 @@ impl WatchService {
     }
 }
 
-/// etcd's `isWatchPermitted`: whether the stream's token may read `[key, range_end)`. An
-/// unknown token, like a missing one while auth is enabled, may not.
+/// etcd's `isWatchPermitted`: whether the stream's token may read `[key, range_end)`.
+/// A token that is invalid fails even while auth is disabled, as in etcd.
 fn watch_permitted(
     (auth, tokens): &(SharedAuth, Arc<TokenProvider>),
     token: Option<&str>,
     key: &[u8],
     range_end: &[u8],
-) -> bool {
+) -> Result<(), EtcdError> {
     let mut view = match auth.lock() {
         Ok(v) => v,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if !view.store.is_enabled() {
-        return true;
-    }
     let info = match token {
         None => super::AuthInfo::default(),
-        Some(t) => match super::resolve_token(&mut view, tokens, t) {
-            Some(info) => info,
-            None => return false,
-        },
+        Some(t) => super::resolve_token(&mut view, tokens, t).ok_or(EtcdError::InvalidAuthToken)?,
     };
     view.store
         .check(&info.user, info.revision, Access::Read, key, range_end)
-        .is_ok()
+}
+
+/// The cancel reason etcd gives a watch it refuses: the text of the gRPC error, as Go
+/// formats it, for the four errors it tells apart; anything else is "permission denied".
+fn watch_cancel_reason(e: &EtcdError) -> String {
+    let (code, e) = match e {
+        EtcdError::InvalidAuthToken => ("Unauthenticated", e),
+        EtcdError::AuthOldRevision => ("InvalidArgument", e),
+        EtcdError::UserEmpty => ("InvalidArgument", e),
+        _ => ("PermissionDenied", &EtcdError::PermissionDenied),
+    };
+    format!("rpc error: code = {code} desc = {}", e.message())
 }
 
 /// What one client request becomes for the hub (`None`: etcd ignores it).
@@ -153,14 +158,17 @@ impl Watch for WatchService {
                             if let (Some(auth), Some(RequestUnion::CreateRequest(c))) =
                                 (&auth, &req.request_union)
                             {
-                                if !watch_permitted(auth, token.as_deref(), &c.key, &c.range_end) {
-                                    // As etcd: the watch is created and canceled at once.
+                                if let Err(e) =
+                                    watch_permitted(auth, token.as_deref(), &c.key, &c.range_end)
+                                {
+                                    // As etcd: the watch is created and canceled at once,
+                                    // under clientv3's InvalidWatchID.
                                     let resp = WatchResponse {
                                         header: Some(Default::default()),
-                                        watch_id: c.watch_id,
+                                        watch_id: -1,
                                         created: true,
                                         canceled: true,
-                                        cancel_reason: EtcdError::PermissionDenied.message(),
+                                        cancel_reason: watch_cancel_reason(&e),
                                         ..Default::default()
                                     };
                                     denied_bytes.fetch_add(resp.encoded_len(), Ordering::Relaxed);
