@@ -83,6 +83,9 @@ pub enum EtcdError {
     CorruptCluster,
     /// An internal failure (I/O, encoding). The message is for the log and the client.
     Internal(String),
+    /// An error etcd has no gRPC status for, which gRPC sends as `Unknown` with the
+    /// error's own text (e.g. "auth: token signing attempted with verify-only key").
+    Unknown(String),
     /// Auth: there is no root user, so auth cannot be enabled.
     RootUserNotExist,
     /// Auth: the root user lacks the root role, so auth cannot be enabled.
@@ -181,6 +184,7 @@ impl EtcdError {
             Unimplemented(_) => Code::Unimplemented,
             Corrupt(_) | CorruptCluster => Code::DataLoss,
             Internal(_) => Code::Internal,
+            Unknown(_) => Code::Unknown,
         }
     }
 
@@ -242,7 +246,7 @@ impl EtcdError {
             TooManyLearners => "etcdserver: too many learner members in cluster".into(),
             Unhealthy => "etcdserver: unhealthy cluster".into(),
             NotSupportedForLearner => "etcdserver: rpc not supported for learner".into(),
-            InvalidArgument(m) | Unimplemented(m) | Internal(m) => m.clone(),
+            InvalidArgument(m) | Unimplemented(m) | Internal(m) | Unknown(m) => m.clone(),
             Corrupt(m) => format!("etcdserver: corrupt cluster: {m}"),
             CorruptCluster => "etcdserver: corrupt cluster".into(),
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use detcd::config::{Config, ConfigError, NoticeLevel, Parsed, Url};
+use detcd::core::jwt::TokenProvider;
 use detcd::server::{BackendChoice, MemberTls, ServerConfig};
 use detcd::storage::disk::RealDisk;
 use detcd::tls::TlsInfo;
@@ -108,15 +109,15 @@ fn listen_addr(url: &Url) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("listen {url}: no address for host {host}"))
 }
 
-/// Checks `--auth-token`: its type is the text before the first comma, as etcd reads
-/// it. Simple tokens are served; JWT is refused plainly rather than silently replaced by
-/// simple tokens; anything else is etcd's "invalid auth options".
-fn check_auth_token(auth_token: &str) -> Result<(), String> {
-    match auth_token.split(',').next().unwrap_or("") {
-        "simple" => Ok(()),
-        "jwt" => Err("auth: JWT tokens (--auth-token jwt,...) are not supported by detcd yet; use --auth-token simple".into()),
-        _ => Err("auth: invalid auth options".into()),
+/// Builds the token provider `--auth-token` names, as etcd does at start: key files are
+/// read here, and the error is the message etcd stops with.
+fn token_provider(auth_token: &str) -> Result<TokenProvider, String> {
+    let (provider, warnings) =
+        detcd::core::jwt::token_provider(auth_token, &mut |path| std::fs::read(path))?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
     }
+    Ok(provider)
 }
 
 /// The TLS of the member's listeners and peer connections, from the flags, as etcd sets
@@ -235,7 +236,7 @@ fn member_tls(config: &Config) -> Result<MemberTls, String> {
 }
 
 fn server_config(config: &Config) -> Result<ServerConfig, String> {
-    check_auth_token(&config.auth_token)?;
+    let token_provider = token_provider(&config.auth_token)?;
     let members = config
         .initial_cluster_members()
         .map_err(|e| e.to_string())?;
@@ -298,6 +299,7 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         bcrypt_cost: u32::try_from(config.bcrypt_cost).unwrap_or(u32::MAX),
         auth_token_ttl: Duration::from_secs(config.auth_token_ttl_secs),
         tls,
+        token_provider: Arc::new(token_provider),
     })
 }
 
@@ -306,16 +308,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auth_token_types_are_checked_as_etcd_reads_them() {
-        assert_eq!(check_auth_token("simple"), Ok(()));
-        assert!(
-            check_auth_token("jwt,pub-key=a,priv-key=b,sign-method=RS256")
-                .unwrap_err()
-                .contains("not supported")
+    fn auth_token_types_are_read_as_etcd_reads_them() {
+        assert!(matches!(
+            token_provider("simple"),
+            Ok(TokenProvider::Simple)
+        ));
+        assert_eq!(
+            token_provider("jwt,pub-key=/nonexistent/a,sign-method=RS256").unwrap_err(),
+            "auth: invalid auth options"
         );
         assert_eq!(
-            check_auth_token("bogus"),
-            Err("auth: invalid auth options".to_string())
+            token_provider("jwt,sign-method=RS256").unwrap_err(),
+            "auth: missing key data"
+        );
+        assert_eq!(
+            token_provider("bogus").unwrap_err(),
+            "auth: invalid auth options"
         );
     }
 }

@@ -114,6 +114,8 @@ pub struct ServerConfig {
     pub auth_token_ttl: Duration,
     /// TLS for the listeners and for connections to peers.
     pub tls: MemberTls,
+    /// `--auth-token`: simple tokens, JWTs, or none.
+    pub token_provider: Arc<crate::core::jwt::TokenProvider>,
 }
 
 /// TLS for a member's listeners and for its connections to peers. The default is plain
@@ -412,6 +414,7 @@ pub async fn run(
         strict_reconfig_check: cfg.strict_reconfig_check,
         auth: auth_view,
         bcrypt_cost: cfg.bcrypt_cost,
+        token_provider: cfg.token_provider.clone(),
     };
 
     // The peer transport serves from the start: the member cannot elect a leader or
@@ -528,7 +531,7 @@ pub async fn run(
                 WatchServer::new(
                     gateway::watch::WatchService::new(watch_tx.clone(), next_watch_stream.clone())
                         .with_learner_check(status_rx.clone())
-                        .with_auth(handle.auth.clone()),
+                        .with_auth(handle.auth.clone(), handle.token_provider.clone()),
                 )
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),

@@ -209,6 +209,7 @@ fn start_member(
                     bcrypt_cost: 4,
                     auth_token_ttl: Duration::from_secs(300),
                     tls: Default::default(),
+                    token_provider: Default::default(),
                 }
             };
             async move {

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use self::flags::FlagKind;
 pub use self::flags::{NOT_IMPLEMENTED_MARK, USAGE};
+/// Go's `time.ParseDuration`, for options parsed outside this module (`--auth-token`).
+pub(crate) use self::goparse::parse_duration as parse_go_duration;
 use self::goparse::{format_duration, parse_bool, parse_duration, parse_int, parse_uint};
 pub use self::url::Url;
 use crate::logging::{LogConfig, LogLevel, LogOutput, Logger};

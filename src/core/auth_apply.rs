@@ -173,10 +173,12 @@ pub fn apply_auth(
         r.map(|()| AuthResponse::Disable(Default::default()))
     } else if let Some(a) = &req.authenticate {
         authenticate(store, &a.name, &a.simple_token, entry_index).map(|token| {
-            tokens.push(TokenChange::Assign {
-                token: token.clone(),
-                user: a.name.clone(),
-            });
+            if !token.is_empty() {
+                tokens.push(TokenChange::Assign {
+                    token: token.clone(),
+                    user: a.name.clone(),
+                });
+            }
             AuthResponse::Authenticate(AuthenticateResponse {
                 header: None,
                 token,
@@ -316,7 +318,8 @@ pub fn apply_auth(
 }
 
 /// etcd's `authStore.Authenticate` once the password was checked: the token for `name`,
-/// `prefix` and the entry's raft index, as etcd's simple token provider forms it.
+/// `prefix` and the entry's raft index, as etcd's simple token provider forms it. An
+/// empty prefix assigns no token: the proposing member issues a JWT itself.
 fn authenticate(
     store: &AuthStore,
     name: &str,
@@ -331,6 +334,9 @@ fn authenticate(
     };
     if user.options.as_ref().is_some_and(|o| o.no_password) {
         return Err(EtcdError::AuthFailed);
+    }
+    if prefix.is_empty() {
+        return Ok(String::new());
     }
     Ok(format!("{prefix}.{entry_index}"))
 }

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod auth_apply;
 pub mod corrupt;
 pub(crate) mod crc32c;
+pub mod jwt;
 pub mod lease;
 pub mod mvcc;
 pub mod quota;

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::{reply, Handle};
 use crate::core::apply::Response as Applied;
 use crate::core::auth_apply::AuthResponse;
+use crate::core::jwt::TokenProvider;
 use crate::core::token::simple_token_prefix;
 use crate::error::EtcdError;
 use crate::pb::detcdpb::{InternalAuthenticateRequest, InternalRequest};
@@ -54,6 +55,17 @@ pub fn hash_password(password: &str, cost: u32) -> Result<String, EtcdError> {
     bcrypt::hash_with_salt(password, cost, salt)
         .map(|h| h.format_for_version(bcrypt::Version::TwoA))
         .map_err(|e| EtcdError::Internal(format!("etcdserver: hashing the password: {e}")))
+}
+
+/// A generator for RSA blinding and PSS salts, seeded from the runtime's random source
+/// (the operating system's, or the simulation's seeded one).
+fn token_rng() -> rand_chacha::ChaCha20Rng {
+    use rand::SeedableRng;
+    let mut seed = [0u8; 32];
+    for chunk in seed.chunks_mut(8) {
+        chunk.copy_from_slice(&rt::random_u64().to_le_bytes());
+    }
+    rand_chacha::ChaCha20Rng::from_seed(seed)
 }
 
 /// Whether `password` matches the stored bcrypt `hash`; a malformed hash matches nothing.
@@ -138,15 +150,27 @@ impl Auth for AuthService {
                 let Some(user) = store.user(&r.name) else {
                     return Err(EtcdError::AuthFailed);
                 };
-                if user.options.as_ref().is_some_and(|o| o.no_password)
-                    || !password_matches(&r.password, &user.password)
-                {
+                // etcd's `CheckPassword` has an error of its own for users without a
+                // password, which gRPC sends as Unknown.
+                if user.options.as_ref().is_some_and(|o| o.no_password) {
+                    return Err(EtcdError::Unknown(
+                        "auth: authentication failed, password was given for no password user"
+                            .into(),
+                    ));
+                }
+                if !password_matches(&r.password, &user.password) {
                     return Err(EtcdError::AuthFailed);
                 }
+                // As etcd: only simple tokens have a prefix; an empty one tells the apply
+                // step that this member issues the token itself.
+                let prefix = match &*self.handle.token_provider {
+                    TokenProvider::Simple => simple_token_prefix(rt::random_u64),
+                    TokenProvider::Jwt(_) | TokenProvider::Nop => String::new(),
+                };
                 let request = InternalRequest {
                     authenticate: Some(InternalAuthenticateRequest {
                         name: r.name.clone(),
-                        simple_token: simple_token_prefix(rt::random_u64),
+                        simple_token: prefix,
                     }),
                     ..Default::default()
                 };
@@ -160,7 +184,19 @@ impl Auth for AuthService {
                 // A password change committed between the check and the assignment
                 // would make the token stale: check again, as etcd does.
                 if self.handle.auth_store().revision() == checked_at_revision {
-                    return Ok(resp);
+                    // The revision did not move between the check and now, so it is the
+                    // one the entry was applied at: the revision etcd signs into a JWT.
+                    return match &*self.handle.token_provider {
+                        TokenProvider::Simple => Ok(resp),
+                        TokenProvider::Jwt(jwt) => {
+                            let now_ms = i64::try_from(rt::unix_time_ms()).unwrap_or(i64::MAX);
+                            let token = jwt
+                                .sign(&r.name, checked_at_revision, now_ms, &mut token_rng())
+                                .map_err(EtcdError::Unknown)?;
+                            Ok(AuthenticateResponse { token, ..resp })
+                        }
+                        TokenProvider::Nop => Err(EtcdError::AuthFailed),
+                    };
                 }
             }
             Err(EtcdError::AuthFailed)

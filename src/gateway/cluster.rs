@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::{reply, Handle};
@@ -52,9 +53,15 @@ impl ClusterService {
         })
     }
 
-    async fn member_add_impl(&self, req: MemberAddRequest) -> Result<MemberAddResponse, EtcdError> {
+    async fn member_add_impl(
+        &self,
+        md: &MetadataMap,
+        req: MemberAddRequest,
+    ) -> Result<MemberAddResponse, EtcdError> {
         self.handle.refuse_if_learner()?;
         let peer_urls = parse_peer_urls(&req.peer_ur_ls)?;
+        // As etcd: membership changes need the root role, checked once the URLs parse.
+        self.handle.admin_permitted(md).await?;
         let id = ids::new_member_id(&peer_urls, rt::unix_time_ms() / 1000);
         let mut sorted = peer_urls.clone();
         sorted.sort();
@@ -99,9 +106,11 @@ impl ClusterService {
 
     async fn member_remove_impl(
         &self,
+        md: &MetadataMap,
         req: MemberRemoveRequest,
     ) -> Result<MemberRemoveResponse, EtcdError> {
         self.handle.refuse_if_learner()?;
+        self.handle.admin_permitted(md).await?;
         let id = req.id;
         let members = self.members();
         let target = members.iter().find(|m| m.id == id);
@@ -142,10 +151,12 @@ impl ClusterService {
 
     async fn member_update_impl(
         &self,
+        md: &MetadataMap,
         req: MemberUpdateRequest,
     ) -> Result<MemberUpdateResponse, EtcdError> {
         self.handle.refuse_if_learner()?;
         let mut peer_urls = parse_peer_urls(&req.peer_ur_ls)?;
+        self.handle.admin_permitted(md).await?;
         peer_urls.sort();
         membership::check_update(&self.members(), req.id, &peer_urls)?;
         let request = InternalRequest {
@@ -171,9 +182,11 @@ impl ClusterService {
 
     async fn member_promote_impl(
         &self,
+        md: &MetadataMap,
         req: MemberPromoteRequest,
     ) -> Result<MemberPromoteResponse, EtcdError> {
         self.handle.refuse_if_learner()?;
+        self.handle.admin_permitted(md).await?;
         let list = match promote_on_leader(&self.handle, req.id).await {
             Err(EtcdError::NotLeader) => self.forward_promote(req.id).await?,
             r => r?,
@@ -352,21 +365,24 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        reply(self.member_add_impl(req.into_inner()).await)
+        let (md, _, req) = req.into_parts();
+        reply(self.member_add_impl(&md, req).await)
     }
 
     async fn member_remove(
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        reply(self.member_remove_impl(req.into_inner()).await)
+        let (md, _, req) = req.into_parts();
+        reply(self.member_remove_impl(&md, req).await)
     }
 
     async fn member_update(
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        reply(self.member_update_impl(req.into_inner()).await)
+        let (md, _, req) = req.into_parts();
+        reply(self.member_update_impl(&md, req).await)
     }
 
     async fn member_list(
@@ -402,7 +418,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        reply(self.member_promote_impl(req.into_inner()).await)
+        let (md, _, req) = req.into_parts();
+        reply(self.member_promote_impl(&md, req).await)
     }
 }
 

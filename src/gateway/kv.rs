@@ -40,10 +40,13 @@ impl Kv for KvService {
             validate::check_range(&req)?;
             // Reads are served without raft, so this member checks the permission, with
             // the auth store it has applied (etcd's `doSerialize`).
-            self.handle
+            let info = self
+                .handle
                 .check_read(&md, &req.key, &req.range_end)
                 .await?;
-            self.handle.range(req).await
+            let resp = self.handle.range(req).await?;
+            self.handle.check_still_current(&info)?;
+            Ok(resp)
         }
         .await;
         reply(result)

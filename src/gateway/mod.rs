@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::apply::Response;
 use crate::core::auth::{Access, AuthStore};
+use crate::core::jwt::TokenProvider;
 use crate::core::quota::{self, Quota};
 use crate::core::token::simple_token_index;
 use crate::error::EtcdError;
@@ -73,6 +74,8 @@ pub struct Handle {
     pub auth: crate::actors::storage::SharedAuth,
     /// `--bcrypt-cost`: the cost passwords are hashed at.
     pub bcrypt_cost: u32,
+    /// `--auth-token`: how tokens are issued and checked.
+    pub token_provider: Arc<TokenProvider>,
 }
 
 /// Who a request acts for, from its token: the user and the auth revision the token was
@@ -83,6 +86,30 @@ pub struct AuthInfo {
     pub user: String,
     /// The auth revision at the check; 0 when the client sent no token.
     pub revision: u64,
+}
+
+/// Who `token` stands for under `provider`, as this member knows now (no waiting for a
+/// simple token from a later raft index), or `None` if the token is invalid. A simple
+/// token is renewed by the look-up.
+pub fn resolve_token(
+    view: &mut crate::actors::storage::AuthView,
+    provider: &TokenProvider,
+    token: &str,
+) -> Option<AuthInfo> {
+    match provider {
+        TokenProvider::Simple => view.tokens.user_of(token, rt::now()).map(|user| AuthInfo {
+            user,
+            revision: view.store.revision(),
+        }),
+        TokenProvider::Jwt(jwt) => {
+            let now_ms = i64::try_from(rt::unix_time_ms()).unwrap_or(i64::MAX);
+            jwt.verify(token, now_ms).map(|claims| AuthInfo {
+                user: claims.username,
+                revision: claims.revision,
+            })
+        }
+        TokenProvider::Nop => None,
+    }
 }
 
 /// The gRPC metadata key etcd's clients send their token under.
@@ -102,10 +129,12 @@ impl Handle {
         }
     }
 
-    /// etcd's `AuthInfoFromCtx`: the user the request's token stands for. No token, or
-    /// auth disabled, is an anonymous request (whose requests fail at apply while auth is
-    /// enabled); an unknown or lapsed token is "invalid auth token". A token assigned at
-    /// a raft index this member has not applied yet is waited for, as etcd does.
+    /// etcd's `AuthInfoFromCtx`: the user the request's token stands for. No token is an
+    /// anonymous request (whose requests fail at apply while auth is enabled); an unknown,
+    /// lapsed, expired or badly signed token is "invalid auth token", whether or not auth
+    /// is enabled (disabling it voids every simple token), as in etcd. A simple token stands for its user at the current auth revision; a JWT
+    /// carries the auth revision it was issued at, so once auth changed its requests fail
+    /// with "revision of auth store is old" until the client authenticates again.
     pub async fn auth_info(
         &self,
         md: &tonic::metadata::MetadataMap,
@@ -113,23 +142,29 @@ impl Handle {
         let Some(token) = md.get(TOKEN_METADATA_KEY).and_then(|t| t.to_str().ok()) else {
             return Ok(self.cert_auth_info(md));
         };
-        let token = token.to_string();
+        if let TokenProvider::Simple = &*self.token_provider {
+            return self.simple_token_info(token).await;
+        }
+        let mut view = match self.auth.lock() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        resolve_token(&mut view, &self.token_provider, token).ok_or(EtcdError::InvalidAuthToken)
+    }
+
+    /// [`Handle::auth_info`] for simple tokens. A token assigned at a raft index this
+    /// member has not applied yet is waited for, as etcd does.
+    async fn simple_token_info(&self, token: &str) -> Result<AuthInfo, EtcdError> {
         for attempt in 0..2 {
             let lagging = {
                 let mut view = match self.auth.lock() {
                     Ok(v) => v,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                if !view.store.is_enabled() {
-                    return Ok(AuthInfo::default());
+                if let Some(info) = resolve_token(&mut view, &TokenProvider::Simple, token) {
+                    return Ok(info);
                 }
-                if let Some(user) = view.tokens.user_of(&token, rt::now()) {
-                    return Ok(AuthInfo {
-                        user,
-                        revision: view.store.revision(),
-                    });
-                }
-                simple_token_index(&token).is_some_and(|i| i > view.applied_index)
+                simple_token_index(token).is_some_and(|i| i > view.applied_index)
             };
             if !lagging || attempt == 1 {
                 break;
@@ -184,8 +219,14 @@ impl Handle {
         mut request: InternalRequest,
     ) -> Result<Response, EtcdError> {
         let mut attempts = 0;
+        let mut last_revision = None;
         loop {
             let info = self.auth_info(md).await?;
+            // A JWT names the revision it was issued at: checking it again cannot help.
+            if last_revision == Some(info.revision) {
+                return Err(EtcdError::AuthOldRevision);
+            }
+            last_revision = Some(info.revision);
             let header = request.header.get_or_insert_with(Default::default);
             header.username = info.user;
             header.auth_revision = info.revision;
@@ -197,22 +238,50 @@ impl Handle {
     }
 
     /// etcd's `IsAdminPermitted` for requests served by this member alone (maintenance):
-    /// the token's user must hold the root role while auth is enabled.
+    /// the token's user must hold the root role while auth is enabled. etcd's maintenance
+    /// service hands the auth layer's own errors to gRPC unconverted, so clients see them
+    /// as `Unknown` with the "auth: ..." text; this does the same.
     pub async fn check_admin(&self, md: &tonic::metadata::MetadataMap) -> Result<(), EtcdError> {
+        self.admin_permitted(md).await.map_err(|e| match e {
+            EtcdError::UserEmpty => EtcdError::Unknown("auth: user name is empty".into()),
+            EtcdError::UserNotFound => EtcdError::Unknown("auth: user not found".into()),
+            EtcdError::PermissionDenied => EtcdError::Unknown("auth: permission denied".into()),
+            EtcdError::InvalidAuthToken => EtcdError::Unknown("auth: invalid auth token".into()),
+            other => other,
+        })
+    }
+
+    /// etcd's `IsAdminPermitted` with etcd's gRPC errors (membership changes): the token's
+    /// user must hold the root role while auth is enabled.
+    pub async fn admin_permitted(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<(), EtcdError> {
         let info = self.auth_info(md).await?;
         self.auth_store().check_admin(&info.user)
     }
 
-    /// etcd's `IsRangePermitted` for reads served by this member (ranges and watches).
+    /// etcd's `IsRangePermitted` for reads served by this member: the caller, if allowed.
     pub async fn check_read(
         &self,
         md: &tonic::metadata::MetadataMap,
         key: &[u8],
         range_end: &[u8],
-    ) -> Result<(), EtcdError> {
+    ) -> Result<AuthInfo, EtcdError> {
         let info = self.auth_info(md).await?;
         self.auth_store()
-            .check(&info.user, info.revision, Access::Read, key, range_end)
+            .check(&info.user, info.revision, Access::Read, key, range_end)?;
+        Ok(info)
+    }
+
+    /// The end of etcd's `doSerialize`: a read checked with a token's auth revision is
+    /// refused as stale unless that revision is still the current one (auth changed
+    /// while it was served, or the token is from another revision altogether).
+    pub fn check_still_current(&self, info: &AuthInfo) -> Result<(), EtcdError> {
+        if info.revision != 0 && info.revision != self.auth_store().revision() {
+            return Err(EtcdError::AuthOldRevision);
+        }
+        Ok(())
     }
     /// Proposes a request through raft and waits for its applied result.
     pub async fn propose(&self, request: InternalRequest) -> Result<Response, EtcdError> {

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::actors::storage::SharedAuth;
 use crate::core::auth::Access;
+use crate::core::jwt::TokenProvider;
 use crate::error::EtcdError;
 use crate::msg::WatchMsg;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
@@ -34,8 +35,8 @@ pub struct WatchService {
     next_stream: Arc<AtomicU64>,
     /// The raft status, to refuse streams while this member is a learner.
     raft_status: Option<rt::watch::Receiver<crate::msg::RaftStatus>>,
-    /// The auth view, to check each watch's read permission.
-    auth: Option<SharedAuth>,
+    /// The auth view and the token provider, to check each watch's read permission.
+    auth: Option<(SharedAuth, Arc<TokenProvider>)>,
 }
 
 impl WatchService {
@@ -52,8 +53,8 @@ impl WatchService {
 
     /// Checks each watch's read permission with the applied auth store and this member's
     /// tokens (etcd's `isWatchPermitted`).
-    pub fn with_auth(mut self, auth: SharedAuth) -> WatchService {
-        self.auth = Some(auth);
+    pub fn with_auth(mut self, auth: SharedAuth, tokens: Arc<TokenProvider>) -> WatchService {
+        self.auth = Some((auth, tokens));
         self
     }
 
@@ -68,34 +69,45 @@ impl WatchService {
     }
 }
 
-/// etcd's `isWatchPermitted`: whether the stream's token may read `[key, range_end)`. An
-/// unknown token, like a missing one while auth is enabled, may not. Without a token, the
-/// stream acts for `cert_user`, its connection's client-certificate user, if any.
+/// etcd's `isWatchPermitted`: whether the stream's token may read `[key, range_end)`.
+/// A token that is invalid fails even while auth is disabled, as in etcd. Without a
+/// token, the stream acts for `cert_user`, its connection's client-certificate user, if
+/// any.
 fn watch_permitted(
-    auth: &SharedAuth,
+    (auth, tokens): &(SharedAuth, Arc<TokenProvider>),
     token: Option<&str>,
     cert_user: Option<&str>,
     key: &[u8],
     range_end: &[u8],
-) -> bool {
+) -> Result<(), EtcdError> {
     let mut view = match auth.lock() {
         Ok(v) => v,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if !view.store.is_enabled() {
-        return true;
-    }
-    let user = match token {
-        None => cert_user.unwrap_or_default().to_string(),
-        Some(t) => match view.tokens.user_of(t, rt::now()) {
-            Some(user) => user,
-            None => return false,
+    let info = match (token, cert_user) {
+        (Some(t), _) => {
+            super::resolve_token(&mut view, tokens, t).ok_or(EtcdError::InvalidAuthToken)?
+        }
+        (None, Some(cn)) if view.store.is_enabled() => super::AuthInfo {
+            user: cn.to_string(),
+            revision: view.store.revision(),
         },
+        (None, _) => super::AuthInfo::default(),
     };
-    let revision = view.store.revision();
     view.store
-        .check(&user, revision, Access::Read, key, range_end)
-        .is_ok()
+        .check(&info.user, info.revision, Access::Read, key, range_end)
+}
+
+/// The cancel reason etcd gives a watch it refuses: the text of the gRPC error, as Go
+/// formats it, for the four errors it tells apart; anything else is "permission denied".
+fn watch_cancel_reason(e: &EtcdError) -> String {
+    let (code, e) = match e {
+        EtcdError::InvalidAuthToken => ("Unauthenticated", e),
+        EtcdError::AuthOldRevision => ("InvalidArgument", e),
+        EtcdError::UserEmpty => ("InvalidArgument", e),
+        _ => ("PermissionDenied", &EtcdError::PermissionDenied),
+    };
+    format!("rpc error: code = {code} desc = {}", e.message())
 }
 
 /// What one client request becomes for the hub (`None`: etcd ignores it).
@@ -160,20 +172,21 @@ impl Watch for WatchService {
                             if let (Some(auth), Some(RequestUnion::CreateRequest(c))) =
                                 (&auth, &req.request_union)
                             {
-                                if !watch_permitted(
+                                if let Err(e) = watch_permitted(
                                     auth,
                                     token.as_deref(),
                                     cert_user.as_deref(),
                                     &c.key,
                                     &c.range_end,
                                 ) {
-                                    // As etcd: the watch is created and canceled at once.
+                                    // As etcd: the watch is created and canceled at once,
+                                    // under clientv3's InvalidWatchID.
                                     let resp = WatchResponse {
                                         header: Some(Default::default()),
-                                        watch_id: c.watch_id,
+                                        watch_id: -1,
                                         created: true,
                                         canceled: true,
-                                        cancel_reason: EtcdError::PermissionDenied.message(),
+                                        cancel_reason: watch_cancel_reason(&e),
                                         ..Default::default()
                                     };
                                     denied_bytes.fetch_add(resp.encoded_len(), Ordering::Relaxed);
