@@ -20,8 +20,10 @@ pub enum Bug {
     /// Apply a committed entry twice after a restart: the backend's consistent index is
     /// ignored for one entry.
     DoubleApply,
-    /// Apply lease revocations proposed by a member whose leadership is stale (the
-    /// leader-term check on expiry is skipped).
+    /// A member that loses leadership keeps its lease clock running (so it never hears of
+    /// renewals through the new leader) and its expiry proposals, forwarded to the new
+    /// leader, are applied (the leader-term check on expiry is skipped): leases renewed
+    /// in time are revoked.
     StaleLeaseRevoke,
     /// Deliver the events of one applied batch to watchers in reverse order.
     WatchReorder,

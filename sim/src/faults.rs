@@ -313,7 +313,19 @@ async fn inject(
             for &v in &victims {
                 down.kill(members, v);
             }
-            let what = format!("QuorumLoss killed {}", names(members, &victims));
+            let mut what = format!("QuorumLoss killed {}", names(members, &victims));
+            if f.crash_disks {
+                // A power failure of the majority: every one of them loses what its disk
+                // had not fsynced.
+                for &v in &victims {
+                    let disk_seed = rng.gen();
+                    members[v].disk.crash(disk_seed);
+                    what.push_str(&format!(
+                        " ({} disk crash seed {disk_seed})",
+                        members[v].name
+                    ));
+                }
+            }
             (Heal::Restart(victims), what)
         }
         FaultKind::Partition | FaultKind::OneWayPartition | FaultKind::IsolateLeader => {

@@ -250,7 +250,16 @@ fn add_possible_expiries(rec: &mut RunRecord, max_drift_ppm: u64) {
         .map(|o| o.return_ns.unwrap_or(o.call_ns))
         .max()
         .unwrap_or(0);
-    for &(id, call_ns, ttl_s) in &rec.lease_grants {
+    // A renewal that certainly took effect restarts the TTL no earlier than its call.
+    let mut renewed: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+    for op in &rec.history {
+        if let (Input::LeaseKeepAlive { id }, Some(Ok(_))) = (&op.input, &op.output) {
+            let at = renewed.entry(*id).or_default();
+            *at = (*at).max(op.call_ns);
+        }
+    }
+    for &(id, grant_ns, ttl_s) in &rec.lease_grants {
+        let call_ns = grant_ns.max(renewed.get(&id).copied().unwrap_or(0));
         let ttl_ns = (ttl_s.max(0) as u128) * 1_000_000_000 * 1_000_000
             / (1_000_000 + u128::from(max_drift_ppm));
         let earliest_ns = call_ns.saturating_add(u64::try_from(ttl_ns).unwrap_or(u64::MAX));

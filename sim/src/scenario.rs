@@ -138,6 +138,9 @@ pub struct Mix {
     /// A revoke of one of the client's leases.
     #[serde(default)]
     pub lease_revoke: u32,
+    /// One renewal of one of the client's leases.
+    #[serde(default)]
+    pub lease_keepalive: u32,
     /// A compaction at a revision the client has seen.
     #[serde(default)]
     pub compact: u32,
@@ -159,6 +162,7 @@ impl Default for Mix {
             lease_grant: 2,
             lease_put: 4,
             lease_revoke: 2,
+            lease_keepalive: 0,
             compact: 2,
             serializable_get: 0,
         }
@@ -167,7 +171,7 @@ impl Default for Mix {
 
 impl Mix {
     /// The weights in a fixed order, with the operation names, for drawing and reports.
-    pub fn weights(&self) -> [(&'static str, u32); 10] {
+    pub fn weights(&self) -> [(&'static str, u32); 11] {
         [
             ("get", self.get),
             ("range", self.range),
@@ -177,6 +181,7 @@ impl Mix {
             ("lease_grant", self.lease_grant),
             ("lease_put", self.lease_put),
             ("lease_revoke", self.lease_revoke),
+            ("lease_keepalive", self.lease_keepalive),
             ("compact", self.compact),
             ("serializable_get", self.serializable_get),
         ]
@@ -262,6 +267,10 @@ pub struct Fault {
     /// For `slow-disk`: the fsync latency while it lasts, in milliseconds.
     #[serde(default)]
     pub sync_delay_ms: u64,
+    /// For `quorum-loss`: the majority loses power, so each of their disks also loses (or
+    /// tears) what it had not fsynced, as in `disk-crash`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crash_disks: bool,
     /// For `clock-drift`: the most a member's clock gains or loses, in parts per million
     /// (50000 is 5%).
     #[serde(default)]

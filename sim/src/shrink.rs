@@ -84,6 +84,7 @@ pub fn candidates(s: &Scenario, planned: usize) -> Vec<(String, Scenario)> {
                 "lease_grant" => &mut m.lease_grant,
                 "lease_put" => &mut m.lease_put,
                 "lease_revoke" => &mut m.lease_revoke,
+                "lease_keepalive" => &mut m.lease_keepalive,
                 "compact" => &mut m.compact,
                 _ => &mut m.serializable_get,
             };

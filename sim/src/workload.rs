@@ -120,12 +120,22 @@ impl RunCtx {
     }
 }
 
+/// etcd's message for an unknown lease.
+const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+
+/// A request stream that sends `item` and then stays open (a keep-alive stream that ends
+/// at once could be taken as the client going away before the answer).
+fn once_then_open<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<Item = T> {
+    use tokio_stream::StreamExt;
+    tokio_stream::once(item).chain(tokio_stream::pending())
+}
+
 /// The errors that certainly changed nothing, by etcd's message.
 fn certain_error(message: &str) -> Option<KvError> {
     Some(match message {
         "etcdserver: key is not provided" => KvError::EmptyKey,
         "etcdserver: duplicate key given in txn request" => KvError::DuplicateKey,
-        "etcdserver: requested lease not found" => KvError::LeaseNotFound,
+        LEASE_NOT_FOUND => KvError::LeaseNotFound,
         "etcdserver: lease already exists" => KvError::LeaseExist,
         "etcdserver: mvcc: required revision has been compacted" => KvError::Compacted,
         "etcdserver: mvcc: required revision is a future revision" => KvError::FutureRevision,
@@ -291,6 +301,24 @@ pub async fn issue(
                 .into_inner();
             (rev(a.header), Response::LeaseGrant)
         }
+        Input::LeaseKeepAlive { id } => {
+            // One renewal on a fresh keep-alive stream: the request, then its answer. A
+            // TTL of 0 or less is etcd's way of saying the lease does not exist.
+            let mut lease = LeaseClient::new(channel);
+            let request = once_then_open(pb::LeaseKeepAliveRequest { id: *id });
+            let mut answers = lease.lease_keep_alive(request).await?.into_inner();
+            let a = answers
+                .message()
+                .await?
+                .ok_or_else(|| tonic::Status::unavailable("keep-alive stream ended"))?;
+            if a.ttl <= 0 {
+                return Err(tonic::Status::not_found(LEASE_NOT_FOUND));
+            }
+            // The header revision is the leader's, outside the log's order: not recorded
+            // (see `Input::LeaseKeepAlive`).
+            let _ = a.header;
+            (0, Response::LeaseKeepAlive)
+        }
         Input::LeaseRevoke { id } => {
             let mut lease = LeaseClient::new(channel);
             let a = lease
@@ -397,9 +425,11 @@ impl Client {
                     failure: vec![TxnOp::Get(get(key))],
                 })
             }
-            "lease_put" | "lease_revoke" if !self.leases.is_empty() => {
+            "lease_put" | "lease_revoke" | "lease_keepalive" if !self.leases.is_empty() => {
                 let id = self.leases[self.rng.gen_range(0..self.leases.len())];
-                if name == "lease_put" {
+                if name == "lease_keepalive" {
+                    Input::LeaseKeepAlive { id }
+                } else if name == "lease_put" {
                     Input::Put(PutRequest {
                         key,
                         value,
@@ -410,7 +440,7 @@ impl Client {
                     Input::LeaseRevoke { id }
                 }
             }
-            "lease_grant" | "lease_put" | "lease_revoke" => {
+            "lease_grant" | "lease_put" | "lease_revoke" | "lease_keepalive" => {
                 // Lease ids are chosen by the client, distinct across clients and never 0.
                 self.next_lease += 1;
                 let id = ((self.id as i64) << 32) | self.next_lease;

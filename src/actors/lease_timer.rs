@@ -169,7 +169,10 @@ impl LeaseTimer {
                 self.ttls.iter().map(|(&id, &ttl)| (id, ttl)),
             );
             tracing::debug!(leases = self.ttls.len(), "lease timer: promoted");
-        } else if !leading && self.clock.is_primary() {
+        } else if !leading
+            && self.clock.is_primary()
+            && !crate::planted::active(crate::planted::Bug::StaleLeaseRevoke)
+        {
             self.clock.demote();
             // No longer the member that revokes: answer waiting keep-alives now.
             for reply in std::mem::take(&mut self.waiting).into_values().flatten() {

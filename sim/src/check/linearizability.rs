@@ -64,7 +64,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-use super::model::{Input, KeyValue, Model, Output, Response, ShowOutput, TxnOpResult, Undo};
+use super::model::{
+    Input, KeyValue, Model, Output, Reply, Response, ShowOutput, TxnOpResult, Undo,
+};
 
 /// One operation of a history: a request, when it was called, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -469,7 +471,9 @@ fn wrote(output: &Output) -> Option<bool> {
             TxnOpResult::Get(_) => false,
         })),
         Response::LeaseRevoke => None,
-        Response::Get(_) | Response::LeaseGrant | Response::Compact => Some(false),
+        Response::Get(_) | Response::LeaseGrant | Response::Compact | Response::LeaseKeepAlive => {
+            Some(false)
+        }
     }
 }
 
@@ -563,6 +567,12 @@ impl<'h> Search<'h> {
             }
             let index = ops.len();
             let (window, reported) = match output {
+                // A keep-alive's header comes from the leader's applied state, not from a
+                // point in the log, so its revision pins nothing.
+                Some(Ok(Reply {
+                    response: Response::LeaseKeepAlive,
+                    ..
+                })) => (None, None),
                 Some(Ok(reply)) => {
                     let r = reply.revision;
                     let before = r.saturating_sub(1);
@@ -1268,7 +1278,10 @@ fn output_keys(output: &Output) -> Vec<Vec<u8>> {
         Response::Delete(d) => add(&TxnOpResult::Delete(d.clone())),
         Response::Put(p) => add(&TxnOpResult::Put(p.clone())),
         Response::Txn(t) => t.responses.iter().for_each(&mut add),
-        Response::LeaseGrant | Response::LeaseRevoke | Response::Compact => {}
+        Response::LeaseGrant
+        | Response::LeaseRevoke
+        | Response::Compact
+        | Response::LeaseKeepAlive => {}
     }
     keys
 }

@@ -226,6 +226,13 @@ pub enum Input {
         /// The revision to compact at.
         revision: i64,
     },
+    /// Renews a lease once (one request and one answer on a keep-alive stream). It
+    /// succeeds only while the lease exists; its header revision is not checked, since
+    /// the leader answers keep-alives without going through raft.
+    LeaseKeepAlive {
+        /// The lease id.
+        id: i64,
+    },
 }
 
 /// The body of a successful response; which variant goes with which [`Input`] variant is
@@ -246,6 +253,8 @@ pub enum Response {
     LeaseRevoke,
     /// Answers [`Input::Compact`].
     Compact,
+    /// Answers [`Input::LeaseKeepAlive`].
+    LeaseKeepAlive,
 }
 
 /// A successful response: the header revision and the body.
@@ -292,6 +301,7 @@ impl Input {
                 | (Input::LeaseGrant { .. }, Response::LeaseGrant)
                 | (Input::LeaseRevoke { .. }, Response::LeaseRevoke)
                 | (Input::Compact { .. }, Response::Compact)
+                | (Input::LeaseKeepAlive { .. }, Response::LeaseKeepAlive)
         )
     }
 
@@ -299,7 +309,7 @@ impl Input {
     /// request with an unknown outcome constrains nothing and can be dropped.
     pub fn is_read_only(&self) -> bool {
         match self {
-            Input::Get(_) => true,
+            Input::Get(_) | Input::LeaseKeepAlive { .. } => true,
             Input::Txn(t) => t
                 .success
                 .iter()
@@ -328,9 +338,10 @@ impl Input {
                 keys.dedup();
                 keys
             }
-            Input::LeaseGrant { .. } | Input::LeaseRevoke { .. } | Input::Compact { .. } => {
-                Vec::new()
-            }
+            Input::LeaseGrant { .. }
+            | Input::LeaseRevoke { .. }
+            | Input::Compact { .. }
+            | Input::LeaseKeepAlive { .. } => Vec::new(),
         }
     }
 }
@@ -600,6 +611,17 @@ impl Model {
                 Ok(Reply {
                     revision: self.revision,
                     response: Response::LeaseRevoke,
+                })
+            }
+            Input::LeaseKeepAlive { id } => {
+                if !self.leases.contains_key(id) {
+                    return Err(KvError::LeaseNotFound);
+                }
+                // The header of a keep-alive answer comes from the leader's applied state,
+                // outside the log's order, so histories record it as 0 and so does this.
+                Ok(Reply {
+                    revision: 0,
+                    response: Response::LeaseKeepAlive,
                 })
             }
             Input::Compact { revision } => {
@@ -1001,6 +1023,7 @@ impl fmt::Display for Input {
                 f.write_str("}")
             }
             Input::LeaseGrant { id, ttl_s } => write!(f, "lease grant {id} ttl {ttl_s}s"),
+            Input::LeaseKeepAlive { id } => write!(f, "lease keepalive {id}"),
             Input::LeaseRevoke { id } => write!(f, "lease revoke {id}"),
             Input::Compact { revision } => write!(f, "compact {revision}"),
         }
@@ -1057,7 +1080,10 @@ impl fmt::Display for Reply {
                 write_list(f, &t.responses, "; ")?;
                 f.write_str("]")
             }
-            Response::LeaseGrant | Response::LeaseRevoke | Response::Compact => Ok(()),
+            Response::LeaseGrant
+            | Response::LeaseRevoke
+            | Response::Compact
+            | Response::LeaseKeepAlive => Ok(()),
         }
     }
 }
