@@ -38,6 +38,25 @@ for entry in "${BUGS[@]}"; do
     grep -m3 -A2 "^FAILED" "$log" | cut -c1-300 || true
     echo "caught: $bug within $seeds seed(s)"
     summary+=("$bug: caught by $scenario within $seeds of $max seeds")
+    # The failing run's HTML report must exist, say how to reproduce the run, and
+    # highlight what the checkers blame (operations, or watch responses).
+    report=$(grep -m1 "^  report: " "$log" | sed 's/^  report: //')
+    first_seed=$(sed -E 's/^first failure at seed ([0-9]+).*/\1/' <<<"$line")
+    if [[ -z "$report" || ! -s "$report" ]]; then
+      echo "NO REPORT for $bug"
+      failed=1
+    elif ! grep -q "detcd-sim run --scenario scenarios/$scenario.toml --seed $first_seed" "$report"; then
+      echo "the report $report does not give the reproduce line"
+      failed=1
+    elif grep -q "not linearizable" "$report" && ! grep -q 'class="flag"' "$report"; then
+      echo "the report $report names no violating operation"
+      failed=1
+    elif grep -q "watch guarantee" "$report" && ! grep -q 'class="watch-violation"' "$report"; then
+      echo "the report $report shows no broken watch guarantee"
+      failed=1
+    else
+      echo "report: $report ($(grep -o 'class="flag"' "$report" | wc -l) highlighted rows and bars)"
+    fi
   else
     tail -5 "$log"
     echo "NOT CAUGHT: $bug in $max seeds of $scenario"

@@ -3,7 +3,8 @@
 #   1. install what the tests drive (the real etcd 3.4 and etcdctl, from Debian);
 #   2. check formatting and lints;
 #   3. build and test the tokio configuration (unit, model, real-process tests);
-#   4. build and test the madsim configuration (simulation tests) in its own target dir.
+#   4. build and test the madsim configuration (simulation tests) in its own target dir;
+#   5. show that the simulator catches every bug planted in the server (ci/planted-bugs.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,5 +28,8 @@ RUSTFLAGS="--cfg madsim" cargo clippy -p detcd-sim --all-targets --target-dir ta
 
 echo "== tests (madsim configuration)"
 RUSTFLAGS="--cfg madsim" cargo test -p detcd-sim --target-dir target/madsim
+
+echo "== the simulator catches every planted bug"
+bash ci/planted-bugs.sh
 
 echo "== all test stages passed"
