@@ -91,11 +91,35 @@ pub fn plan_all(scenario: &Scenario, seed: u64) -> Vec<Planned> {
 /// member may be killed by two at once; it comes back when the last of them heals.
 /// Restarting it only then matters beyond the semantics: madsim 0.2's `restart` of a
 /// running node starts a second incarnation without closing the first one's sockets, so
-/// its peers keep talking to the dead incarnation and the member never rejoins.
+/// its peers keep talking to the dead incarnation and the member never rejoins. It also
+/// counts the partitions cutting each link, for the same reason.
 #[derive(Default)]
-pub struct DownCounts(std::sync::Mutex<Vec<usize>>);
+pub struct DownCounts(std::sync::Mutex<Vec<usize>>, LinkCuts);
+
+/// How many active partitions cut each one-way link, so that with overlapping faults a
+/// heal restores a link only when no other partition still cuts it.
+#[derive(Default)]
+struct LinkCuts(std::sync::Mutex<std::collections::BTreeMap<(usize, usize), usize>>);
 
 impl DownCounts {
+    /// Counts one more partition cutting the link `a -> b`; true if it was open (the
+    /// caller then clogs it).
+    fn cut(&self, a: usize, b: usize) -> bool {
+        let mut c = self.1.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry((a, b)).or_default();
+        *n += 1;
+        *n == 1
+    }
+
+    /// Counts one partition fewer cutting `a -> b`; true if none is left (the caller then
+    /// unclogs it).
+    fn mend(&self, a: usize, b: usize) -> bool {
+        let mut c = self.1.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry((a, b)).or_default();
+        *n = n.saturating_sub(1);
+        *n == 0
+    }
+
     fn counts(&self, n: usize) -> std::sync::MutexGuard<'_, Vec<usize>> {
         let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let len = n.max(c.len());
@@ -347,7 +371,9 @@ async fn inject(
                 }
             }
             for &(a, b) in &links {
-                net.clog_link(members[a].node.id(), members[b].node.id());
+                if down.cut(a, b) {
+                    net.clog_link(members[a].node.id(), members[b].node.id());
+                }
             }
             let arrow = if p.kind == FaultKind::OneWayPartition {
                 "->"
@@ -437,7 +463,9 @@ async fn heal(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, h: Heal) {
         Heal::Unclog(links) => {
             let net = NetSim::current();
             for (a, b) in links {
-                net.unclog_link(members[a].node.id(), members[b].node.id());
+                if down.mend(a, b) {
+                    net.unclog_link(members[a].node.id(), members[b].node.id());
+                }
             }
         }
         Heal::Network => set_network(&ctx.scenario.network),

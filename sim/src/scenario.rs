@@ -38,9 +38,9 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     /// Whether faults of different entries may be active at once. By default one fault
     /// is active at a time; with overlap each entry follows its own schedule, so a crash
-    /// can strike during a partition. Overlapping faults may cut each other short (a
-    /// restart brings back a member that another fault killed too; a heal restores a link
-    /// that another partition also cut).
+    /// can strike during a partition. A member killed by two faults comes back when the
+    /// last of them heals, and a link cut by two partitions is restored likewise; two
+    /// clock drifts of one member are the exception (the first heal restores its rate).
     #[serde(default)]
     pub overlapping_faults: bool,
     /// Planned faults that are not injected, by their index in the schedule the seed
