@@ -42,7 +42,10 @@ fn wait_keys(s: &Server, prefix: &str, n: usize) -> Vec<String> {
         if keys.len() == n {
             return keys;
         }
-        assert!(Instant::now() < deadline, "{prefix}: {keys:?}, want {n} keys");
+        assert!(
+            Instant::now() < deadline,
+            "{prefix}: {keys:?}, want {n} keys"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -143,13 +146,21 @@ async fn lock_service_passes_the_lock_in_revision_order_and_on_lease_expiry() {
 
     // The key is the name, a slash and the lease in hex; locking again with the same
     // lease is the same acquisition.
-    let held = within(10, "lock", c.lock("svc", Some(LockOptions::new().with_lease(short))))
-        .await
-        .unwrap();
+    let held = within(
+        10,
+        "lock",
+        c.lock("svc", Some(LockOptions::new().with_lease(short))),
+    )
+    .await
+    .unwrap();
     assert_eq!(held.key(), format!("svc/{short:x}").as_bytes());
-    let again = within(10, "relock", c.lock("svc", Some(LockOptions::new().with_lease(short))))
-        .await
-        .unwrap();
+    let again = within(
+        10,
+        "relock",
+        c.lock("svc", Some(LockOptions::new().with_lease(short))),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.key(), held.key());
 
     let mut ca = client(&s).await;
@@ -161,7 +172,10 @@ async fn lock_service_passes_the_lock_in_revision_order_and_on_lease_expiry() {
     // B joins the line only once A stands in it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while c
-        .get("svc/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            "svc/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .unwrap()
         .count()
@@ -222,7 +236,10 @@ async fn lock_service_without_a_lease_attaches_a_session_lease() {
     let held = within(10, "lock", c.lock("nolease", None)).await.unwrap();
     let kv = c.get(held.key(), None).await.unwrap();
     let lease = kv.kvs()[0].lease();
-    assert_ne!(lease, 0, "the key is attached to a lease the server granted");
+    assert_ne!(
+        lease, 0,
+        "the key is attached to a lease the server granted"
+    );
     assert_eq!(held.key(), format!("nolease/{lease:x}").as_bytes());
     let ttl = c.lease_time_to_live(lease, None).await.unwrap();
     assert_eq!(ttl.granted_ttl(), 60);
@@ -263,7 +280,10 @@ async fn election_service_campaign_proclaim_observe_resign_and_errors() {
     within(
         10,
         "proclaim",
-        c.proclaim("v1b", Some(ProclaimOptions::new().with_leader(leader.clone()))),
+        c.proclaim(
+            "v1b",
+            Some(ProclaimOptions::new().with_leader(leader.clone())),
+        ),
     )
     .await
     .unwrap();
@@ -289,7 +309,10 @@ async fn election_service_campaign_proclaim_observe_resign_and_errors() {
         .with_rev(leader.rev() + 1000)
         .with_lease(l1);
     let err = c
-        .proclaim("bad", Some(ProclaimOptions::new().with_leader(wrong.clone())))
+        .proclaim(
+            "bad",
+            Some(ProclaimOptions::new().with_leader(wrong.clone())),
+        )
         .await
         .unwrap_err();
     assert_eq!(grpc_err(&err), (UNKNOWN, "election: not leader".into()));
@@ -454,9 +477,13 @@ async fn lock_service_survives_a_leader_crash() {
     let mut waiter = connect(others[1]).await;
     let lease_h = holder.lease_grant(60, None).await.unwrap().id();
     let lease_w = holder.lease_grant(60, None).await.unwrap().id();
-    let held = within(10, "lock", holder.lock("ha", Some(LockOptions::new().with_lease(lease_h))))
-        .await
-        .unwrap();
+    let held = within(
+        10,
+        "lock",
+        holder.lock("ha", Some(LockOptions::new().with_lease(lease_h))),
+    )
+    .await
+    .unwrap();
     let wait = tokio::spawn(async move {
         waiter
             .lock("ha", Some(LockOptions::new().with_lease(lease_w)))
@@ -553,7 +580,9 @@ async fn an_abandoned_request_leaves_the_line() {
     c.lock("gone", Some(LockOptions::new().with_lease(holder_lease)))
         .await
         .unwrap();
-    c.campaign("gonevote", "leader", holder_lease).await.unwrap();
+    c.campaign("gonevote", "leader", holder_lease)
+        .await
+        .unwrap();
 
     // Each waiter has a connection of its own, closed when its task is aborted: the
     // server sees the call canceled and withdraws the waiter's key.
@@ -591,7 +620,10 @@ async fn a_waiter_whose_lease_expires_is_not_given_the_lock() {
         .lock("lapse", Some(LockOptions::new().with_lease(holder_lease)))
         .await
         .unwrap();
-    let won = c.campaign("lapsevote", "leader", holder_lease).await.unwrap();
+    let won = c
+        .campaign("lapsevote", "leader", holder_lease)
+        .await
+        .unwrap();
 
     let mut cw = client(&s).await;
     let lock_waiter = tokio::spawn(async move {
@@ -607,11 +639,15 @@ async fn a_waiter_whose_lease_expires_is_not_given_the_lock() {
     wait_keys_async(&mut c, "lapse/", 1).await;
     wait_keys_async(&mut c, "lapsevote/", 1).await;
     c.unlock(held.key()).await.unwrap();
-    c.resign(Some(ResignOptions::new().with_leader(won.leader().unwrap().clone())))
+    c.resign(Some(
+        ResignOptions::new().with_leader(won.leader().unwrap().clone()),
+    ))
+    .await
+    .unwrap();
+    let lock_result = within(10, "lock waiter", lock_waiter).await.unwrap();
+    let campaign_result = within(10, "campaign waiter", campaign_waiter)
         .await
         .unwrap();
-    let lock_result = within(10, "lock waiter", lock_waiter).await.unwrap();
-    let campaign_result = within(10, "campaign waiter", campaign_waiter).await.unwrap();
     match Kind::under_test() {
         // etcd 3.4 tells the waiters they hold a lock and lead an election whose keys
         // are gone (etcd 3.5 fixed the lock side).

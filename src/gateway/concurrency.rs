@@ -25,10 +25,9 @@ use crate::error::EtcdError;
 use crate::msg::WatchMsg;
 use crate::pb::detcdpb::InternalRequest;
 use crate::pb::etcdserverpb::{
-    compare, range_request, request_op, Compare,
-    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, PutRequest, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse, WatchCreateRequest,
-    WatchResponse,
+    compare, range_request, request_op, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
+    TxnRequest, TxnResponse, WatchCreateRequest, WatchResponse,
 };
 use crate::rt;
 
@@ -158,10 +157,12 @@ pub fn op_put(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
 /// A txn operation: a delete of `key`.
 pub fn op_delete(key: &[u8]) -> RequestOp {
     RequestOp {
-        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-            key: key.to_vec(),
-            ..Default::default()
-        })),
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            },
+        )),
     }
 }
 

@@ -21,8 +21,8 @@ use crate::pb::etcdserverpb::{ResponseHeader, TxnRequest};
 use crate::pb::mvccpb::event::EventType;
 use crate::pb::v3electionpb::election_server::Election;
 use crate::pb::v3electionpb::{
-    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse,
-    ProclaimRequest, ProclaimResponse, ResignRequest, ResignResponse,
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
 };
 use crate::rt;
 
@@ -105,7 +105,7 @@ async fn campaign(
             failure: vec![op_range(get(&key))],
         })
         .await?;
-    let header = resp.header.clone().unwrap_or_default();
+    let header = resp.header.unwrap_or_default();
     let mut revision = header.revision;
     if !resp.succeeded {
         // This lease already stands: keep its place, with the new value.
@@ -172,9 +172,7 @@ async fn observe(
             Some(kv) => (first.header.unwrap_or_default(), kv),
             None => {
                 // No leader yet: wait for the first candidate's key.
-                let Ok(mut watcher) = caller
-                    .watch(&prefix, &prefix_end(&prefix), revision)
-                    .await
+                let Ok(mut watcher) = caller.watch(&prefix, &prefix_end(&prefix), revision).await
                 else {
                     return;
                 };
@@ -197,7 +195,7 @@ async fn observe(
             }
         };
         let answer = LeaderResponse {
-            header: Some(header.clone()),
+            header: Some(header),
             kv: Some(kv.clone()),
         };
         if tx.send(Ok(answer)).await.is_err() {
@@ -216,7 +214,7 @@ async fn observe(
                     break 'leader;
                 }
                 let answer = LeaderResponse {
-                    header: resp.header.clone(),
+                    header: resp.header,
                     kv: ev.kv,
                 };
                 if tx.send(Ok(answer)).await.is_err() {

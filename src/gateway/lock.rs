@@ -54,11 +54,14 @@ pub async fn acquire(
     let resp = caller
         .txn(TxnRequest {
             compare: vec![created_at(&my_key, 0)],
-            success: vec![op_put(&my_key, b"", lease), op_range(by_create(&prefix, true))],
+            success: vec![
+                op_put(&my_key, b"", lease),
+                op_range(by_create(&prefix, true)),
+            ],
             failure: vec![op_range(get(&my_key)), op_range(by_create(&prefix, true))],
         })
         .await?;
-    let header = resp.header.clone().unwrap_or_default();
+    let header = resp.header.unwrap_or_default();
     let my_revision = if resp.succeeded {
         header.revision
     } else {
@@ -123,8 +126,11 @@ impl Lock for LockService {
         self.handle.refuse_if_learner()?;
         let (md, _, req) = req.into_parts();
         let caller = Caller::new(self.handle.clone(), self.watch.clone(), md);
-        reply(caller.delete(&req.key).await.map(|r| UnlockResponse {
-            header: r.header,
-        }))
+        reply(
+            caller
+                .delete(&req.key)
+                .await
+                .map(|r| UnlockResponse { header: r.header }),
+        )
     }
 }
