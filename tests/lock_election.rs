@@ -455,7 +455,7 @@ async fn lock_and_election_run_with_the_callers_permissions() {
 }
 
 #[tokio::test]
-async fn lock_service_survives_a_leader_crash() {
+async fn lock_and_election_survive_a_leader_crash() {
     if Kind::under_test() != Kind::Detcd {
         // The cluster harness runs detcd members only.
         return;
@@ -490,8 +490,18 @@ async fn lock_service_survives_a_leader_crash() {
             .await
             .map(|r| r.key().to_vec())
     });
+    // An election on the same members, with an observer on the waiter's member.
+    let won = within(10, "campaign", holder.campaign("havote", "first", lease_h))
+        .await
+        .unwrap();
+    let mut observer = connect(others[1]).await.observe("havote").await.unwrap();
+    let seen = within(10, "observe first", observer.message()).await;
+    assert_eq!(seen.unwrap().unwrap().kv().unwrap().value(), b"first");
+    let mut candidate = connect(others[1]).await;
+    let second = tokio::spawn(async move { candidate.campaign("havote", "second", lease_w).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!wait.is_finished(), "the waiter must wait");
+    assert!(!second.is_finished(), "the second candidate must wait");
 
     cluster.kill_9(leader);
     // The holder's member unlocks once a new leader is elected; the waiter's member
@@ -509,6 +519,27 @@ async fn lock_service_survives_a_leader_crash() {
         .unwrap()
         .unwrap();
     assert_eq!(key, format!("ha/{lease_w:x}").as_bytes());
+
+    // The leader resigns through the holder's member; the candidate and the observer on
+    // the other member see the new leader.
+    let leader_key = won.leader().unwrap().clone();
+    within(
+        30,
+        "resign",
+        holder.resign(Some(ResignOptions::new().with_leader(leader_key))),
+    )
+    .await
+    .unwrap();
+    let won2 = within(30, "the candidate wins", second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        won2.leader().unwrap().key(),
+        format!("havote/{lease_w:x}").as_bytes()
+    );
+    let seen = within(30, "observe second", observer.message()).await;
+    assert_eq!(seen.unwrap().unwrap().kv().unwrap().value(), b"second");
 
     // New locks are served after the crash, and wait for the current holder.
     let mut late = connect(others[0]).await;
