@@ -34,6 +34,8 @@ use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::raft::{ids, log, membership};
 use crate::rt;
 use crate::rt::watch;
@@ -485,6 +487,12 @@ pub async fn run(
     );
 
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // The Lock and Election services watch through the same hub, on stream ids from the
+    // same counter, as the Watch service.
+    let watch_path = gateway::concurrency::WatchPath {
+        watch_tx: watch_tx.clone(),
+        next_stream: next_watch_stream.clone(),
+    };
     let mut bound = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let addr = listener.local_addr();
@@ -533,6 +541,22 @@ pub async fn run(
                         .with_learner_check(status_rx.clone())
                         .with_auth(handle.auth.clone(), handle.token_provider.clone()),
                 )
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                LockServer::new(gateway::lock::LockService::new(
+                    handle.clone(),
+                    watch_path.clone(),
+                ))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                ElectionServer::new(gateway::election::ElectionService::new(
+                    handle.clone(),
+                    watch_path.clone(),
+                ))
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
             );

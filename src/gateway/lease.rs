@@ -101,7 +101,7 @@ async fn keep_alive_once(
 
 /// A fresh lease id for a grant that did not name one: positive and non-zero, as etcd's.
 /// It comes from the seam's random source, so simulations stay reproducible.
-fn new_lease_id() -> i64 {
+pub(crate) fn new_lease_id() -> i64 {
     loop {
         let id = (rt::random_u64() & (i64::MAX as u64)) as i64;
         if id != 0 {

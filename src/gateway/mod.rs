@@ -4,9 +4,12 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod concurrency;
+pub mod election;
 pub mod h2_authority;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod snapshot;
 pub mod watch;

@@ -651,6 +651,18 @@ impl Background {
             thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// Sends SIGTERM (what etcdctl's `lock` and `elect` clean up on) and waits up to
+    /// `timeout` for the process to exit; its status, if it did.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.wait_exit(timeout)
+    }
 }
 
 impl Drop for Background {
