@@ -105,7 +105,7 @@ impl DownCounts {
     /// Counts one more partition cutting the link `a -> b`; true if it was open (the
     /// caller then clogs it).
     fn cut(&self, a: usize, b: usize) -> bool {
-        let mut c = self.1.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.1 .0.lock().unwrap_or_else(|e| e.into_inner());
         let n = c.entry((a, b)).or_default();
         *n += 1;
         *n == 1
@@ -114,7 +114,7 @@ impl DownCounts {
     /// Counts one partition fewer cutting `a -> b`; true if none is left (the caller then
     /// unclogs it).
     fn mend(&self, a: usize, b: usize) -> bool {
-        let mut c = self.1.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.1 .0.lock().unwrap_or_else(|e| e.into_inner());
         let n = c.entry((a, b)).or_default();
         *n = n.saturating_sub(1);
         *n == 0

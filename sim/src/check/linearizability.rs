@@ -147,10 +147,19 @@ pub struct CheckConfig {
     pub observed: Arc<ObservedChanges>,
 }
 
-/// For each revision some watcher saw, every key that changed at it and its key-value
-/// afterwards (`None`: deleted). Only watchers that see every key and every event type
-/// can contribute, so that a revision's entry is complete.
-pub type ObservedChanges = BTreeMap<i64, BTreeMap<Vec<u8>, Option<KeyValue>>>;
+/// For each revision some watcher saw, what changed at it.
+pub type ObservedChanges = BTreeMap<i64, SeenRevision>;
+
+/// What watchers saw change at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeenRevision {
+    /// Keys seen changing, with the key-value afterwards (`None`: deleted).
+    pub changes: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Whether a watcher that sees every key and every event type saw this revision, so
+    /// that `changes` is everything that changed; otherwise only watchers of some keys or
+    /// some event types did, and other keys may have changed too.
+    pub complete: bool,
+}
 
 impl Default for CheckConfig {
     fn default() -> Self {
@@ -682,14 +691,16 @@ impl<'h> Search<'h> {
         }
     }
 
-    /// Whether the step logged in `undo`, just applied to the model, changed exactly the
-    /// keys watchers saw change at the new revision, to the key-values they saw.
-    fn matches_observed(&self, undo: &Undo, seen: &BTreeMap<Vec<u8>, Option<KeyValue>>) -> bool {
+    /// Whether the step logged in `undo`, just applied to the model, agrees with what
+    /// watchers saw at the new revision: every key they saw changed to the key-value they
+    /// saw, and, if a watcher of everything saw it, nothing else.
+    fn matches_observed(&self, undo: &Undo, seen: &SeenRevision) -> bool {
         let mut changed = 0usize;
         for key in undo.changed_keys() {
             changed += 1;
-            match seen.get(key) {
-                None => return false,
+            match seen.changes.get(key) {
+                None if seen.complete => return false,
+                None => {}
                 Some(expected) => {
                     if self.model.get(key) != expected.as_ref() {
                         return false;
@@ -697,7 +708,13 @@ impl<'h> Search<'h> {
                 }
             }
         }
-        changed == seen.len()
+        // Every key seen changing must be among those this step changed.
+        let covered = seen
+            .changes
+            .keys()
+            .filter(|k| undo.changed_keys().any(|c| c == k.as_slice()))
+            .count();
+        covered == seen.changes.len() && (!seen.complete || changed == seen.changes.len())
     }
 
     /// Tries to linearize `op` next. With `record` the attempt counts against the budget

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::generate::{random_history, GenerateConfig};
 use super::linearizability::{
-    check, Cause, CheckConfig, CheckResult, HistoryError, Operation, Rejection,
+    check, Cause, CheckConfig, CheckResult, HistoryError, Operation, Rejection, SeenRevision,
 };
 use super::model::{
     Compare, CompareOp, CompareTarget, Input, KeyValue, KvError, Model, Output, PutRequest,
@@ -697,34 +697,33 @@ fn watch_observations_pin_the_order_of_unknown_writes() {
             get_ok(3, vec![kv("a", "1", 3, 3, 1)]),
         ),
     ];
-    let mut observed = BTreeMap::new();
-    observed.insert(
-        2,
-        BTreeMap::from([(b"b".to_vec(), Some(kv("b", "1", 2, 2, 1)))]),
-    );
-    observed.insert(
-        3,
-        BTreeMap::from([(b"a".to_vec(), Some(kv("a", "1", 3, 3, 1)))]),
-    );
-    let config = CheckConfig {
-        observed: Arc::new(observed.clone()),
+    let seen = |k: &str, rev: i64, complete: bool| SeenRevision {
+        changes: BTreeMap::from([(k.as_bytes().to_vec(), Some(kv(k, "1", rev, rev, 1)))]),
+        complete,
+    };
+    let with = |observed: Vec<(i64, SeenRevision)>| CheckConfig {
+        observed: Arc::new(observed.into_iter().collect()),
         ..CheckConfig::default()
     };
-    match check(&history, &config).unwrap() {
-        CheckResult::Linearizable(l) => assert_eq!(l.order, vec![1, 0, 2]),
-        other => panic!("{other:?}"),
-    }
+    let order = |config: &CheckConfig| match check(&history, config).unwrap() {
+        CheckResult::Linearizable(l) => Some(l.order),
+        _ => None,
+    };
+    assert_eq!(
+        order(&with(vec![
+            (2, seen("b", 2, true)),
+            (3, seen("a", 3, true))
+        ])),
+        Some(vec![1, 0, 2])
+    );
+    // A watcher of "b" alone saw revision 2 write "b": that pins the order too, though it
+    // says nothing about other keys.
+    assert_eq!(
+        order(&with(vec![(2, seen("b", 2, false))])),
+        Some(vec![1, 0, 2])
+    );
     // Watchers that saw "a" written at revision 2 contradict the read of "a" at 3.
-    observed.clear();
-    observed.insert(
-        2,
-        BTreeMap::from([(b"a".to_vec(), Some(kv("a", "1", 2, 2, 1)))]),
-    );
-    let config = CheckConfig {
-        observed: Arc::new(observed),
-        ..CheckConfig::default()
-    };
-    let result = check(&history, &config).unwrap();
+    let result = check(&history, &with(vec![(2, seen("a", 2, true))])).unwrap();
     assert!(result.violation().is_some(), "{result:?}");
     // Without observations the history is linearizable.
     assert!(check(&history, &CheckConfig::default())

@@ -468,73 +468,77 @@ impl WatchRequest {
     }
 }
 
-/// What the watchers that see everything ([`WatchRequest::sees_everything`]) saw change
-/// at each revision, for the linearizability checker to agree with; and a violation for
-/// every revision where two of them saw different changes to a key. Within one watcher,
-/// the first event of a (revision, key) counts: repeats are [`check_watches`]' business.
+/// What the watchers saw change at each revision, for the linearizability checker to
+/// agree with, and a violation for every revision where two of them saw a key change
+/// differently. A revision seen by a watcher that sees everything
+/// ([`WatchRequest::sees_everything`]) is complete; one seen only by watchers of some keys
+/// or event types constrains just the keys they saw. Within one watcher, the first event
+/// of a (revision, key) counts: repeats are [`check_watches`]' business.
 pub fn observed_changes(streams: &[WatchStream]) -> (ObservedChanges, Vec<WatchViolation>) {
     let mut observed = ObservedChanges::new();
-    // Who first saw each revision, to name both sides of a disagreement.
-    let mut seen_by: BTreeMap<i64, u64> = BTreeMap::new();
+    // Who first saw each (revision, key), to name both sides of a disagreement.
+    let mut seen_by: HashMap<(i64, Vec<u8>), u64> = HashMap::new();
     let mut violations = Vec::new();
-    for stream in streams.iter().filter(|s| s.request.sees_everything()) {
-        let mut mine: ObservedChanges = ObservedChanges::new();
-        let mut place: HashMap<i64, (usize, usize, usize)> = HashMap::new();
+    // Watchers of everything first, so that partial ones are compared against them.
+    let mut ordered: Vec<&WatchStream> = streams.iter().collect();
+    ordered.sort_by_key(|s| (!s.request.sees_everything(), s.watcher));
+    for stream in ordered {
+        let complete = stream.request.sees_everything();
+        let mut mine: BTreeMap<i64, BTreeMap<Vec<u8>, (Option<KeyValue>, (usize, usize, usize))>> =
+            BTreeMap::new();
         for (si, segment) in stream.segments.iter().enumerate() {
             for (ri, response) in segment.responses.iter().enumerate() {
                 for (ei, event) in response.events.iter().enumerate() {
-                    let revision = event.kv.mod_revision;
                     let kv = match event.kind {
                         EventKind::Put => Some(event.kv.clone()),
                         EventKind::Delete => None,
                     };
-                    mine.entry(revision)
+                    mine.entry(event.kv.mod_revision)
                         .or_default()
                         .entry(event.kv.key.clone())
-                        .or_insert(kv);
-                    place.entry(revision).or_insert((si, ri, ei));
+                        .or_insert((kv, (si, ri, ei)));
                 }
             }
         }
         for (revision, changes) in mine {
-            match observed.get(&revision) {
-                None => {
-                    observed.insert(revision, changes);
-                    seen_by.insert(revision, stream.watcher);
-                }
-                Some(theirs) if *theirs == changes => {}
-                Some(theirs) => {
-                    let (si, ri, ei) = place.get(&revision).copied().unwrap_or_default();
-                    violations.push(WatchViolation {
-                        watcher: stream.watcher,
-                        segment: si,
-                        response_index: Some(ri),
-                        event_index: Some(ei),
-                        kind: ViolationKind::Content,
-                        explanation: format!(
-                            "at revision {revision} this watcher saw {} but watcher {} saw {}",
-                            show_changes(&changes),
-                            seen_by.get(&revision).copied().unwrap_or_default(),
-                            show_changes(theirs)
-                        ),
-                    });
+            let entry = observed.entry(revision).or_default();
+            // Watchers of everything come first, so a partial watcher never leaves keys
+            // in an entry that a complete one then claims as all there is.
+            entry.complete |= complete;
+            for (key, (kv, (si, ri, ei))) in changes {
+                match entry.changes.get(&key) {
+                    None => {
+                        seen_by.insert((revision, key.clone()), stream.watcher);
+                        entry.changes.insert(key, kv);
+                    }
+                    Some(theirs) if *theirs == kv => {}
+                    Some(theirs) => {
+                        let show = |kv: &Option<KeyValue>| match kv {
+                            Some(kv) => format!("PUT {kv}"),
+                            None => format!("DELETE {}", Quoted(&key)),
+                        };
+                        violations.push(WatchViolation {
+                            watcher: stream.watcher,
+                            segment: si,
+                            response_index: Some(ri),
+                            event_index: Some(ei),
+                            kind: ViolationKind::Content,
+                            explanation: format!(
+                                "at revision {revision} this watcher saw {} but watcher {} saw {}",
+                                show(&kv),
+                                seen_by
+                                    .get(&(revision, key.clone()))
+                                    .copied()
+                                    .unwrap_or_default(),
+                                show(theirs)
+                            ),
+                        });
+                    }
                 }
             }
         }
     }
     (observed, violations)
-}
-
-/// One revision's changes, for people.
-fn show_changes(changes: &BTreeMap<Vec<u8>, Option<KeyValue>>) -> String {
-    let parts: Vec<String> = changes
-        .iter()
-        .map(|(k, kv)| match kv {
-            Some(kv) => format!("PUT {kv}"),
-            None => format!("DELETE {}", Quoted(k)),
-        })
-        .collect();
-    parts.join(", ")
 }
 
 /// How many missing changes one segment reports one by one before summing up the rest.
