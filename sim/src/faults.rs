@@ -17,6 +17,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use detcd::storage::disk::Disk;
+
 use crate::harness::SimMember;
 use crate::report::FaultSpan;
 use crate::scenario::{FaultKind, Network, Scenario};
@@ -158,7 +160,48 @@ enum Heal {
     Clock(usize),
     /// Add a new member in place of the removed one and start it.
     Rejoin(usize),
+    /// Remove the member, then add a new one in its place and start it.
+    Replace(usize),
     Nothing,
+}
+
+/// How long a member whose WAL was corrupted has to refuse to start.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits for member `victim`, restarted on a corrupted WAL, to refuse to start; records a
+/// failure if it serves instead, or says nothing within [`REFUSAL_TIMEOUT`].
+async fn await_refusal(ctx: &RunCtx, members: &[SimMember], victim: usize) -> String {
+    let deadline = Instant::now() + REFUSAL_TIMEOUT;
+    let m = &members[victim];
+    while Instant::now() < deadline {
+        if let Some(e) = m.last_start_error() {
+            // Either the bad record itself is found, or (a corrupted length that reads as
+            // a torn tail) the log turns out shorter than what the backend applied.
+            if e.contains("WAL corrupt") || e.contains("lost committed entries") {
+                return format!("refused to start ({})", short(&e));
+            }
+        }
+        if crate::client::status_of(&m.client_url()).await.is_some() {
+            ctx.lock().failures.push(format!(
+                "{} started and served on a WAL with a corrupted record",
+                m.name
+            ));
+            return "SERVED".to_string();
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    let why = m.last_start_error().unwrap_or_else(|| "nothing".into());
+    ctx.lock().failures.push(format!(
+        "{} neither refused to start nor served within {REFUSAL_TIMEOUT:?} on a corrupted \
+         WAL (last start error: {why})",
+        m.name
+    ));
+    "no verdict".to_string()
+}
+
+/// The first 80 characters of `s`, for trace lines.
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
 }
 
 /// How long the injector keeps trying a membership change.
@@ -258,6 +301,24 @@ async fn rejoin(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, victim: 
                     members[victim].name, members[via].name
                 ));
                 down.restart(members, victim);
+                // The heal lasts until the new member serves, so that the next fault
+                // does not strike a cluster still waiting for it (a member that is added
+                // but not running counts against the quorum).
+                while Instant::now() < deadline {
+                    if crate::client::status_of(&members[victim].client_url())
+                        .await
+                        .is_some()
+                    {
+                        ctx.event(format!("{} serves as the new member", members[victim].name));
+                        return;
+                    }
+                    sleep(Duration::from_millis(200)).await;
+                }
+                ctx.lock().failures.push(format!(
+                    "the new member on {}'s machine did not serve within \
+                     {MEMBERSHIP_CHANGE_TIMEOUT:?} of its addition",
+                    members[victim].name
+                ));
                 return;
             }
             Err(e) => last_error = e,
@@ -412,6 +473,46 @@ async fn inject(
                 format!("SlowDisk {} fsync {} ms", members[m].name, f.sync_delay_ms),
             )
         }
+        FaultKind::CorruptWal => {
+            let victim = order[0];
+            down.kill(members, victim);
+            let m = &members[victim];
+            let wal_dir = m.data_dir().join("member").join("wal");
+            let disk: &dyn Disk = &m.disk;
+            let target = disk
+                .list_dir(&wal_dir)
+                .ok()
+                .and_then(|names| names.into_iter().find(|n| n.ends_with(".wal")))
+                .map(|n| wal_dir.join(n))
+                .and_then(|p| disk.read_file(&p).ok().map(|d| (p, d.len() as u64)));
+            let Some((path, len)) = target.filter(|(_, len)| *len >= 4096) else {
+                down.restart(members, victim);
+                return (
+                    Heal::Nothing,
+                    format!("CorruptWal of {} not done: no WAL long enough", m.name),
+                );
+            };
+            // A quarter in: inside a record with complete records after it.
+            let offset = len / 4 + rng.gen_range(0..len / 8);
+            if let Err(e) = m.disk.corrupt(&path, offset) {
+                down.restart(members, victim);
+                return (
+                    Heal::Nothing,
+                    format!("CorruptWal of {} not done: {e}", m.name),
+                );
+            }
+            down.restart(members, victim);
+            let verdict = await_refusal(ctx, members, victim).await;
+            let what = format!(
+                "CorruptWal {} at byte {offset} of {}: {verdict}",
+                m.name,
+                path.display()
+            );
+            // An operator's remedy, when the fault heals: replace the member. Until then
+            // it stays down.
+            down.kill(members, victim);
+            (Heal::Replace(victim), what)
+        }
         FaultKind::ReplaceMember => {
             let victim = order[0];
             match remove_member(members, victim).await {
@@ -472,6 +573,29 @@ async fn heal(ctx: &RunCtx, members: &[SimMember], down: &DownCounts, h: Heal) {
         Heal::Disk(m) => members[m].disk.set_sync_delay(Duration::ZERO),
         Heal::Clock(m) => detcd::rt::set_clock_rate(members[m].node.id(), 1_000_000),
         Heal::Rejoin(m) => rejoin(ctx, members, down, m).await,
+        Heal::Replace(m) => {
+            let deadline = Instant::now() + MEMBERSHIP_CHANGE_TIMEOUT;
+            loop {
+                match remove_member(members, m).await {
+                    Ok(via) => {
+                        ctx.event(format!(
+                            "{} removed through {}",
+                            members[m].name, members[via].name
+                        ));
+                        rejoin(ctx, members, down, m).await;
+                        break;
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        ctx.lock().failures.push(format!(
+                            "could not remove {} within {MEMBERSHIP_CHANGE_TIMEOUT:?}: {e}",
+                            members[m].name
+                        ));
+                        break;
+                    }
+                    Err(_) => sleep(Duration::from_millis(500)).await,
+                }
+            }
+        }
         Heal::Nothing => {}
     }
 }

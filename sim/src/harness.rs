@@ -46,6 +46,8 @@ struct Boot {
     /// The member id, once known for a member added at runtime (initial members' ids are
     /// derived from their peer URLs).
     member_id: Option<u64>,
+    /// Why the last start failed, if it did.
+    last_start_error: Option<String>,
 }
 
 impl SimMember {
@@ -71,6 +73,18 @@ impl SimMember {
         b.initial_cluster = initial_cluster;
         b.backend = MemBackend::new();
         b.member_id = Some(member_id);
+        b.last_start_error = None;
+    }
+
+    /// Why the member's last start failed, if it did (a member that refuses to start,
+    /// such as one whose WAL is corrupt, says why here).
+    pub fn last_start_error(&self) -> Option<String> {
+        self.lock_boot().last_start_error.clone()
+    }
+
+    /// The data directory the member runs from now.
+    pub fn data_dir(&self) -> PathBuf {
+        data_dir_of(&self.name, self.generation())
     }
 
     fn lock_boot(&self) -> std::sync::MutexGuard<'_, Boot> {
@@ -161,6 +175,7 @@ fn start_member(
         generation: 0,
         backend: MemBackend::new(),
         member_id: None,
+        last_start_error: None,
     }));
     let node_boot = boot.clone();
     let node_disk = disk.clone();
@@ -172,15 +187,11 @@ fn start_member(
         .init(move || {
             let node_name = node_name.clone();
             let node_boot = node_boot.clone();
+            let node_boot_errors = node_boot.clone();
             let node_disk = node_disk.clone();
             let make_config = move || {
                 let boot = node_boot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                // A new generation is a new member: its own, empty data directory.
-                let data_dir = if boot.generation == 0 {
-                    PathBuf::from(format!("/{node_name}.etcd"))
-                } else {
-                    PathBuf::from(format!("/{node_name}-{}.etcd", boot.generation))
-                };
+                let data_dir = data_dir_of(&node_name, boot.generation);
                 ServerConfig {
                     name: node_name.clone(),
                     data_dir,
@@ -217,13 +228,32 @@ fn start_member(
                 // fails, such as a join that met only peers which had not applied the
                 // member's addition yet, is tried again a second later; a member that
                 // keeps failing fails the run.
+                // A member that refuses to start because its data is corrupt is not
+                // restarted: that needs an operator (the simulator replaces the member).
                 for attempt in 1..=START_ATTEMPTS {
+                    let set_error = |e: Option<String>| {
+                        node_boot_errors
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .last_start_error = e;
+                    };
+                    set_error(None);
                     match detcd::server::run(make_config(), detcd::rt::shutdown_signal(), None)
                         .await
                     {
                         Ok(()) => return,
-                        Err(e) if attempt == START_ATTEMPTS => panic!("member failed: {e}"),
                         Err(e) => {
+                            let e = e.to_string();
+                            set_error(Some(e.clone()));
+                            if e.contains("refusing to start")
+                                || e.contains("lost committed entries")
+                            {
+                                tracing::error!(error = %e, "member refuses to start");
+                                return;
+                            }
+                            if attempt == START_ATTEMPTS {
+                                panic!("member failed: {e}");
+                            }
                             tracing::warn!(error = %e, attempt, "member failed to start; retrying");
                             madsim::time::sleep(Duration::from_secs(1)).await;
                         }
@@ -238,6 +268,16 @@ fn start_member(
         ip,
         disk,
         boot,
+    }
+}
+
+/// The data directory of generation `generation` of the member named `name`: a new
+/// generation is a new member, with its own empty directory.
+fn data_dir_of(name: &str, generation: u64) -> PathBuf {
+    if generation == 0 {
+        PathBuf::from(format!("/{name}.etcd"))
+    } else {
+        PathBuf::from(format!("/{name}-{generation}.etcd"))
     }
 }
 

@@ -226,6 +226,10 @@ pub enum FaultKind {
     DiskCrash,
     /// Makes a random member's fsyncs slow while it lasts.
     SlowDisk,
+    /// Flips a byte in the middle of a random member's WAL while it is down, then
+    /// restarts it: the member must refuse to start (a corrupt record is never taken for
+    /// a torn tail, nor served), and is then replaced as in `replace-member`.
+    CorruptWal,
     /// Replaces a random member by a new one on the same machine, as an operator replaces
     /// a failed disk: the member is removed from the cluster (MemberRemove through the
     /// leader) and stopped; when the fault heals, a new member with an empty data
@@ -422,6 +426,7 @@ impl Scenario {
                     | FaultKind::IsolateLeader
                     | FaultKind::QuorumLoss
                     | FaultKind::ReplaceMember
+                    | FaultKind::CorruptWal
             );
             if needs_two && s.members < 2 {
                 return Err(ScenarioError(format!(
