@@ -244,9 +244,16 @@ fn read_record(
     }
     let end = HEADER_LEN_BYTES + len as usize;
     if end > rest.len() {
-        return Err(torn_or_corrupt(format!(
-            "record of {len} bytes runs past the end of the segment"
-        )));
+        let reason = format!("record of {len} bytes runs past the end of the segment");
+        // A torn append cuts the last record short. A length field damaged in the middle
+        // of the segment looks the same, except that whole records follow it: if one
+        // does, this is not a torn tail, and cutting here would drop what follows.
+        if is_last_segment && valid_record_after(rest) {
+            return Err(BadRecord::Corrupt(format!(
+                "{reason}, yet whole records follow it"
+            )));
+        }
+        return Err(torn_or_corrupt(reason));
     }
     let payload = &rest[HEADER_LEN_BYTES..end];
     if record_crc(record_type, payload) != crc {
@@ -265,6 +272,21 @@ fn read_record(
         payload,
         next_offset: offset + end,
     }))
+}
+
+/// Whether a whole record (a header whose length fits and whose CRC matches its payload)
+/// starts anywhere in `rest` after its first byte. A random match needs a 32-bit CRC to
+/// agree, and a length that fits is rare in random bytes, so the scan is cheap.
+fn valid_record_after(rest: &[u8]) -> bool {
+    (1..rest.len().saturating_sub(HEADER_LEN_BYTES - 1)).any(|at| {
+        let r = &rest[at..];
+        let len = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
+        let end = HEADER_LEN_BYTES + len;
+        len > 0
+            && end <= r.len()
+            && record_crc(r[8], &r[HEADER_LEN_BYTES..end])
+                == u32::from_le_bytes([r[4], r[5], r[6], r[7]])
+    })
 }
 
 /// The state replay builds, and the state a running WAL keeps for validation and for the
