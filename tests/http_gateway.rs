@@ -60,19 +60,19 @@ fn step(label: &'static str, path: &'static str, body: impl Into<String>) -> Ste
 }
 
 fn script() -> Vec<Step> {
-    let foo = b64("foo");
+    let key = b64("foo");
     let bar = b64("bar");
     vec![
         step(
             "put",
             "/v3/kv/put",
-            format!(r#"{{"key":"{foo}","value":"{bar}"}}"#),
+            format!(r#"{{"key":"{key}","value":"{bar}"}}"#),
         ),
         step(
             "put with prev_kv (lowerCamel name)",
             "/v3/kv/put",
             format!(
-                r#"{{"key":"{foo}","value":"{}","prevKv":true}}"#,
+                r#"{{"key":"{key}","value":"{}","prevKv":true}}"#,
                 b64("baz")
             ),
         ),
@@ -119,7 +119,7 @@ fn script() -> Vec<Step> {
             "txn with compare",
             "/v3/kv/txn",
             format!(
-                r#"{{"compare":[{{"key":"{foo}","result":"EQUAL","target":"VALUE","value":"{}"}}],"success":[{{"request_put":{{"key":"{foo}","value":"{bar}"}}}},{{"request_range":{{"key":"{foo}"}}}},{{"request_delete_range":{{"key":"{}"}}}}],"failure":[{{"request_range":{{"key":"{foo}"}}}}]}}"#,
+                r#"{{"compare":[{{"key":"{key}","result":"EQUAL","target":"VALUE","value":"{}"}}],"success":[{{"request_put":{{"key":"{key}","value":"{bar}"}}}},{{"request_range":{{"key":"{key}"}}}},{{"request_delete_range":{{"key":"{}"}}}}],"failure":[{{"request_range":{{"key":"{key}"}}}}]}}"#,
                 b64("baz"),
                 b64("zzz")
             ),
@@ -128,14 +128,14 @@ fn script() -> Vec<Step> {
             "txn that fails its compare",
             "/v3/kv/txn",
             format!(
-                r#"{{"compare":[{{"key":"{foo}","result":"LESS","target":"VERSION","version":"1"}}],"failure":[{{"request_range":{{"key":"{foo}","count_only":true}}}}]}}"#
+                r#"{{"compare":[{{"key":"{key}","result":"LESS","target":"VERSION","version":"1"}}],"failure":[{{"request_range":{{"key":"{key}","count_only":true}}}}]}}"#
             ),
         ),
         step("compaction", "/v3/kv/compaction", r#"{"revision":"4"}"#),
         step(
             "range at a compacted revision",
             "/v3/kv/range",
-            format!(r#"{{"key":"{foo}","revision":"2"}}"#),
+            format!(r#"{{"key":"{key}","revision":"2"}}"#),
         ),
         step(
             "compaction in the future",
@@ -186,7 +186,7 @@ fn script() -> Vec<Step> {
         step(
             "range without a token",
             "/v3/kv/range",
-            format!(r#"{{"key":"{foo}"}}"#),
+            format!(r#"{{"key":"{key}"}}"#),
         ),
         step(
             "authenticate with a bad password",
@@ -203,7 +203,7 @@ fn script() -> Vec<Step> {
             ..step(
                 "range with the token",
                 "/v3/kv/range",
-                format!(r#"{{"key":"{foo}"}}"#),
+                format!(r#"{{"key":"{key}"}}"#),
             )
         },
         Step {
