@@ -10,6 +10,7 @@
 //! - [`gateway`]: one file per gRPC service.
 //! - [`msg`]: every message the actors exchange.
 //! - [`tls`]: TLS configurations for client and peer connections, from etcd's flags.
+//! - [`metrics`]: etcd's Prometheus metrics, fed by the actors.
 //! - [`planted`]: deliberate bugs for the simulator to catch (a test-only feature).
 
 pub mod actors;
@@ -18,6 +19,7 @@ pub mod core;
 pub mod error;
 pub mod gateway;
 pub mod logging;
+pub mod metrics;
 pub mod msg;
 pub mod pb;
 pub mod planted;

@@ -260,6 +260,20 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         .iter()
         .map(listen_addr)
         .collect::<Result<Vec<_>, _>>()?;
+    let listen_metrics_addrs = config
+        .listen_metrics_urls
+        .iter()
+        .map(|url| {
+            if url.is_tls() {
+                // etcd serves https metrics URLs with the client certificates; detcd
+                // serves metrics in the clear only, and says so rather than ignore it.
+                return Err(format!(
+                    "listen {url}: https metrics listeners are not supported by detcd yet"
+                ));
+            }
+            listen_addr(url)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ServerConfig {
         name: config.name.clone(),
         data_dir,
@@ -300,6 +314,8 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         auth_token_ttl: Duration::from_secs(config.auth_token_ttl_secs),
         tls,
         token_provider: Arc::new(token_provider),
+        listen_metrics_addrs,
+        max_concurrent_streams: config.max_concurrent_streams,
     })
 }
 

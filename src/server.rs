@@ -118,6 +118,11 @@ pub struct ServerConfig {
     pub tls: MemberTls,
     /// `--auth-token`: simple tokens, JWTs, or none.
     pub token_provider: Arc<crate::core::jwt::TokenProvider>,
+    /// Addresses from `--listen-metrics-urls`, where `/metrics` and `/health` are served
+    /// over plain HTTP.
+    pub listen_metrics_addrs: Vec<SocketAddr>,
+    /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
 }
 
 /// TLS for a member's listeners and for its connections to peers. The default is plain
@@ -283,6 +288,13 @@ pub async fn run(
             .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {}", io_text(&e))))?;
         listeners.push(l);
     }
+    let mut metrics_listeners = Vec::new();
+    for addr in &cfg.listen_metrics_addrs {
+        let l = rt::bind(*addr)
+            .await
+            .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {}", io_text(&e))))?;
+        metrics_listeners.push(l);
+    }
     let mut peer_listeners = Vec::new();
     for addr in &cfg.listen_peer_addrs {
         let l = rt::bind(*addr)
@@ -291,6 +303,7 @@ pub async fn run(
         peer_listeners.push(l);
     }
 
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let (raft_tx, raft_rx) = mpsc::channel(CHANNEL_BOUND);
     let (storage_tx, storage_rx) = mpsc::channel(CHANNEL_BOUND);
     let (status_tx, mut status_rx) = watch::channel(RaftStatus::default());
@@ -311,6 +324,7 @@ pub async fn run(
             snapshot_catchup_entries: cfg.snapshot_catchup_entries,
             disk: cfg.disk.clone(),
             snap_dir,
+            metrics: metrics.clone(),
         },
         raft_rx,
         storage_tx.clone(),
@@ -340,6 +354,7 @@ pub async fn run(
         health: PeerHealth::default(),
         remotes: Default::default(),
         dialer: PeerDialer::new(cfg.tls.peer_client.clone()),
+        metrics: metrics.clone(),
     };
     // Every member has a transport, even alone: members can be added at any time.
     let raft_actor = raft_actor.with_transport(Transport::start(
@@ -390,7 +405,8 @@ pub async fn run(
     .with_auth_view(auth_view.clone())
     .with_quota(quota, backend_size.clone())
     .with_members(membership_tx)
-    .map_err(err)?;
+    .map_err(err)?
+    .with_metrics(metrics.clone());
     let mut raft_task = rt::spawn("raft", raft_actor.run());
     let mut storage_task = rt::spawn("storage", storage_actor.run());
     let lease_task = rt::spawn("lease-timer", lease_timer.run());
@@ -417,6 +433,7 @@ pub async fn run(
         auth: auth_view,
         bcrypt_cost: cfg.bcrypt_cost,
         token_provider: cfg.token_provider.clone(),
+        metrics,
     };
 
     // The peer transport serves from the start: the member cannot elect a leader or
@@ -499,7 +516,11 @@ pub async fn run(
         bound.push(addr);
         let tls = cfg.tls.client(index);
         let secure = tls.is_some();
-        let router = rt::grpc_server()
+        let api = rt::HttpApi {
+            handle: handle.clone(),
+            max_request_bytes: max_recv,
+        };
+        let router = rt::client_server(api, cfg.max_concurrent_streams)
             .add_service(
                 KvServer::new(gateway::kv::KvService::new(handle.clone()))
                     .max_decoding_message_size(max_recv)
@@ -579,6 +600,21 @@ pub async fn run(
                 "serving insecure client requests on {addr}, this is strongly discouraged!"
             );
         }
+    }
+    for listener in metrics_listeners {
+        let addr = listener.local_addr();
+        let api = rt::HttpApi {
+            handle: handle.clone(),
+            max_request_bytes: max_recv,
+        };
+        let mut stop = stop_rx.clone();
+        rt::spawn(
+            "metrics",
+            rt::serve_metrics(listener, api, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }),
+        );
+        tracing::info!(address = %addr, "serving metrics on {addr}");
     }
     if !cfg.corrupt_check_interval.is_zero() {
         rt::spawn(

@@ -221,6 +221,8 @@ fn start_member(
                     auth_token_ttl: Duration::from_secs(300),
                     tls: Default::default(),
                     token_provider: Default::default(),
+                    listen_metrics_addrs: Vec::new(),
+                    max_concurrent_streams: u32::MAX,
                 }
             };
             async move {

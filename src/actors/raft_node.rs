@@ -190,6 +190,8 @@ pub struct RaftActorConfig {
     pub disk: Arc<dyn Disk>,
     /// Where received snapshots are kept (`<data-dir>/member/snap`).
     pub snap_dir: PathBuf,
+    /// This member's metrics (leader changes, WAL fsync latencies).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// etcd's `--snapshot-count` default.
@@ -334,10 +336,11 @@ impl RaftActor {
 
     /// Runs the loop until the inbox closes (shutdown) or a fatal error.
     pub async fn run(mut self) -> Result<(), RaftFatal> {
-        let wal = self
+        let mut wal = self
             .wal
             .take()
             .ok_or_else(|| RaftFatal("wal: missing at start".into()))?;
+        wal.set_metrics(self.config.metrics.clone());
         let (wal_tx, wal_rx) = mpsc::channel(MAX_INFLIGHT_READIES);
         let (done_tx, done_rx) = mpsc::channel(MAX_INFLIGHT_READIES);
         let snap_dir = SnapDir {
@@ -521,6 +524,11 @@ impl RaftActor {
         let status = self.status();
         if status.leader_id != self.last_leader_id {
             if status.leader_id != 0 {
+                // etcd counts a change whenever a (new) leader appears.
+                self.config
+                    .metrics
+                    .leader_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(
                     leader = format!("{:x}", status.leader_id),
                     term = status.term,

@@ -136,6 +136,7 @@ pub struct StorageActor {
     /// The backend's [`Backend::size_bytes`] after the last write, for the gateway's
     /// quota check, which must not wait behind applies.
     size_gauge: Arc<AtomicU64>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Ids of members removed from the cluster.
     removed: std::collections::BTreeSet<u64>,
     /// Whether the planted double-apply bug has struck (it strikes once per start).
@@ -302,6 +303,7 @@ impl StorageActor {
             members: BTreeMap::new(),
             quota: Quota { limit_bytes: None },
             size_gauge: Arc::new(AtomicU64::new(0)),
+            metrics: None,
             removed: Default::default(),
             planted_replayed: false,
             membership_tx: None,
@@ -340,6 +342,19 @@ impl StorageActor {
             view.store = Arc::new(self.state.auth.clone());
         }
         view.applied_index = self.applied_index;
+    }
+
+    /// Records backend commit latencies, the applied index and the key count in
+    /// `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> StorageActor {
+        metrics
+            .applied_index
+            .store(self.applied_index, Ordering::Relaxed);
+        metrics
+            .keys
+            .store(self.state.mvcc.key_count() as u64, Ordering::Relaxed);
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Enforces `quota` as writes apply, and keeps `size_gauge` at the backend's size.
@@ -492,11 +507,18 @@ impl StorageActor {
             key: TERM_KEY.to_vec(),
             value: self.term.to_be_bytes().to_vec(),
         });
+        let started = std::time::Instant::now();
         self.backend
             .write(&batch)
             .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))?;
         self.size_gauge
             .store(self.backend.size_bytes(), Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.backend_commit.observe(started.elapsed());
+            m.applied_index.store(self.applied_index, Ordering::Relaxed);
+            m.keys
+                .store(self.state.mvcc.key_count() as u64, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -124,6 +124,8 @@ pub struct PeerConfig {
     pub remotes: Remotes,
     /// How peers are dialed (TLS for https peer URLs).
     pub dialer: PeerDialer,
+    /// Where probe round trips are recorded (`etcd_network_peer_round_trip_time_seconds`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How this member dials its peers: in the clear for http peer URLs, over TLS with the
@@ -318,6 +320,7 @@ impl Transport {
                 queue: rx,
                 raft_tx: self.raft_tx.clone(),
                 health: self.config.health.clone(),
+                metrics: self.config.metrics.clone(),
             };
             rt::spawn("peer-sender", sender.run());
         }
@@ -484,6 +487,7 @@ struct PeerSender {
     queue: mpsc::Receiver<Message>,
     raft_tx: mpsc::Sender<RaftMsg>,
     health: PeerHealth,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl PeerSender {
@@ -523,6 +527,7 @@ impl PeerSender {
             let delivered = match client.as_mut() {
                 None => Err("cannot connect".to_string()),
                 Some(c) => {
+                    let started = rt::now();
                     let call = c.send(RaftBatch {
                         cluster_id: self.cluster_id,
                         from: self.local_id,
@@ -531,7 +536,16 @@ impl PeerSender {
                         from_peer_urls: self.own_urls.clone(),
                     });
                     match rt::timeout_at(rt::now() + PEER_SEND_TIMEOUT, call).await {
-                        Ok(Ok(_)) => Ok(()),
+                        Ok(Ok(_)) => {
+                            // Every acknowledged batch (raft messages, or an empty
+                            // probe while idle) is a round trip to the peer; etcd's
+                            // prober measures the same link with its own pings.
+                            self.metrics.observe_peer_rtt(
+                                self.peer_id,
+                                rt::now().saturating_duration_since(started),
+                            );
+                            Ok(())
+                        }
                         Ok(Err(status)) if status.message() == MEMBER_REMOVED_MESSAGE => {
                             // The peer knows this member was removed: stop, as etcd does
                             // on its peers' "member removed" answer.

@@ -67,9 +67,8 @@ pub const NOT_YET_IMPLEMENTED: &[&str] = &[
     "peer-crl-file",
     "cipher-suites",
     "experimental-peer-skip-client-san-verification",
-    // Profiling and metrics endpoints.
+    // Profiling endpoints.
     "enable-pprof",
-    "listen-metrics-urls",
     // The v2 proxy.
     "proxy",
     "proxy-failure-wait",

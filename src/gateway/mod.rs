@@ -7,6 +7,8 @@ pub mod cluster;
 pub mod concurrency;
 pub mod election;
 pub mod h2_authority;
+pub mod http;
+pub mod json;
 pub mod kv;
 pub mod lease;
 pub mod lock;
@@ -79,6 +81,8 @@ pub struct Handle {
     pub bcrypt_cost: u32,
     /// `--auth-token`: how tokens are issued and checked.
     pub token_provider: Arc<TokenProvider>,
+    /// This member's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Who a request acts for, from its token: the user and the auth revision the token was
@@ -287,17 +291,35 @@ impl Handle {
         Ok(())
     }
     /// Proposes a request through raft and waits for its applied result.
+    /// Counted in the proposal metrics as etcd counts them: pending while it waits,
+    /// failed when it does not apply successfully.
     pub async fn propose(&self, request: InternalRequest) -> Result<Response, EtcdError> {
         let (tx, rx) = oneshot::channel();
-        self.call(
-            RaftMsg::Propose {
-                request: Box::new(request),
-                reply: tx,
-            },
-            rx,
-            &self.raft_tx,
-        )
-        .await?
+        let metrics = &self.metrics;
+        metrics.proposals_pending.fetch_add(1, Ordering::Relaxed);
+        let result = self
+            .call(
+                RaftMsg::Propose {
+                    request: Box::new(request),
+                    reply: tx,
+                },
+                rx,
+                &self.raft_tx,
+            )
+            .await
+            .and_then(|r| r);
+        metrics.proposals_pending.fetch_sub(1, Ordering::Relaxed);
+        if matches!(
+            result,
+            Err(EtcdError::Timeout
+                | EtcdError::Stopped
+                | EtcdError::NoLeader
+                | EtcdError::LeaderChanged
+                | EtcdError::TooManyRequests)
+        ) {
+            metrics.proposals_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     /// etcd's quota check before a write (`quotaAlarmer.check`): when the backend has no

@@ -16,6 +16,19 @@ pub use tokio::time::Instant;
 
 pub mod watch;
 
+#[cfg(not(madsim))]
+mod http_split;
+
+/// What a client listener serves besides gRPC: etcd's JSON gateway, `/version`,
+/// `/health` and `/metrics` (on real sockets; the simulated network carries gRPC only).
+#[derive(Clone)]
+pub struct HttpApi {
+    /// The member's services, for the health check and metrics.
+    pub handle: crate::gateway::Handle,
+    /// The largest JSON request body read (`--max-request-bytes` plus gRPC's allowance).
+    pub max_request_bytes: usize,
+}
+
 /// True when this build runs inside madsim's simulator.
 pub const SIMULATED: bool = cfg!(madsim);
 
@@ -293,29 +306,77 @@ const ACCEPT_QUEUE: usize = 64;
 /// the auth checks (see [`crate::gateway::CERT_CN_METADATA_KEY`]). madsim's tonic has no
 /// layers, and its connections carry no certificates.
 #[cfg(not(madsim))]
-pub type GrpcServer =
-    tonic::transport::Server<tower_layer::Stack<CertIdentityLayer, tower_layer::Identity>>;
+pub type GrpcServer = tonic::transport::Server<
+    tower_layer::Stack<
+        http_split::HttpSplitLayer,
+        tower_layer::Stack<CertIdentityLayer, tower_layer::Identity>,
+    >,
+>;
 /// A gRPC server builder (madsim: without layers).
 #[cfg(madsim)]
 pub type GrpcServer = tonic::transport::Server;
 
 /// The router a [`GrpcServer`] builds, which [`serve_grpc`] serves.
 #[cfg(not(madsim))]
-pub type GrpcRouter =
-    tonic::transport::server::Router<tower_layer::Stack<CertIdentityLayer, tower_layer::Identity>>;
+pub type GrpcRouter = tonic::transport::server::Router<
+    tower_layer::Stack<
+        http_split::HttpSplitLayer,
+        tower_layer::Stack<CertIdentityLayer, tower_layer::Identity>,
+    >,
+>;
 /// The router a [`GrpcServer`] builds (madsim).
 #[cfg(madsim)]
 pub type GrpcRouter = tonic::transport::server::Router;
 
-/// A new gRPC server builder for a client or peer listener.
+/// A new gRPC server builder for a peer listener, which serves gRPC only.
 pub fn grpc_server() -> GrpcServer {
     #[cfg(not(madsim))]
     {
-        tonic::transport::Server::builder().layer(CertIdentityLayer)
+        tonic::transport::Server::builder()
+            .layer(CertIdentityLayer)
+            .layer(http_split::HttpSplitLayer::new(None))
     }
     #[cfg(madsim)]
     {
         tonic::transport::Server::builder()
+    }
+}
+
+/// A new server builder for a client listener: gRPC, and on real sockets also HTTP/1.1
+/// and h2c requests without a gRPC content type, which `api` answers (etcd's JSON
+/// gateway and its plain endpoints), with at most `max_concurrent_streams` HTTP/2
+/// streams per connection (`--max-concurrent-streams`).
+pub fn client_server(api: HttpApi, max_concurrent_streams: u32) -> GrpcServer {
+    #[cfg(not(madsim))]
+    {
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .max_concurrent_streams(max_concurrent_streams)
+            .layer(CertIdentityLayer)
+            .layer(http_split::HttpSplitLayer::new(Some(api)))
+    }
+    #[cfg(madsim)]
+    {
+        let _ = (api, max_concurrent_streams);
+        tonic::transport::Server::builder()
+    }
+}
+
+/// Serves `/metrics` and `/health` on a `--listen-metrics-urls` listener until
+/// `shutdown` resolves. The simulated network has no HTTP: there it only waits.
+pub async fn serve_metrics(
+    listener: Listener,
+    api: HttpApi,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    #[cfg(not(madsim))]
+    {
+        http_split::serve_metrics(listener.inner, api, shutdown).await
+    }
+    #[cfg(madsim)]
+    {
+        let _ = (listener, api);
+        shutdown.await
     }
 }
 

@@ -423,6 +423,8 @@ pub struct Wal {
     /// a failed fsync the kernel may have dropped the dirty pages), so the only safe way
     /// on is to reopen, which re-reads what is actually there.
     poisoned: bool,
+    /// Where fsync latencies are recorded (`etcd_disk_wal_fsync_duration_seconds`).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl fmt::Debug for Wal {
@@ -508,6 +510,7 @@ impl Wal {
             last_index: 0,
             segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             poisoned: false,
+            metrics: None,
         })
     }
 
@@ -589,6 +592,7 @@ impl Wal {
             last_index: state.last_index(),
             segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             poisoned: false,
+            metrics: None,
         };
         let contents = WalContents {
             metadata,
@@ -713,7 +717,14 @@ impl Wal {
     }
 
     fn write_synced(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let result = self.file.append(bytes).and_then(|()| self.file.sync());
+        let result = self.file.append(bytes).and_then(|()| {
+            let started = std::time::Instant::now();
+            let synced = self.file.sync();
+            if let Some(m) = &self.metrics {
+                m.wal_fsync.observe(started.elapsed());
+            }
+            synced
+        });
         if result.is_err() {
             self.poisoned = true;
         }
@@ -749,6 +760,11 @@ impl Wal {
             path,
         });
         Ok(())
+    }
+
+    /// Records every later fsync's latency in `metrics`.
+    pub fn set_metrics(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
     }
 
     /// The simulated time the WAL's syncs since the last call would have taken (zero on

@@ -8,6 +8,8 @@
 //! Everything here is bounded in time: nothing waits forever.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{Read, Write};
