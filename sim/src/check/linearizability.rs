@@ -700,12 +700,8 @@ impl<'h> Search<'h> {
             changed += 1;
             match seen.changes.get(key) {
                 None if seen.complete => return false,
-                None => {}
-                Some(expected) => {
-                    if self.model.get(key) != expected.as_ref() {
-                        return false;
-                    }
-                }
+                Some(expected) if self.model.get(key) != expected.as_ref() => return false,
+                _ => {}
             }
         }
         // Every key seen changing must be among those this step changed.

@@ -468,6 +468,13 @@ impl WatchRequest {
     }
 }
 
+/// Where an event is: segment, response and event index.
+type Place3 = (usize, usize, usize);
+
+/// What one watcher saw change at one revision: each key's key-value afterwards (`None`:
+/// deleted) and where the event is.
+type SeenByOne = BTreeMap<Vec<u8>, (Option<KeyValue>, Place3)>;
+
 /// What the watchers saw change at each revision, for the linearizability checker to
 /// agree with, and a violation for every revision where two of them saw a key change
 /// differently. A revision seen by a watcher that sees everything
@@ -484,8 +491,7 @@ pub fn observed_changes(streams: &[WatchStream]) -> (ObservedChanges, Vec<WatchV
     ordered.sort_by_key(|s| (!s.request.sees_everything(), s.watcher));
     for stream in ordered {
         let complete = stream.request.sees_everything();
-        let mut mine: BTreeMap<i64, BTreeMap<Vec<u8>, (Option<KeyValue>, (usize, usize, usize))>> =
-            BTreeMap::new();
+        let mut mine: BTreeMap<i64, SeenByOne> = BTreeMap::new();
         for (si, segment) in stream.segments.iter().enumerate() {
             for (ri, response) in segment.responses.iter().enumerate() {
                 for (ei, event) in response.events.iter().enumerate() {
