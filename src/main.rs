@@ -89,8 +89,10 @@ fn fail(e: &ConfigError) -> ExitCode {
 /// etcd's listener ends up bound to it.
 fn listen_addr(url: &Url) -> Result<SocketAddr, String> {
     if url.is_unix() {
+        // Client URLs may be Unix-domain sockets (see `config_from`); peer and metrics
+        // URLs on them are not served.
         return Err(format!(
-            "listen {url}: unix socket listeners are not supported by detcd yet"
+            "listen {url}: unix socket listeners are supported for client URLs only"
         ));
     }
     let host = if url.host == "localhost" || url.host.is_empty() {
@@ -249,12 +251,32 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
     if !data_dir.join("member").join("wal").exists() && wal_dir.is_none() {
         config.verify_bootstrap().map_err(|e| e.to_string())?;
     }
-    let tls = member_tls(config)?;
+    let mut tls = member_tls(config)?;
+    // Unix-domain socket listeners (`unix://`, `unixs://`) are bound after the TCP ones,
+    // so their TLS settings go last too, in the same order.
+    let mut tcp_tls = Vec::new();
+    let mut unix_tls = Vec::new();
+    for (url, t) in config.listen_client_urls.iter().zip(tls.client.drain(..)) {
+        if url.is_unix() {
+            unix_tls.push(t);
+        } else {
+            tcp_tls.push(t);
+        }
+    }
+    tls.client = tcp_tls.into_iter().chain(unix_tls).collect();
     let listen_client_addrs = config
         .listen_client_urls
         .iter()
+        .filter(|u| !u.is_unix())
         .map(listen_addr)
         .collect::<Result<Vec<_>, _>>()?;
+    // As etcd, `unix://host:port` is a socket file named `host:port`.
+    let listen_client_sockets = config
+        .listen_client_urls
+        .iter()
+        .filter(|u| u.is_unix())
+        .map(|u| PathBuf::from(u.socket_addr_string()))
+        .collect();
     let listen_peer_addrs = config
         .listen_peer_urls
         .iter()
@@ -279,6 +301,7 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         data_dir,
         wal_dir,
         listen_client_addrs,
+        listen_client_sockets,
         listen_peer_addrs,
         advertise_client_urls: config
             .advertise_client_urls

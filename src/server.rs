@@ -68,6 +68,10 @@ pub struct ServerConfig {
     pub wal_dir: Option<PathBuf>,
     /// Addresses from `--listen-client-urls`.
     pub listen_client_addrs: Vec<SocketAddr>,
+    /// Unix-domain socket files from `unix://` and `unixs://` `--listen-client-urls`,
+    /// served after `listen_client_addrs` (their TLS settings follow those in
+    /// [`MemberTls::client`]).
+    pub listen_client_sockets: Vec<PathBuf>,
     /// Addresses from `--listen-peer-urls`, where the peer transport is served.
     pub listen_peer_addrs: Vec<SocketAddr>,
     /// `--advertise-client-urls`.
@@ -286,6 +290,16 @@ pub async fn run(
         let l = rt::bind(*addr)
             .await
             .map_err(|e| ServerError(format!("listen tcp {addr}: bind: {}", io_text(&e))))?;
+        listeners.push(l);
+    }
+    for path in &cfg.listen_client_sockets {
+        let l = rt::bind_unix(path).await.map_err(|e| {
+            ServerError(format!(
+                "listen unix {}: bind: {}",
+                path.display(),
+                io_text(&e)
+            ))
+        })?;
         listeners.push(l);
     }
     let mut metrics_listeners = Vec::new();
@@ -512,8 +526,14 @@ pub async fn run(
     };
     let mut bound = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
-        let addr = listener.local_addr();
-        bound.push(addr);
+        let socket = listener.socket_path();
+        let addr = match &socket {
+            Some(path) => path.display().to_string(),
+            None => {
+                bound.push(listener.local_addr());
+                listener.local_addr().to_string()
+            }
+        };
         let tls = cfg.tls.client(index);
         let secure = tls.is_some();
         let api = rt::HttpApi {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{etcdctl_bin, free_port, run_with_timeout, Kind, Output, READY_MARKER};
+use common::{etcdctl_bin, free_port, run_with_timeout, terminate, Kind, Output, READY_MARKER};
 
 /// How long a member gets to print the ready marker.
 const READY_TIMEOUT: Duration = Duration::from_secs(25);
@@ -722,4 +722,66 @@ async fn certificate_user_metadata_cannot_be_forged_by_a_client() {
         .ok(),
         ""
     );
+}
+
+#[test]
+fn unixs_listener_serves_tls_over_a_unix_socket() {
+    // `unixs://host:port`: a Unix-domain socket file named `host:port` in the member's
+    // working directory, served with the client certificate as an https URL would be.
+    let pki = Pki::new();
+    pki.issue("server", "server", true, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let client = format!("https://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let socket = format!("localhost:{}", free_port());
+    let log = File::create(dir.path().join("server.log")).unwrap();
+    let mut child = Command::new(Kind::under_test().binary())
+        .current_dir(dir.path())
+        .args(["--name", "us0", "--data-dir", "data"])
+        .arg("--listen-client-urls")
+        .arg(format!("{client},unixs://{socket}"))
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("us0={peer}")])
+        .args(server_flags(&pki, "server"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn the server");
+    let unixs = format!("unixs://{socket}");
+    let run = |endpoint: &str, tls: &[String], args: &[&str]| {
+        let mut cmd = Command::new(etcdctl_bin());
+        cmd.current_dir(dir.path())
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint])
+            .args(["--dial-timeout", "2s", "--command-timeout", "4s"])
+            .args(tls)
+            .args(args);
+        run_with_timeout(cmd, None, Duration::from_secs(30))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut put = run(
+        &unixs,
+        &cacert(&pki),
+        &["put", "foo", "over-tls-on-a-socket"],
+    );
+    while !put.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        put = run(
+            &unixs,
+            &cacert(&pki),
+            &["put", "foo", "over-tls-on-a-socket"],
+        );
+    }
+    assert_eq!(put.ok(), "OK\n");
+    assert_eq!(
+        run(&client, &cacert(&pki), &["get", "foo"]).ok(),
+        "foo\nover-tls-on-a-socket\n"
+    );
+    // Plain text on the TLS socket gets nowhere.
+    let plain = run(&format!("unix://{socket}"), &[], &["get", "foo"]);
+    assert!(!plain.success(), "plain text was served: {}", plain.stdout);
+    terminate(&mut child);
 }

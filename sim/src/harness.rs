@@ -197,6 +197,7 @@ fn start_member(
                     data_dir,
                     wal_dir: None,
                     listen_client_addrs: vec![SocketAddr::new(ip, CLIENT_PORT)],
+                    listen_client_sockets: vec![],
                     listen_peer_addrs: vec![SocketAddr::new(ip, PEER_PORT)],
                     advertise_client_urls: vec![format!("http://{ip}:{CLIENT_PORT}")],
                     initial_advertise_peer_urls: vec![member_peer_url(i)],

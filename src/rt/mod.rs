@@ -267,13 +267,56 @@ pub async fn shutdown_signal() {
 pub struct Listener {
     addr: std::net::SocketAddr,
     #[cfg(not(madsim))]
-    inner: tokio::net::TcpListener,
+    inner: ListenerInner,
+}
+
+/// A TCP or a Unix-domain socket listener.
+#[cfg(not(madsim))]
+enum ListenerInner {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
 }
 
 impl Listener {
-    /// The bound address (with the real port when port 0 was asked for).
+    /// The bound address (with the real port when port 0 was asked for); unspecified for
+    /// a Unix-domain socket.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.addr
+    }
+
+    /// The socket file of a Unix-domain socket listener.
+    pub fn socket_path(&self) -> Option<std::path::PathBuf> {
+        #[cfg(not(madsim))]
+        if let ListenerInner::Unix(_, path) = &self.inner {
+            return Some(path.clone());
+        }
+        None
+    }
+}
+
+/// Binds a Unix-domain socket listener at `path` (etcd's `unix://` and `unixs://` listen
+/// URLs), replacing a socket file a previous run left behind, as etcd does. The
+/// simulator has no Unix-domain sockets.
+pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<Listener> {
+    #[cfg(madsim)]
+    {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("{}: no unix sockets under simulation", path.display()),
+        ))
+    }
+    #[cfg(not(madsim))]
+    {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let inner = tokio::net::UnixListener::bind(path)?;
+        Ok(Listener {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            inner: ListenerInner::Unix(inner, path.to_path_buf()),
+        })
     }
 }
 
@@ -288,7 +331,10 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<Listener> {
     {
         let inner = tokio::net::TcpListener::bind(addr).await?;
         let addr = inner.local_addr()?;
-        Ok(Listener { addr, inner })
+        Ok(Listener {
+            addr,
+            inner: ListenerInner::Tcp(inner),
+        })
     }
 }
 
@@ -371,7 +417,11 @@ pub async fn serve_metrics(
 ) {
     #[cfg(not(madsim))]
     {
-        http_split::serve_metrics(listener.inner, api, shutdown).await
+        // Metrics listeners are TCP only: main refuses unix metrics URLs.
+        let ListenerInner::Tcp(tcp) = listener.inner else {
+            return shutdown.await;
+        };
+        http_split::serve_metrics(tcp, api, shutdown).await
     }
     #[cfg(madsim)]
     {
@@ -426,7 +476,7 @@ pub async fn serve_grpc(
 /// delayed ACK, some 40 ms.
 #[cfg(not(madsim))]
 async fn accept_loop(
-    listener: tokio::net::TcpListener,
+    listener: ListenerInner,
     acceptor: Option<TlsAccept>,
     tx: tokio::sync::mpsc::Sender<std::io::Result<AuthorityFixStream<ServerConn>>>,
 ) {
@@ -435,9 +485,9 @@ async fn accept_loop(
             // Branches are polled in order, not at random, so a simulation replays from its seed.
             biased;
             _ = tx.closed() => return,
-            a = listener.accept() => a,
+            a = accept_one(&listener) => a,
         };
-        let (tcp, remote) = match accepted {
+        let (tcp, remote, info) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: wait a little, as Go's server
@@ -447,8 +497,6 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
-        let info = tonic::transport::server::Connected::connect_info(&tcp);
         match &acceptor {
             None => {
                 let conn = ServerConn {
@@ -485,14 +533,17 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    if check_client_san {
+                    // A Unix-domain socket has no address to check a certificate against.
+                    if let (true, Some(remote_ip)) =
+                        (check_client_san, info.remote_addr.map(|a| a.ip()))
+                    {
                         let leaf = stream
                             .get_ref()
                             .1
                             .peer_certificates()
                             .and_then(|certs| certs.first());
                         if let Some(leaf) = leaf {
-                            if let Err(e) = check_san(leaf, remote.ip().to_canonical()).await {
+                            if let Err(e) = check_san(leaf, remote_ip.to_canonical()).await {
                                 tracing::warn!(remote_addr = %remote, error = %e, "rejected connection");
                                 return;
                             }
@@ -515,6 +566,30 @@ async fn accept_loop(
                     let _ = tx.send(Ok(AuthorityFixStream::new(conn))).await;
                 });
             }
+        }
+    }
+}
+
+/// Accepts one connection: its stream, the remote address for logs (the socket path for
+/// a Unix-domain socket) and what tonic records about it.
+#[cfg(not(madsim))]
+async fn accept_one(
+    listener: &ListenerInner,
+) -> std::io::Result<(PlainIo, String, tonic::transport::server::TcpConnectInfo)> {
+    match listener {
+        ListenerInner::Tcp(l) => {
+            let (tcp, remote) = l.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            let info = tonic::transport::server::Connected::connect_info(&tcp);
+            Ok((PlainIo::Tcp(tcp), remote.to_string(), info))
+        }
+        ListenerInner::Unix(l, path) => {
+            let (unix, _) = l.accept().await?;
+            let info = tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: None,
+            };
+            Ok((PlainIo::Unix(unix), path.display().to_string(), info))
         }
     }
 }
@@ -566,8 +641,81 @@ pub struct ServerConn {
 
 #[cfg(not(madsim))]
 enum ServerIo {
-    Plain(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+    Plain(PlainIo),
+    Tls(Box<tokio_rustls::server::TlsStream<PlainIo>>),
+}
+
+/// An accepted TCP or Unix-domain socket connection, before any TLS.
+#[cfg(not(madsim))]
+enum PlainIo {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+#[cfg(not(madsim))]
+impl tokio::io::AsyncRead for PlainIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PlainIo::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            PlainIo::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+#[cfg(not(madsim))]
+impl tokio::io::AsyncWrite for PlainIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PlainIo::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            PlainIo::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PlainIo::Tcp(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            PlainIo::Unix(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            PlainIo::Tcp(s) => s.is_write_vectored(),
+            PlainIo::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PlainIo::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            PlainIo::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PlainIo::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            PlainIo::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 #[cfg(not(madsim))]
