@@ -26,6 +26,7 @@ pub mod planted;
 pub mod raft;
 pub mod rt;
 pub mod server;
+pub mod snapshot_cmd;
 pub mod storage;
 pub mod tls;
 

@@ -13,7 +13,11 @@ use detcd::storage::disk::RealDisk;
 use detcd::tls::TlsInfo;
 
 fn main() -> ExitCode {
-    let args = std::env::args().skip(1);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("snapshot") {
+        return ExitCode::from(detcd::snapshot_cmd::run(&argv[1..]));
+    }
+    let args = argv.into_iter();
     let env = std::env::vars();
     let config = match Config::from_args_and_env(args, env) {
         Ok(Parsed::Run(config)) => config,
