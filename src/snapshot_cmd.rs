@@ -158,9 +158,8 @@ pub fn format_status(s: &Status, write_out: &str) -> Result<String, CmdError> {
             "{:x}, {}, {}, {}\n",
             s.hash, s.revision, s.total_key, size
         )),
-        // etcdctl prints the JSON without a newline.
         "json" => Ok(format!(
-            "{{\"hash\":{},\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}",
+            "{{\"hash\":{},\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}\n",
             s.hash, s.revision, s.total_key, s.total_size
         )),
         "table" => {
