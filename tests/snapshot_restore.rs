@@ -185,3 +185,52 @@ fn restore_refuses_a_damaged_snapshot_and_a_name_outside_the_cluster() {
         out.stderr
     );
 }
+
+#[test]
+fn restore_of_a_detcd_snapshot_into_detcd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut detcd = Server::start();
+    for i in 0..50 {
+        detcd
+            .etcdctl(&["put", &format!("k{i:02}"), &format!("v{i}")])
+            .ok();
+    }
+    let rev = revision(&detcd);
+    let file = tmp.path().join("detcd.db");
+    save(&detcd, &file);
+    let file_s = file.to_str().unwrap();
+    let theirs = etcdctl_offline(&["snapshot", "status", file_s, "-w", "json"]);
+    let ours = detcd_offline(&["snapshot", "status", file_s, "-w", "json"]);
+    assert_eq!(ours.ok(), theirs.ok());
+
+    detcd.stop();
+    std::fs::remove_dir_all(detcd.data_dir()).unwrap();
+    let name = detcd.name().to_string();
+    let peer = detcd.peer_url();
+    let cluster = format!("{name}={peer}");
+    let data_dir = detcd.data_dir();
+    detcd_offline(&[
+        "snapshot",
+        "restore",
+        file_s,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--name",
+        &name,
+        "--initial-cluster",
+        &cluster,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--bump-revision",
+        "1000",
+    ])
+    .ok();
+    detcd.restart();
+    assert_eq!(revision(&detcd), rev + 1000);
+    let all = detcd.etcdctl(&["get", "k", "--prefix", "--keys-only"]);
+    assert_eq!(all.ok().lines().filter(|l| !l.is_empty()).count(), 50);
+    assert_eq!(
+        detcd.etcdctl(&["get", "k07", "--print-value-only"]).ok(),
+        "v7\n"
+    );
+}
