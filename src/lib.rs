@@ -18,6 +18,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod gateway;
+pub mod gojson;
 pub mod logging;
 pub mod metrics;
 pub mod msg;

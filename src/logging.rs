@@ -370,21 +370,7 @@ fn format_capnslog(
 }
 
 fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::gojson::push_string(out, s, crate::gojson::Html::Keep);
 }
 
 /// UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`, zap's ISO8601 encoding.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::actors::storage::{CONSISTENT_INDEX_KEY, TERM_KEY};
+use crate::core::crc32c::Crc32c;
 use crate::core::mvcc::{FINISHED_COMPACT_KEY, SCHEDULED_COMPACT_KEY};
 use crate::storage::backend::{Backend, Bucket, SledBackend, WriteBatch};
 use crate::storage::bbolt::{self, Database};
@@ -39,56 +40,17 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CmdError(pub String);
 
-fn crc32c_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    for (i, slot) in table.iter_mut().enumerate() {
-        let mut c = i as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0x82F6_3B78 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-        *slot = c;
-    }
-    table
-}
-
-/// Incremental CRC-32C, as Go's `crc32.New(crc32.MakeTable(crc32.Castagnoli))`.
-struct Crc32c {
-    table: [u32; 256],
-    crc: u32,
-}
-
-impl Crc32c {
-    fn new() -> Crc32c {
-        Crc32c {
-            table: crc32c_table(),
-            crc: !0,
-        }
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.crc = self.table[((self.crc ^ u32::from(b)) & 0xff) as usize] ^ (self.crc >> 8);
-        }
-    }
-    fn sum(&self) -> u32 {
-        !self.crc
-    }
-}
-
 /// Computes what `snapshot status` reports for a database.
 pub fn status_of(db: &Database) -> Status {
     let mut h = Crc32c::new();
     let mut revision = 0;
     let mut total_key = 0;
     for (name, entries) in &db.buckets {
-        h.write(name);
+        h.update(name);
         let is_key = name.as_slice() == b"key";
         for (k, v) in entries {
-            h.write(k);
-            h.write(v);
+            h.update(k);
+            h.update(v);
             if is_key && k.len() >= 8 {
                 let mut a = [0u8; 8];
                 a.copy_from_slice(&k[..8]);

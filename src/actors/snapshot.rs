@@ -41,34 +41,13 @@ const CLUSTER_VERSION_KEY: &[u8] = b"clusterVersion";
 /// etcd's key for the auth store's revision in the `auth` bucket.
 const AUTH_REVISION_KEY: &[u8] = b"authRevision";
 
-/// Appends `s` to `out` as a JSON string, escaped as Go's `encoding/json` escapes it
-/// (including `<`, `>` and `&`), so member records read exactly like etcd's.
-fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 fn push_json_strings(out: &mut String, items: &[String]) {
     out.push('[');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        push_json_string(out, item);
+        crate::gojson::push_string(out, item, crate::gojson::Html::Escape);
     }
     out.push(']');
 }
@@ -81,7 +60,7 @@ pub fn etcd_member_entry(record: &MemberRecord) -> (Vec<u8>, Vec<u8>) {
     push_json_strings(&mut json, &record.peer_urls);
     if !record.name.is_empty() {
         json.push_str(",\"name\":");
-        push_json_string(&mut json, &record.name);
+        crate::gojson::push_string(&mut json, &record.name, crate::gojson::Html::Escape);
     }
     if !record.client_urls.is_empty() {
         json.push_str(",\"clientURLs\":");

@@ -403,7 +403,7 @@ impl JwtTokens {
         let header = format!(r#"{{"alg":"{}","typ":"JWT"}}"#, self.method.name());
         let claims = format!(
             r#"{{"exp":{exp_s},"revision":{revision},"username":{}}}"#,
-            go_json_string(username)
+            crate::gojson::string(username)
         );
         let signing_input = format!(
             "{}.{}",
@@ -521,17 +521,6 @@ fn parse_signed_go_duration_ms(s: &str) -> Option<i64> {
     let d = crate::config::parse_go_duration(magnitude).ok()?;
     let ms = i64::try_from(d.as_millis()).ok()?;
     Some(if negative { -ms } else { ms })
-}
-
-/// `s` as Go's encoding/json writes a string: escaped as JSON, and with `<`, `>`, `&`,
-/// U+2028 and U+2029 escaped too, so a token is byte for byte the one etcd would sign.
-fn go_json_string(s: &str) -> String {
-    let json = Value::String(s.to_string()).to_string();
-    json.replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026")
-        .replace('\u{2028}', "\\u2028")
-        .replace('\u{2029}', "\\u2029")
 }
 
 /// Decodes a token segment as the JWT library does: base64url, padding optional.

@@ -491,25 +491,10 @@ fn push_float(out: &mut String, f: f64) {
     }
 }
 
-/// Appends `s` as a JSON string, escaped as Go's encoding/json escapes it (`<`, `>`, `&`,
-/// U+2028 and U+2029 as `\uXXXX`), so bodies match etcd's byte for byte.
+/// Appends `s` as a JSON string, escaped as Go's encoding/json escapes it, so bodies
+/// match etcd's byte for byte.
 pub fn push_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::gojson::push_string(out, s, crate::gojson::Html::Escape);
 }
 
 /// The HTTP status grpc-gateway 1.x answers a gRPC status code with.
