@@ -42,13 +42,14 @@ impl ClusterService {
         self
     }
 
+    /// The header of every Cluster answer. As etcd's cluster server builds it, it carries
+    /// no revision: membership is not part of the key space.
     async fn header(&self) -> Result<ResponseHeader, EtcdError> {
-        let storage = self.handle.storage_status().await?;
         let raft = self.handle.raft_status().await?;
         Ok(ResponseHeader {
             cluster_id: raft.cluster_id,
             member_id: raft.member_id,
-            revision: storage.revision,
+            revision: 0,
             raft_term: raft.term,
         })
     }
