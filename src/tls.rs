@@ -5,20 +5,23 @@
 //! certificates the way etcd does beyond what rustls checks by itself: a required common
 //! name or hostname (`--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname`,
 //! `--client-cert-allowed-hostname`) and revoked serial numbers (`--client-crl-file`,
-//! `--peer-crl-file`). The handshakes happen in the runtime seam ([`crate::rt`]), which
+//! `--peer-crl-file`). Certificate, key and CRL files are read again for every handshake,
+//! as etcd reads them, so they can be rotated without a restart. The handshakes happen in the runtime seam ([`crate::rt`]), which
 //! skips them under simulation, so everything here compiles and runs in both worlds.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::ring::cipher_suite as suites;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use x509_parser::prelude::FromDer as _;
 use x509_parser::revocation_list::CertificateRevocationList;
 
@@ -157,11 +160,16 @@ struct Revoked {
 }
 
 impl Revoked {
+    #[cfg(test)]
     fn load(path: &str) -> Result<Revoked, TlsError> {
         if path.is_empty() {
             return Ok(Revoked::default());
         }
-        let bytes = read_file(path)?;
+        Revoked::parse(path, read_file(path)?)
+    }
+
+    /// Parses a CRL file's contents (`path` is for messages).
+    fn parse(path: &str, bytes: Vec<u8>) -> Result<Revoked, TlsError> {
         // The file may hold PEM ("X509 CRL") or DER, as Go's x509.ParseCRL accepts both.
         let der: Vec<Vec<u8>> =
             match rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&bytes)
@@ -201,6 +209,164 @@ impl Revoked {
         }
         Ok(())
     }
+}
+
+/// A `--client-crl-file` or `--peer-crl-file`, read again at every handshake as etcd
+/// reads it, so a list updated on disk takes effect for the next connection. Only a
+/// changed file is parsed again. A file that cannot be read or parsed refuses the
+/// handshake, as in etcd: revocation that cannot be checked must not let anyone in.
+#[derive(Debug)]
+struct CrlFile {
+    path: String,
+    /// The contents last parsed, and what they revoke.
+    cache: Mutex<(Vec<u8>, Arc<Revoked>)>,
+}
+
+impl CrlFile {
+    /// Loads the file at start-up, where a bad file is a start-up error.
+    fn load(path: &str) -> Result<CrlFile, TlsError> {
+        let (bytes, revoked) = if path.is_empty() {
+            (Vec::new(), Revoked::default())
+        } else {
+            let bytes = read_file(path)?;
+            let revoked = Revoked::parse(path, bytes.clone())?;
+            (bytes, revoked)
+        };
+        Ok(CrlFile {
+            path: path.to_string(),
+            cache: Mutex::new((bytes, Arc::new(revoked))),
+        })
+    }
+
+    /// The serial numbers the file revokes now.
+    fn current(&self) -> Result<Arc<Revoked>, rustls::Error> {
+        if self.path.is_empty() {
+            return Ok(Arc::new(Revoked::default()));
+        }
+        let refuse = |e: TlsError| {
+            tracing::warn!(path = %self.path, error = %e.0, "cannot check revoked certificates");
+            rustls::Error::General(e.0)
+        };
+        let bytes = read_file(&self.path).map_err(refuse)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.0 != bytes {
+            let revoked = Revoked::parse(&self.path, bytes.clone()).map_err(refuse)?;
+            *cache = (bytes, Arc::new(revoked));
+        }
+        Ok(cache.1.clone())
+    }
+}
+
+/// A certificate and key pair read again at every handshake, as etcd's `GetCertificate`
+/// and `GetClientCertificate` read `--cert-file`/`--key-file` (and the peer pair), so a
+/// rotated certificate is served to the next connection without a restart. Only changed
+/// files are parsed again. While the files do not make a valid pair (for instance half
+/// written during a rotation) the last good pair is kept and a warning logged, so
+/// connections keep working.
+#[derive(Debug)]
+struct KeyPairFiles {
+    cert_file: String,
+    key_file: String,
+    provider: Arc<CryptoProvider>,
+    /// The file contents last loaded, and the pair they made.
+    cache: Mutex<((Vec<u8>, Vec<u8>), Arc<CertifiedKey>)>,
+}
+
+impl KeyPairFiles {
+    /// Loads the pair at start-up, with Go's `tls.X509KeyPair` errors.
+    fn load(info: &TlsInfo, provider: Arc<CryptoProvider>) -> Result<KeyPairFiles, TlsError> {
+        if info.cert_file.is_empty() || info.key_file.is_empty() {
+            return Err(TlsError(format!(
+                "KeyFile and CertFile must both be present[key: {}, cert: {}]",
+                info.key_file, info.cert_file
+            )));
+        }
+        let files = (read_file(&info.cert_file)?, read_file(&info.key_file)?);
+        let pair = certified_key(&files.0, &files.1, &provider)?;
+        Ok(KeyPairFiles {
+            cert_file: info.cert_file.clone(),
+            key_file: info.key_file.clone(),
+            provider,
+            cache: Mutex::new((files, Arc::new(pair))),
+        })
+    }
+
+    /// The pair in the files now, or the last good one.
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let files = match (read_file(&self.cert_file), read_file(&self.key_file)) {
+            (Ok(cert), Ok(key)) => (cert, key),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e.0, "cannot reload the certificate; serving the last good one");
+                return cache.1.clone();
+            }
+        };
+        if cache.0 != files {
+            match certified_key(&files.0, &files.1, &self.provider) {
+                Ok(pair) => {
+                    tracing::info!(cert_file = %self.cert_file, "loaded a changed certificate");
+                    *cache = (files, Arc::new(pair));
+                }
+                Err(e) => {
+                    tracing::warn!(cert_file = %self.cert_file, error = %e.0, "cannot reload the certificate; serving the last good one");
+                }
+            }
+        }
+        cache.1.clone()
+    }
+}
+
+impl ResolvesServerCert for KeyPairFiles {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for KeyPairFiles {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A certificate chain and private key from PEM file contents, checked to belong
+/// together, with Go's `tls.X509KeyPair` errors.
+fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_default();
+    if certs.is_empty() {
+        return Err(TlsError(
+            "tls: failed to find any PEM data in certificate input".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| TlsError("tls: failed to find any PEM data in key input".into()))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError(format!("tls: {e}")))?;
+    let pair = CertifiedKey::new(certs, signing_key);
+    pair.keys_match().map_err(|e| {
+        TlsError(match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "tls: private key does not match public key".into()
+            }
+            e => format!("tls: {e}"),
+        })
+    })?;
+    Ok(pair)
 }
 
 /// A serial number without the leading zero byte DER adds to keep it positive.
@@ -301,7 +467,7 @@ impl ClientSan {
 #[derive(Debug)]
 struct ClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    revoked: Revoked,
+    revoked: CrlFile,
     names: NameCheck,
 }
 
@@ -320,6 +486,7 @@ impl ClientCertVerifier for ClientVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
         self.revoked
+            .current()?
             .check(std::iter::once(end_entity).chain(intermediates))?;
         self.names.check(end_entity)?;
         Ok(verified)
@@ -542,31 +709,6 @@ fn read_file(path: &str) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// The certificate chain and private key of `info`, with Go's `tls.X509KeyPair` errors.
-fn load_key_pair(
-    info: &TlsInfo,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    if info.cert_file.is_empty() || info.key_file.is_empty() {
-        return Err(TlsError(format!(
-            "KeyFile and CertFile must both be present[key: {}, cert: {}]",
-            info.key_file, info.cert_file
-        )));
-    }
-    let cert_bytes = read_file(&info.cert_file)?;
-    let key_bytes = read_file(&info.key_file)?;
-    let certs = CertificateDer::pem_slice_iter(&cert_bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap_or_default();
-    if certs.is_empty() {
-        return Err(TlsError(
-            "tls: failed to find any PEM data in certificate input".into(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_bytes)
-        .map_err(|_| TlsError("tls: failed to find any PEM data in key input".into()))?;
-    Ok((certs, key))
-}
-
 /// The trusted CAs of a `--trusted-ca-file`.
 fn load_roots(path: &str) -> Result<RootCertStore, TlsError> {
     let bytes = read_file(path)?;
@@ -610,7 +752,7 @@ fn system_roots() -> RootCertStore {
 pub fn server_config(info: &TlsInfo, cert_cn_auth: bool) -> Result<ServerTls, TlsError> {
     let names = NameCheck::of(info)?;
     let provider = provider(&info.cipher_suites)?;
-    let (certs, key) = load_key_pair(info)?;
+    let key_pair = Arc::new(KeyPairFiles::load(info, provider.clone())?);
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError(format!("tls: {e}")))?;
@@ -627,20 +769,13 @@ pub fn server_config(info: &TlsInfo, cert_cn_auth: bool) -> Result<ServerTls, Tl
             .map_err(|e| TlsError(format!("cannot verify client certificates: {e}")))?;
         builder.with_client_cert_verifier(Arc::new(ClientVerifier {
             inner,
-            revoked: Revoked::load(&info.crl_file)?,
+            revoked: CrlFile::load(&info.crl_file)?,
             names,
         }))
     } else {
         builder.with_no_client_auth()
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        TlsError(match e {
-            rustls::Error::InconsistentKeys(_) => {
-                "tls: private key does not match public key".into()
-            }
-            e => format!("tls: {e}"),
-        })
-    })?;
+    let mut config = builder.with_cert_resolver(key_pair);
     // Clients negotiate HTTP/2 (gRPC) through ALPN, as etcd's listener offers it; clients
     // that offer nothing are served too.
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -670,6 +805,7 @@ pub fn client_config(info: &TlsInfo) -> Result<ClientTls, TlsError> {
                 .map_err(|e| TlsError(format!("cannot verify peer certificates: {e}")))?,
         )
     };
+    let provider_for_pair = provider.clone();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError(format!("tls: {e}")))?
@@ -682,10 +818,7 @@ pub fn client_config(info: &TlsInfo) -> Result<ClientTls, TlsError> {
     let mut config = if info.is_empty() {
         builder.with_no_client_auth()
     } else {
-        let (certs, key) = load_key_pair(info)?;
-        builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| TlsError(format!("tls: {e}")))?
+        builder.with_client_cert_resolver(Arc::new(KeyPairFiles::load(info, provider_for_pair)?))
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(ClientTls {

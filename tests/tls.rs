@@ -441,6 +441,68 @@ fn revoked_client_certificate_is_refused() {
     assert_eq!(out.err_line(), "Error: context deadline exceeded");
 }
 
+/// Certificates are rotated by replacing the files: as etcd reads `--cert-file` and
+/// `--key-file` at every handshake, the next connection gets the new certificate without
+/// a restart, and a new `--client-crl-file` takes effect for the next client.
+#[test]
+fn rotated_certificate_and_crl_files_take_effect_without_a_restart() {
+    let pki = Pki::new();
+    pki.issue("server", "server", true, 1);
+    pki.issue("root", "root", false, 2);
+    pki.issue("user0", "user0", false, 3);
+    pki.revoke(99);
+    let mut flags = server_flags(&pki, "server");
+    flags.extend([
+        "--trusted-ca-file".to_string(),
+        pki.path("ca.pem"),
+        "--client-cert-auth".to_string(),
+        "--client-crl-file".to_string(),
+        pki.path("crl.pem"),
+    ]);
+    let m = Member::single("https", &strs(&flags));
+    assert_eq!(
+        m.etcdctl(&pki.etcdctl_cert("user0"), &["put", "foo", "bar"])
+            .ok(),
+        "OK\n"
+    );
+
+    // A new CRL revoking user0's certificate refuses user0's next connection only.
+    pki.revoke(3);
+    let out = m.etcdctl(&pki.etcdctl_cert("user0"), &["get", "foo"]);
+    assert!(!out.success(), "a certificate revoked on disk was accepted");
+    assert_eq!(
+        m.etcdctl(&pki.etcdctl_cert("root"), &["get", "foo"]).ok(),
+        "foo\nbar\n"
+    );
+
+    // The server's certificate is replaced by one from another CA: clients that trust
+    // only the new CA connect, and clients that trust only the old one no longer do.
+    let other = Pki::new();
+    other.issue("server", "server", true, 10);
+    for ext in ["pem", "key"] {
+        fs::copy(
+            other.path(&format!("server.{ext}")),
+            pki.path(&format!("server.{ext}")),
+        )
+        .unwrap();
+    }
+    let new_ca_with_old_client_cert = vec![
+        "--cacert".to_string(),
+        other.path("ca.pem"),
+        "--cert".to_string(),
+        pki.path("root.pem"),
+        "--key".to_string(),
+        pki.path("root.key"),
+    ];
+    assert_eq!(
+        m.etcdctl(&new_ca_with_old_client_cert, &["get", "foo"])
+            .ok(),
+        "foo\nbar\n"
+    );
+    let out = m.etcdctl(&pki.etcdctl_cert("root"), &["get", "foo"]);
+    assert!(!out.success(), "the old certificate is still served");
+}
+
 #[test]
 fn auto_tls_generates_a_self_signed_certificate() {
     let m = Member::single("https", &["--auto-tls"]);
