@@ -269,8 +269,11 @@ struct KeyPairFiles {
     key_file: String,
     provider: Arc<CryptoProvider>,
     /// The file contents last loaded, and the pair they made.
-    cache: Mutex<((Vec<u8>, Vec<u8>), Arc<CertifiedKey>)>,
+    cache: Mutex<(PairFiles, Arc<CertifiedKey>)>,
 }
+
+/// The contents of a certificate file and its key file.
+type PairFiles = (Vec<u8>, Vec<u8>);
 
 impl KeyPairFiles {
     /// Loads the pair at start-up, with Go's `tls.X509KeyPair` errors.
