@@ -48,6 +48,8 @@ fn endpoint_status_json() {
     assert_eq!(arr.len(), 1, "{j}");
     check_status(&arr[0], &s.client_url());
     assert_eq!(arr[0]["Status"]["header"]["revision"], 2, "{j}");
+    // A new member bootstraps in term 1 and holds its first election in term 2.
+    assert_eq!(arr[0]["Status"]["raftTerm"], 2, "{j}");
 }
 
 #[test]

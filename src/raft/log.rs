@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use raft::eraftpb::{ConfState, SnapshotMetadata};
+use raft::eraftpb::{ConfState, HardState, SnapshotMetadata};
 
 use raft::eraftpb::{Entry, EntryType};
 
@@ -138,8 +138,15 @@ pub fn open_or_create(
         let mut meta = SnapshotMetadata::default();
         meta.set_conf_state(ConfState::from((voters.to_vec(), vec![])));
         wal.save_snapshot(&meta).map_err(LogError::Io)?;
+        // etcd's members start in term 1, where their bootstrap entries are written, and
+        // hold their first election in term 2; starting in term 1 makes detcd report the
+        // same terms as etcd from the first election on.
+        let mut hard_state = HardState::default();
+        hard_state.set_term(1);
+        wal.save(Some(&hard_state), &[]).map_err(LogError::Io)?;
         let storage = LogStore::new();
         storage.wl().set_conf_state(meta.get_conf_state().clone());
+        storage.wl().set_hard_state(hard_state);
         return Ok(RaftLog {
             wal,
             storage,
