@@ -335,6 +335,17 @@ fn format_json(level: Level, now: std::time::Duration, fields: &Fields) -> Strin
     out
 }
 
+/// The start of a capnslog line written now at `letter`'s level (`E`, `W`, ...):
+/// `2024-01-02 03:04:05.678901 E | `. For messages printed before logging is set up, such
+/// as etcd's refusal of a bad command line, which etcd writes through capnslog.
+pub fn capnslog_prefix(letter: char) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (date, time) = civil_time(now);
+    format!("{date} {time}.{:06} {letter} | ", now.subsec_micros())
+}
+
 /// `2024-01-02 03:04:05.678901 I | target: message key=value`
 fn format_capnslog(
     level: Level,

@@ -30,11 +30,14 @@ fn main() -> ExitCode {
             println!("detcd Version: {}", detcd::DETCD_VERSION);
             println!("Git SHA: Not provided");
             println!("Go Version: not applicable (detcd is written in Rust)");
-            println!(
-                "Go OS/Arch: {}/{}",
-                std::env::consts::OS,
-                std::env::consts::ARCH
-            );
+            // Go's names for the architectures, which scripts parsing this line expect.
+            let arch = match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                "x86" => "386",
+                other => other,
+            };
+            println!("Go OS/Arch: {}/{arch}", std::env::consts::OS);
             return ExitCode::SUCCESS;
         }
         Err(e) => return fail(&e),
@@ -82,9 +85,16 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &ConfigError) -> ExitCode {
-    eprint!("{}", e.report());
-    if !e.report().ends_with('\n') {
-        eprintln!();
+    if matches!(e, ConfigError::Invalid(_)) {
+        // etcd logs these through capnslog, one error line each.
+        for line in e.report().lines() {
+            eprintln!("{}{line}", detcd::logging::capnslog_prefix('E'));
+        }
+    } else {
+        eprint!("{}", e.report());
+        if !e.report().ends_with('\n') {
+            eprintln!();
+        }
     }
     ExitCode::from(e.exit_code().clamp(1, 255) as u8)
 }
