@@ -423,6 +423,9 @@ pub struct Wal {
     /// a failed fsync the kernel may have dropped the dirty pages), so the only safe way
     /// on is to reopen, which re-reads what is actually there.
     poisoned: bool,
+    /// Whether the current segment ends in records written by [`Wal::save_commit`] that
+    /// no fsync has covered yet.
+    unsynced: bool,
     /// Where fsync latencies are recorded (`etcd_disk_wal_fsync_duration_seconds`).
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -510,6 +513,7 @@ impl Wal {
             last_index: 0,
             segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             poisoned: false,
+            unsynced: false,
             metrics: None,
         })
     }
@@ -592,6 +596,7 @@ impl Wal {
             last_index: state.last_index(),
             segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             poisoned: false,
+            unsynced: false,
             metrics: None,
         };
         let contents = WalContents {
@@ -693,6 +698,31 @@ impl Wal {
         self.maybe_rotate()
     }
 
+    /// Saves a hard state that differs from the last one saved only in its commit index,
+    /// without an fsync, as etcd's WAL does (`raft.MustSync`): a commit index lost in a
+    /// crash is learned again from the leader, and the backend's applied index raises it
+    /// at start (see `RaftLog::reconcile`). The record becomes durable with the next
+    /// synced write. A hard state whose term or vote changed is saved synced.
+    pub fn save_commit(&mut self, hard_state: &HardState) -> io::Result<()> {
+        self.check_usable()?;
+        let must_sync = self
+            .hard_state
+            .as_ref()
+            .is_none_or(|old| old.term != hard_state.term || old.vote != hard_state.vote);
+        if must_sync {
+            return self.save(Some(hard_state), &[]);
+        }
+        let mut batch = Vec::new();
+        encode_message(&mut batch, RECORD_HARD_STATE, hard_state)?;
+        if let Err(e) = self.file.append(&batch) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.unsynced = true;
+        self.hard_state = Some(hard_state.clone());
+        self.maybe_rotate()
+    }
+
     /// Records that the log now starts after `snapshot` (the state machine holds
     /// everything up to `snapshot.index`) and syncs. Entries after the snapshot index stay.
     /// The index must not go below an earlier snapshot's (`InvalidInput`).
@@ -717,14 +747,22 @@ impl Wal {
     }
 
     fn write_synced(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let result = self.file.append(bytes).and_then(|()| {
-            let started = std::time::Instant::now();
-            let synced = self.file.sync();
-            if let Some(m) = &self.metrics {
-                m.wal_fsync.observe(started.elapsed());
-            }
-            synced
-        });
+        let result = self.file.append(bytes).and_then(|()| self.sync_file());
+        if result.is_err() {
+            self.poisoned = true;
+        } else {
+            self.unsynced = false;
+        }
+        result
+    }
+
+    /// Syncs the current segment, recording the latency. A failure poisons the WAL.
+    fn sync_file(&mut self) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.file.sync();
+        if let Some(m) = &self.metrics {
+            m.wal_fsync.observe(started.elapsed());
+        }
         if result.is_err() {
             self.poisoned = true;
         }
@@ -735,6 +773,12 @@ impl Wal {
     fn maybe_rotate(&mut self) -> io::Result<()> {
         if self.file.len_bytes() < self.segment_size_bytes {
             return Ok(());
+        }
+        // A segment is left only whole and durable: a torn record may end the last
+        // segment (it is cut off at open), never an earlier one.
+        if self.unsynced {
+            self.sync_file()?;
+            self.unsynced = false;
         }
         let last = self.segments.last().expect("a WAL has a segment");
         let seq = last.seq + 1;

@@ -543,6 +543,86 @@ fn crash_keeps_synced_data_and_tears_unsynced_data() {
 }
 
 #[test]
+fn commit_only_hard_states_are_written_without_an_fsync() {
+    let mut commits_after_crash = std::collections::BTreeSet::new();
+    for seed in 0..64 {
+        let (sim, disk) = new_sim();
+        let mut wal = Wal::create(disk.clone(), &wal_dir(), b"m").unwrap();
+        wal.save(Some(&hard_state(2, 1, 0)), &entries(1..=3, 2))
+            .unwrap();
+        // Only the commit index moves: written, not synced, so a crash may lose it.
+        wal.save_commit(&hard_state(2, 1, 3)).unwrap();
+        assert_eq!(wal.hard_state(), Some(&hard_state(2, 1, 3)));
+        drop(wal);
+        sim.crash(seed);
+        let (mut wal, contents) = reopen(&disk);
+        assert_eq!(contents.entries, entries(1..=3, 2), "seed {seed}");
+        let commit = contents.hard_state.as_ref().map(|hs| hs.commit);
+        assert!(
+            contents.hard_state == Some(hard_state(2, 1, 3))
+                || contents.hard_state == Some(hard_state(2, 1, 0)),
+            "seed {seed}: {:?}",
+            contents.hard_state
+        );
+        commits_after_crash.insert(commit);
+        // A new term or vote is synced even without entries.
+        wal.save_commit(&hard_state(3, 2, 3)).unwrap();
+        drop(wal);
+        sim.crash(seed + 1_000);
+        let (mut wal, contents) = reopen(&disk);
+        assert_eq!(
+            contents.hard_state,
+            Some(hard_state(3, 2, 3)),
+            "seed {seed}"
+        );
+        // A commit-only record becomes durable with the next synced write.
+        wal.save_commit(&hard_state(3, 2, 3)).unwrap();
+        wal.save(None, &entries(4..=4, 3)).unwrap();
+        drop(wal);
+        sim.crash(seed + 2_000);
+        let (_, contents) = reopen(&disk);
+        assert_eq!(
+            contents.hard_state,
+            Some(hard_state(3, 2, 3)),
+            "seed {seed}"
+        );
+        assert_eq!(contents.entries.len(), 4);
+    }
+    assert_eq!(
+        commits_after_crash,
+        [Some(0), Some(3)].into_iter().collect(),
+        "crashes should both keep and lose the unsynced commit index"
+    );
+}
+
+#[test]
+fn unsynced_commit_records_never_tear_an_earlier_segment() {
+    for seed in 0..64 {
+        let (sim, disk) = new_sim();
+        let mut wal = Wal::create(disk.clone(), &wal_dir(), b"m").unwrap();
+        // Small segments, so that commit-only records end segments and rotate them.
+        wal.set_segment_size_bytes(150);
+        let mut synced_commit = 0;
+        for i in 1..=30u64 {
+            wal.save(None, &entries(i..=i, 1)).unwrap();
+            wal.save_commit(&hard_state(1, 1, i)).unwrap();
+            if i % 7 == 0 {
+                wal.save(Some(&hard_state(1, 1, i)), &[]).unwrap();
+                synced_commit = i;
+            }
+        }
+        assert!(wal.segment_count() > 3, "{wal:?}");
+        drop(wal);
+        sim.crash(seed);
+        // Whatever was torn, it was at the end of the last segment: the WAL opens.
+        let (_, contents) = reopen(&disk);
+        assert_eq!(contents.entries, entries(1..=30, 1), "seed {seed}");
+        let commit = contents.hard_state.map_or(0, |hs| hs.commit);
+        assert!(commit >= synced_commit, "seed {seed}: commit {commit}");
+    }
+}
+
+#[test]
 fn failed_writes_write_nothing_and_poison() {
     let (sim, disk) = new_sim();
     let mut wal = Wal::create(disk.clone(), &wal_dir(), b"m").unwrap();
