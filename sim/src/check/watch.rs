@@ -479,8 +479,10 @@ type SeenByOne = BTreeMap<Vec<u8>, (Option<KeyValue>, Place3)>;
 /// agree with, and a violation for every revision where two of them saw a key change
 /// differently. A revision seen by a watcher that sees everything
 /// ([`WatchRequest::sees_everything`]) is complete; one seen only by watchers of some keys
-/// or event types constrains just the keys they saw. Within one watcher, the first event
-/// of a (revision, key) counts: repeats are [`check_watches`]' business.
+/// or event types constrains just the keys they saw. An event's previous key-value also
+/// says what the write at its mod revision left, without making that revision complete.
+/// Within one watcher, the first event of a (revision, key) counts: repeats are
+/// [`check_watches`]' business.
 pub fn observed_changes(streams: &[WatchStream]) -> (ObservedChanges, Vec<WatchViolation>) {
     let mut observed = ObservedChanges::new();
     // Who first saw each (revision, key), to name both sides of a disagreement.
@@ -492,6 +494,11 @@ pub fn observed_changes(streams: &[WatchStream]) -> (ObservedChanges, Vec<WatchV
     for stream in ordered {
         let complete = stream.request.sees_everything();
         let mut mine: BTreeMap<i64, SeenByOne> = BTreeMap::new();
+        // What the events' previous key-values say about earlier revisions: a prev_kv
+        // with mod revision m is the key-value the write at m left. This watcher may not
+        // have seen revision m itself (it started later), so these never mark a revision
+        // complete; they only pin which write happened there.
+        let mut earlier: BTreeMap<i64, SeenByOne> = BTreeMap::new();
         for (si, segment) in stream.segments.iter().enumerate() {
             for (ri, response) in segment.responses.iter().enumerate() {
                 for (ei, event) in response.events.iter().enumerate() {
@@ -503,42 +510,51 @@ pub fn observed_changes(streams: &[WatchStream]) -> (ObservedChanges, Vec<WatchV
                         .or_default()
                         .entry(event.kv.key.clone())
                         .or_insert((kv, (si, ri, ei)));
+                    if let Some(prev) = event.prev_kv.as_ref().filter(|p| p.mod_revision > 0) {
+                        earlier
+                            .entry(prev.mod_revision)
+                            .or_default()
+                            .entry(prev.key.clone())
+                            .or_insert((Some(prev.clone()), (si, ri, ei)));
+                    }
                 }
             }
         }
-        for (revision, changes) in mine {
-            let entry = observed.entry(revision).or_default();
-            // Watchers of everything come first, so a partial watcher never leaves keys
-            // in an entry that a complete one then claims as all there is.
-            entry.complete |= complete;
-            for (key, (kv, (si, ri, ei))) in changes {
-                match entry.changes.get(&key) {
-                    None => {
-                        seen_by.insert((revision, key.clone()), stream.watcher);
-                        entry.changes.insert(key, kv);
-                    }
-                    Some(theirs) if *theirs == kv => {}
-                    Some(theirs) => {
-                        let show = |kv: &Option<KeyValue>| match kv {
-                            Some(kv) => format!("PUT {kv}"),
-                            None => format!("DELETE {}", Quoted(&key)),
-                        };
-                        violations.push(WatchViolation {
-                            watcher: stream.watcher,
-                            segment: si,
-                            response_index: Some(ri),
-                            event_index: Some(ei),
-                            kind: ViolationKind::Content,
-                            explanation: format!(
-                                "at revision {revision} this watcher saw {} but watcher {} saw {}",
-                                show(&kv),
-                                seen_by
-                                    .get(&(revision, key.clone()))
-                                    .copied()
-                                    .unwrap_or_default(),
-                                show(theirs)
-                            ),
-                        });
+        for (mark_complete, seen) in [(complete, mine), (false, earlier)] {
+            for (revision, changes) in seen {
+                let entry = observed.entry(revision).or_default();
+                // Watchers of everything come first, so a partial watcher never leaves
+                // keys in an entry that a complete one then claims as all there is.
+                entry.complete |= mark_complete;
+                for (key, (kv, (si, ri, ei))) in changes {
+                    match entry.changes.get(&key) {
+                        None => {
+                            seen_by.insert((revision, key.clone()), stream.watcher);
+                            entry.changes.insert(key, kv);
+                        }
+                        Some(theirs) if *theirs == kv => {}
+                        Some(theirs) => {
+                            let show = |kv: &Option<KeyValue>| match kv {
+                                Some(kv) => format!("PUT {kv}"),
+                                None => format!("DELETE {}", Quoted(&key)),
+                            };
+                            violations.push(WatchViolation {
+                                watcher: stream.watcher,
+                                segment: si,
+                                response_index: Some(ri),
+                                event_index: Some(ei),
+                                kind: ViolationKind::Content,
+                                explanation: format!(
+                                    "at revision {revision} this watcher saw {} but watcher {} saw {}",
+                                    show(&kv),
+                                    seen_by
+                                        .get(&(revision, key.clone()))
+                                        .copied()
+                                        .unwrap_or_default(),
+                                    show(theirs)
+                                ),
+                            });
+                        }
                     }
                 }
             }

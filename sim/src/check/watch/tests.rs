@@ -853,3 +853,43 @@ fn deletes_at_the_compact_revision_may_be_gone_for_a_watch_starting_there() {
         .retain(|e| e.kv.mod_revision != 6);
     assert_kinds(&early, &h, &[ViolationKind::Reliable]);
 }
+
+#[test]
+fn previous_key_values_pin_earlier_writes_without_claiming_their_revision() {
+    let h = small_history();
+    // From revision 4: revisions 2 (a=1) and 3 (b=1) are known only from prev_kv.
+    let s = plain(&h, all_keys(), 4);
+    let (observed, violations) = observed_changes(std::slice::from_ref(&s));
+    assert!(violations.is_empty(), "{violations:?}");
+    let at = |rev: i64| {
+        observed
+            .get(&rev)
+            .unwrap_or_else(|| panic!("revision {rev}"))
+    };
+    let value_of = |rev: i64, key: &str| {
+        at(rev).changes[key.as_bytes()]
+            .as_ref()
+            .map(|kv| kv.value.clone())
+    };
+    assert_eq!(value_of(2, "a"), Some(b"1".to_vec()));
+    assert_eq!(value_of(3, "b"), Some(b"1".to_vec()));
+    assert!(!at(2).complete && !at(3).complete);
+    // Revisions the watcher saw itself are complete.
+    assert!(at(4).complete);
+    // Without prev_kv nothing is known of revisions before the start.
+    let mut request = all_keys();
+    request.prev_kv = false;
+    let s = plain(&h, request, 4);
+    let (observed, _) = observed_changes(std::slice::from_ref(&s));
+    assert!(!observed.contains_key(&2) && !observed.contains_key(&3));
+    // A prev_kv that contradicts what another watcher saw at that revision is reported.
+    let mut lying = plain(&h, all_keys(), 4);
+    lying.watcher = 2;
+    let ri = response_of(&lying, 4);
+    if let Some(prev) = lying.segments[0].responses[ri].events[0].prev_kv.as_mut() {
+        prev.value = b"other".to_vec();
+    }
+    let truthful = plain(&h, all_keys(), 2);
+    let (_, violations) = observed_changes(&[truthful, lying]);
+    assert_eq!(kinds(&violations), vec![ViolationKind::Content]);
+}
