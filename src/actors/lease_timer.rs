@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::lease::{self, LeaseClock};
 use crate::core::state::LeaseChange;
+use crate::error::EtcdError;
 use crate::msg::{RaftMsg, RaftStatus};
 use crate::pb::detcdpb::InternalRequest;
 use crate::pb::etcdserverpb::LeaseRevokeRequest;
@@ -32,8 +33,11 @@ pub enum LeaseMsg {
     KeepAlive {
         /// The lease id.
         id: i64,
-        /// Receives the TTL in seconds.
-        reply: oneshot::Sender<i64>,
+        /// Receives the TTL in seconds (0: the lease does not exist or has expired), or
+        /// [`EtcdError::LeaderChanged`] when this member's clock is not the primary one:
+        /// only the leader knows whether a lease still exists, so a member that lost the
+        /// leadership must not answer "not found" for it (etcd's `ErrNotPrimary`).
+        reply: oneshot::Sender<Result<i64, EtcdError>>,
     },
     /// Asks for the remaining TTL of a lease (`None`: unknown here).
     Remaining {
@@ -81,7 +85,7 @@ pub struct LeaseTimer {
     /// Keep-alives for leases that have expired but whose revocation is not applied yet,
     /// answered (TTL 0) once it is: etcd's `Renew` waits for the revocation, so a client
     /// told TTL 0 never finds the lease's keys still there.
-    waiting: BTreeMap<i64, Vec<oneshot::Sender<i64>>>,
+    waiting: BTreeMap<i64, Vec<oneshot::Sender<Result<i64, EtcdError>>>>,
     config: LeaseTimerConfig,
     inbox: mpsc::Receiver<LeaseMsg>,
     raft_tx: mpsc::Sender<RaftMsg>,
@@ -174,9 +178,11 @@ impl LeaseTimer {
             && !crate::planted::active(crate::planted::Bug::StaleLeaseRevoke)
         {
             self.clock.demote();
-            // No longer the member that revokes: answer waiting keep-alives now.
+            // No longer the member that revokes: the new leader may never revoke these
+            // leases, so waiting keep-alives are told leadership moved (etcd's
+            // `ErrNotPrimary`), not that the lease is gone.
             for reply in std::mem::take(&mut self.waiting).into_values().flatten() {
-                let _ = reply.send(0);
+                let _ = reply.send(Err(EtcdError::LeaderChanged));
             }
             tracing::debug!("lease timer: demoted");
         }
@@ -196,7 +202,7 @@ impl LeaseTimer {
                 self.refreshed.clear();
                 self.leader_term = 0;
                 for reply in std::mem::take(&mut self.waiting).into_values().flatten() {
-                    let _ = reply.send(0);
+                    let _ = reply.send(Err(EtcdError::LeaderChanged));
                 }
                 self.sync_leadership();
             }
@@ -214,7 +220,7 @@ impl LeaseTimer {
                             self.refreshed.remove(&id);
                             self.clock.on_revoke(id);
                             for reply in self.waiting.remove(&id).unwrap_or_default() {
-                                let _ = reply.send(0);
+                                let _ = reply.send(Ok(0));
                             }
                         }
                     }
@@ -225,14 +231,17 @@ impl LeaseTimer {
                 match self.clock.renew(id, now_ms) {
                     Some(ttl) => {
                         self.mark_refreshed(id);
-                        let _ = reply.send(ttl);
+                        let _ = reply.send(Ok(ttl));
+                    }
+                    None if !self.clock.is_primary() => {
+                        let _ = reply.send(Err(EtcdError::LeaderChanged));
                     }
                     // Expired, revocation pending: answer once it is applied.
                     None if self.clock.is_primary() && self.clock.expiry_ms(id).is_some() => {
                         self.waiting.entry(id).or_default().push(reply);
                     }
                     None => {
-                        let _ = reply.send(0);
+                        let _ = reply.send(Ok(0));
                     }
                 }
             }
@@ -290,5 +299,67 @@ impl LeaseTimer {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep_alive(timer: &mut LeaseTimer, id: i64) -> Option<Result<i64, EtcdError>> {
+        let (tx, mut rx) = oneshot::channel();
+        timer.handle(LeaseMsg::KeepAlive { id, reply: tx });
+        rx.try_recv().ok()
+    }
+
+    /// Only the leader's clock knows whether a lease still exists: a member that is not
+    /// (or no longer) the leader answers a keep-alive with "leader changed", never with
+    /// TTL 0, which a client reads as "lease not found" while its keys are still there.
+    #[test]
+    fn keep_alives_off_the_leader_are_refused_not_answered_not_found() {
+        crate::rt::block_on_main(async {
+            let (status_tx, status_rx) = watch::channel(RaftStatus {
+                member_id: 1,
+                leader_id: 2,
+                term: 2,
+                ..RaftStatus::default()
+            });
+            let (_inbox_tx, inbox) = mpsc::channel(8);
+            let (raft_tx, _raft_rx) = mpsc::channel(8);
+            let config = LeaseTimerConfig {
+                member_id: 1,
+                election_timeout_ms: 1000,
+                heartbeat_interval_ms: 100,
+            };
+            let mut timer = LeaseTimer::new(config, [(7, 10)], inbox, raft_tx, status_rx);
+            timer.sync_leadership();
+            assert_eq!(
+                keep_alive(&mut timer, 7),
+                Some(Err(EtcdError::LeaderChanged))
+            );
+            // Leading: the lease is renewed, and an unknown one is reported as gone.
+            let _ = status_tx.send(RaftStatus {
+                member_id: 1,
+                leader_id: 1,
+                term: 3,
+                ..RaftStatus::default()
+            });
+            timer.sync_leadership();
+            assert_eq!(keep_alive(&mut timer, 7), Some(Ok(10)));
+            assert_eq!(keep_alive(&mut timer, 99), Some(Ok(0)));
+            // Deposed again: refused once more.
+            let _ = status_tx.send(RaftStatus {
+                member_id: 1,
+                leader_id: 0,
+                term: 4,
+                ..RaftStatus::default()
+            });
+            timer.sync_leadership();
+            assert_eq!(
+                keep_alive(&mut timer, 7),
+                Some(Err(EtcdError::LeaderChanged))
+            );
+        })
+        .unwrap();
     }
 }

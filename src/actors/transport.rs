@@ -979,6 +979,7 @@ impl Raft for PeerService {
                 rx,
             )
             .await?
+            .map_err(|e| e.to_status())?
         };
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }

@@ -85,7 +85,7 @@ async fn keep_alive_once(
             let (tx, rx) = oneshot::channel();
             handle
                 .call(LeaseMsg::KeepAlive { id, reply: tx }, rx, lease_tx)
-                .await?
+                .await??
         }
     };
     let (tx, rx) = oneshot::channel();
