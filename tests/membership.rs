@@ -391,3 +391,43 @@ fn fourth_member_joins_serves_and_leaves() {
         .to_string();
     assert_eq!(table.matches("| started |").count(), 3, "{table}");
 }
+
+/// A member id is derived from the peer URLs and the second of the addition, so adding a
+/// machine again within the second it was removed in would bring back the removed id. As
+/// etcd, the server refuses it ("member not found", etcd's answer to a removed id), and an
+/// addition in a later second gets a fresh id.
+#[test]
+fn a_removed_member_id_is_never_added_back() {
+    let server = Server::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (added, refused) = rt.block_on(common::within(120, "re-adding a removed member", async {
+        let mut client = server.client().await;
+        let url = "http://10.0.0.77:2380";
+        let learner = || Some(etcd_client::MemberAddOptions::new().with_is_learner());
+        let mut removed = Vec::new();
+        let mut refusals = 0;
+        // Add and remove at once, again and again: an addition in the second of the last
+        // removal is refused, one in a later second gets a new id.
+        for _ in 0..40 {
+            match client.member_add([url], learner()).await {
+                Ok(resp) => {
+                    let id = resp.member().expect("the new member").id();
+                    assert!(!removed.contains(&id), "the removed id {id:x} came back");
+                    client.member_remove(id).await.expect("remove it");
+                    removed.push(id);
+                }
+                Err(e) => {
+                    assert_eq!(common::grpc_err(&e).1, "etcdserver: member not found");
+                    refusals += 1;
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            }
+            if refusals > 0 && removed.len() >= 2 {
+                break;
+            }
+        }
+        (removed.len(), refusals)
+    }));
+    assert!(added >= 2, "only {added} additions went through");
+    assert!(refused > 0, "no re-addition was refused");
+}

@@ -87,6 +87,13 @@ impl ClusterService {
             }
         }
         membership::check_add(&members, &record)?;
+        // A member id is derived from the peer URLs and the second of the addition, so a
+        // machine removed and added again within one second gets its old id back. etcd
+        // refuses that (`ErrIDRemoved`, answered as "member not found"): a removed id is
+        // never let back in, and the operator adds again a second later.
+        if self.handle.membership.borrow().removed.contains(&record.id) {
+            return Err(EtcdError::MemberNotFound);
+        }
         let kind = if record.is_learner {
             ChangeKind::AddLearner
         } else {
