@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{etcdctl_bin, run_with_timeout, within, Output, Server, ETCDCTL_TIMEOUT};
-use etcd_client::{GetOptions, PutOptions};
+use common::{all_kvs, etcdctl_bin, run_with_timeout, within, Output, Server, ETCDCTL_TIMEOUT};
+use etcd_client::PutOptions;
 
 /// Keys written one per revision: enough (with ~120-byte values) that the `key` bucket
 /// spans many leaf pages under a branch page.
@@ -199,15 +199,7 @@ fn restored_snapshot_serves_every_key_in_real_etcd() {
 
     assert_eq!(revision(&etcd), rev);
     let served = rt.block_on(within(60, "reading the restored etcd", async {
-        let mut client = etcd.client().await;
-        let resp = client
-            .get(vec![0u8], Some(GetOptions::new().with_from_key()))
-            .await
-            .expect("get all");
-        resp.kvs()
-            .iter()
-            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-            .collect::<BTreeMap<_, _>>()
+        all_kvs(&mut etcd.client().await, false).await
     }));
     assert_eq!(served.len(), want.len());
     assert!(served == want, "the restored etcd serves different data");

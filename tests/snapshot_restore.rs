@@ -10,9 +10,10 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{
-    etcdctl_bin, run_with_timeout, within, ClusterProc, Kind, Output, Server, ETCDCTL_TIMEOUT,
+    all_kvs, etcdctl_bin, run_with_timeout, within, ClusterProc, Kind, Output, Server,
+    ETCDCTL_TIMEOUT,
 };
-use etcd_client::{GetOptions, PutOptions};
+use etcd_client::PutOptions;
 
 fn etcdctl_offline(args: &[&str]) -> Output {
     let mut cmd = Command::new(etcdctl_bin());
@@ -68,6 +69,30 @@ fn revision(server: &Server) -> i64 {
         .unwrap()
 }
 
+/// `detcd snapshot restore FILE` into `server`'s data directory, for a one-member
+/// cluster of `server`'s name and peer URL, with `extra` flags.
+fn restore_into(server: &Server, file: &str, extra: &[&str]) -> Output {
+    let name = server.name().to_string();
+    let peer = server.peer_url();
+    let cluster = format!("{name}={peer}");
+    let data_dir = server.data_dir();
+    let mut args = vec![
+        "snapshot",
+        "restore",
+        file,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--name",
+        &name,
+        "--initial-cluster",
+        &cluster,
+        "--initial-advertise-peer-urls",
+        &peer,
+    ];
+    args.extend_from_slice(extra);
+    detcd_offline(&args)
+}
+
 #[test]
 fn status_and_restore_of_a_real_etcd_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
@@ -91,26 +116,9 @@ fn status_and_restore_of_a_real_etcd_snapshot() {
     let mut detcd = Server::start();
     detcd.stop();
     std::fs::remove_dir_all(detcd.data_dir()).unwrap();
-    let name = detcd.name().to_string();
-    let peer = detcd.peer_url();
-    let cluster = format!("{name}={peer}");
-    let data_dir = detcd.data_dir();
-    let restore_args = [
-        "snapshot",
-        "restore",
-        file_s,
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        &name,
-        "--initial-cluster",
-        &cluster,
-        "--initial-advertise-peer-urls",
-        &peer,
-    ];
-    detcd_offline(&restore_args).ok();
+    restore_into(&detcd, file_s, &[]).ok();
     // A second restore into the same directory is refused, as etcdctl refuses it.
-    let again = detcd_offline(&restore_args);
+    let again = restore_into(&detcd, file_s, &[]);
     assert!(!again.success());
     assert!(again.stderr.contains("exists"), "{}", again.stderr);
     detcd.restart();
@@ -126,15 +134,7 @@ fn status_and_restore_of_a_real_etcd_snapshot() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let served = rt.block_on(within(60, "reading the restored detcd", async {
-        let mut client = detcd.client().await;
-        let resp = client
-            .get(vec![0u8], Some(GetOptions::new().with_from_key()))
-            .await
-            .expect("get all");
-        resp.kvs()
-            .iter()
-            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-            .collect::<BTreeMap<_, _>>()
+        all_kvs(&mut detcd.client().await, false).await
     }));
     assert_eq!(served.len(), want.len());
     assert!(served == want, "the restored detcd serves different data");
@@ -207,26 +207,7 @@ fn restore_of_a_detcd_snapshot_into_detcd() {
 
     detcd.stop();
     std::fs::remove_dir_all(detcd.data_dir()).unwrap();
-    let name = detcd.name().to_string();
-    let peer = detcd.peer_url();
-    let cluster = format!("{name}={peer}");
-    let data_dir = detcd.data_dir();
-    detcd_offline(&[
-        "snapshot",
-        "restore",
-        file_s,
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        &name,
-        "--initial-cluster",
-        &cluster,
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--bump-revision",
-        "1000",
-    ])
-    .ok();
+    restore_into(&detcd, file_s, &["--bump-revision", "1000"]).ok();
     detcd.restart();
     assert_eq!(revision(&detcd), rev + 1000);
     let all = detcd.etcdctl(&["get", "k", "--prefix", "--keys-only"]);
@@ -289,23 +270,13 @@ fn restore_of_a_real_etcd_snapshot_into_a_three_member_cluster() {
     for i in 0..3 {
         let url = cluster.client_url(i);
         // Each member answers from its own store (serializable), so each is checked.
-        let served = rt.block_on(within(60, "reading a restored member", async {
+        let mut served = rt.block_on(within(60, "reading a restored member", async {
             let mut client = etcd_client::Client::connect([url.clone()], None)
                 .await
                 .expect("connect");
-            let resp = client
-                .get(
-                    vec![0u8],
-                    Some(GetOptions::new().with_from_key().with_serializable()),
-                )
-                .await
-                .expect("get all");
-            resp.kvs()
-                .iter()
-                .filter(|kv| kv.key() != b"after")
-                .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-                .collect::<BTreeMap<_, _>>()
+            all_kvs(&mut client, true).await
         }));
+        served.remove(&b"after"[..]);
         assert!(served == want, "member {i} serves different data");
         let out = cluster
             .etcdctl(&url, &["endpoint", "hashkv", "-w", "json"])

@@ -543,6 +543,22 @@ pub fn grpc_err(e: &etcd_client::Error) -> (i32, String) {
     }
 }
 
+/// Every key and value `client`'s member serves (`serializable`: from its own store).
+pub async fn all_kvs(
+    client: &mut etcd_client::Client,
+    serializable: bool,
+) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut options = etcd_client::GetOptions::new().with_from_key();
+    if serializable {
+        options = options.with_serializable();
+    }
+    let resp = client.get(vec![0u8], Some(options)).await.expect("get all");
+    resp.kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+        .collect()
+}
+
 /// Bound an async test step; panics with `what` on timeout.
 pub async fn within<F: std::future::Future>(secs: u64, what: &str, f: F) -> F::Output {
     match tokio::time::timeout(Duration::from_secs(secs), f).await {
