@@ -55,6 +55,7 @@ fn main() -> ExitCode {
     tracing::info!(
         etcd_version = detcd::ETCD_VERSION,
         detcd_version = detcd::DETCD_VERSION,
+        config_file = config.config_file.as_deref().unwrap_or(""),
         "starting detcd"
     );
     let server_config = match server_config(&config) {
@@ -353,7 +354,20 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         token_provider: Arc::new(token_provider),
         listen_metrics_addrs,
         max_concurrent_streams: config.max_concurrent_streams,
+        grpc_keepalive_interval: nonzero(config.grpc_keepalive_interval),
+        grpc_keepalive_timeout: nonzero(config.grpc_keepalive_timeout),
+        pre_vote: config.pre_vote,
+        http_access: detcd::gateway::access::AccessPolicy {
+            cors: config.cors.clone(),
+            host_whitelist: config.host_whitelist.clone(),
+            gateway_enabled: config.enable_grpc_gateway,
+        },
     })
+}
+
+/// A duration flag where zero means "off", as etcd's keepalive flags do.
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }
 
 #[cfg(test)]

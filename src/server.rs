@@ -127,6 +127,17 @@ pub struct ServerConfig {
     pub listen_metrics_addrs: Vec<SocketAddr>,
     /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval`: idle time before the server pings a client
+    /// connection; `None` (a zero flag) never pings.
+    pub grpc_keepalive_interval: Option<Duration>,
+    /// `--grpc-keepalive-timeout`: how long such a ping may go unanswered; `None` (a zero
+    /// flag) leaves the transport's default.
+    pub grpc_keepalive_timeout: Option<Duration>,
+    /// `--pre-vote`.
+    pub pre_vote: bool,
+    /// `--cors`, `--host-whitelist` and `--enable-grpc-gateway`, for the client port's
+    /// HTTP side.
+    pub http_access: gateway::access::AccessPolicy,
 }
 
 /// TLS for a member's listeners and for its connections to peers. The default is plain
@@ -328,6 +339,7 @@ pub async fn run(
             cluster_id,
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
             election_timeout_ms: cfg.election_timeout_ms,
+            pre_vote: cfg.pre_vote,
             max_request_bytes: cfg.max_request_bytes,
             applied_index,
             snapshot_count: if cfg.snapshot_count == 0 {
@@ -539,8 +551,15 @@ pub async fn run(
         let api = rt::HttpApi {
             handle: handle.clone(),
             max_request_bytes: max_recv,
+            access: cfg.http_access.clone(),
+            secure,
         };
-        let router = rt::client_server(api, cfg.max_concurrent_streams)
+        let h2 = rt::ClientH2 {
+            max_concurrent_streams: cfg.max_concurrent_streams,
+            keepalive_interval: cfg.grpc_keepalive_interval,
+            keepalive_timeout: cfg.grpc_keepalive_timeout,
+        };
+        let router = rt::client_server(api, h2)
             .add_service(
                 KvServer::new(gateway::kv::KvService::new(handle.clone()))
                     .max_decoding_message_size(max_recv)
@@ -623,9 +642,12 @@ pub async fn run(
     }
     for listener in metrics_listeners {
         let addr = listener.local_addr();
+        // etcd's metrics listener has no access controller: no Host check, no CORS.
         let api = rt::HttpApi {
             handle: handle.clone(),
             max_request_bytes: max_recv,
+            access: Default::default(),
+            secure: false,
         };
         let mut stop = stop_rx.clone();
         rt::spawn(

@@ -224,6 +224,12 @@ fn start_member(
                     token_provider: Default::default(),
                     listen_metrics_addrs: Vec::new(),
                     max_concurrent_streams: u32::MAX,
+                    grpc_keepalive_interval: None,
+                    grpc_keepalive_timeout: None,
+                    // Simulated clusters run with pre-vote, as etcd 3.5 and later do
+                    // by default, so that a healed partition does not depose the leader.
+                    pre_vote: true,
+                    http_access: Default::default(),
                 }
             };
             async move {

@@ -182,6 +182,9 @@ pub struct RaftActorConfig {
     pub heartbeat_interval_ms: u64,
     /// The election timeout in milliseconds (`--election-timeout`).
     pub election_timeout_ms: u64,
+    /// `--pre-vote`: a candidate first asks whether it could win, so that a member
+    /// rejoining from a partition does not depose a working leader by raising the term.
+    pub pre_vote: bool,
     /// The largest encoded proposal accepted (`--max-request-bytes`).
     pub max_request_bytes: usize,
     /// The raft index raft starts applying after (the WAL's snapshot index).
@@ -289,7 +292,7 @@ impl RaftActor {
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             check_quorum: true,
-            pre_vote: true,
+            pre_vote: config.pre_vote,
             ..Default::default()
         };
         raft_config

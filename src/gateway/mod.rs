@@ -2,6 +2,7 @@
 //! etcd's gRPC layer does, then either proposes it through the raft actor or reads from
 //! the storage actor, and waits (bounded by the request timeout) for the answer.
 
+pub mod access;
 pub mod auth;
 pub mod cluster;
 pub mod concurrency;

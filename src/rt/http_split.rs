@@ -21,6 +21,7 @@ use http_body_util::BodyExt as _;
 use tonic::body::Body;
 
 use super::HttpApi;
+use crate::gateway::access;
 use crate::gateway::json::{self, CallKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -190,8 +191,12 @@ impl Drop for CountingBody {
     }
 }
 
-/// Adds the CORS headers etcd's client handler puts on every answer.
-fn with_cors(mut resp: Response<Body>) -> Response<Body> {
+/// Adds the CORS headers etcd's access controller writes when the request's origin is
+/// allowed (`allow_origin`, from [`AccessPolicy::allow_origin`]); none otherwise.
+fn with_cors(mut resp: Response<Body>, allow_origin: Option<&str>) -> Response<Body> {
+    let Some(origin) = allow_origin.and_then(|o| HeaderValue::from_str(o).ok()) else {
+        return resp;
+    };
     let h = resp.headers_mut();
     h.insert(
         "access-control-allow-headers",
@@ -201,8 +206,52 @@ fn with_cors(mut resp: Response<Body>) -> Response<Body> {
         "access-control-allow-methods",
         HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
     );
-    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert("access-control-allow-origin", origin);
     resp
+}
+
+/// The request's Host: the `Host` header (HTTP/1.1), else the URI's authority (HTTP/2's
+/// `:authority`), as Go's `Request.Host` holds it.
+fn request_host<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+/// etcd's access controller, in front of every HTTP handler of the client port: over
+/// plain HTTP a Host off `--host-whitelist` is refused with 421 (DNS rebinding); an
+/// OPTIONS preflight is answered at once. `Err` holds that early answer, `Ok` the
+/// `Access-Control-Allow-Origin` value for the real answer (`None`: no CORS headers).
+fn access_check<B>(api: &HttpApi, req: &Request<B>) -> Result<Option<String>, Box<Response<Body>>> {
+    if !api.secure {
+        let host = request_host(req);
+        let name = access::hostname(&host);
+        if !api.access.host_allowed(name) {
+            tracing::warn!(
+                host = name,
+                "rejecting HTTP request from {name:?} to prevent DNS rebinding attacks"
+            );
+            return Err(Box::new(text(
+                StatusCode::MISDIRECTED_REQUEST,
+                &access::rebinding_refusal(name),
+            )));
+        }
+    }
+    let origin = req
+        .headers()
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let allow_origin = api.access.allow_origin(origin);
+    if req.method() == Method::OPTIONS {
+        let mut resp = Response::new(Body::empty());
+        resp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        return Err(Box::new(with_cors(resp, allow_origin.as_deref())));
+    }
+    Ok(allow_origin)
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
@@ -239,6 +288,10 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
+    let allow_origin = match access_check(api, &req) {
+        Ok(origin) => origin,
+        Err(early) => return *early,
+    };
     let path = req.uri().path().to_string();
     let resp = match path.as_str() {
         "/version" | "/health" if req.method() != Method::GET => {
@@ -251,6 +304,13 @@ where
         ),
         "/health" => health(api, req.uri().query()).await,
         "/metrics" => metrics(api),
+        // Without the gateway these paths fall through to etcd's plain mux, which knows
+        // them not.
+        p if !api.access.gateway_enabled
+            && (p.starts_with("/v3/") || p.starts_with("/v3beta/")) =>
+        {
+            text(StatusCode::NOT_FOUND, "404 page not found\n")
+        }
         p if p.starts_with("/v3/") || p.starts_with("/v3beta/") => match json::route(p) {
             None => text(StatusCode::NOT_FOUND, "Not Found\n"),
             Some(_) if req.method() != Method::POST => {
@@ -260,7 +320,7 @@ where
         },
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     };
-    with_cors(resp)
+    with_cors(resp, allow_origin.as_deref())
 }
 
 async fn health(api: &HttpApi, query: Option<&str>) -> Response<Body> {

@@ -27,6 +27,10 @@ pub struct HttpApi {
     pub handle: crate::gateway::Handle,
     /// The largest JSON request body read (`--max-request-bytes` plus gRPC's allowance).
     pub max_request_bytes: usize,
+    /// `--cors`, `--host-whitelist` and `--enable-grpc-gateway`.
+    pub access: crate::gateway::access::AccessPolicy,
+    /// Whether the listener is served over TLS, which exempts it from the Host check.
+    pub secure: bool,
 }
 
 /// True when this build runs inside madsim's simulator.
@@ -388,22 +392,36 @@ pub fn grpc_server() -> GrpcServer {
     }
 }
 
+/// The HTTP/2 settings of a client listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientH2 {
+    /// `--max-concurrent-streams`: streams per connection.
+    pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval`: how long a connection may be idle before the server
+    /// pings it; `None` never pings.
+    pub keepalive_interval: Option<Duration>,
+    /// `--grpc-keepalive-timeout`: how long a ping may go unanswered before the
+    /// connection is closed.
+    pub keepalive_timeout: Option<Duration>,
+}
+
 /// A new server builder for a client listener: gRPC, and on real sockets also HTTP/1.1
 /// and h2c requests without a gRPC content type, which `api` answers (etcd's JSON
-/// gateway and its plain endpoints), with at most `max_concurrent_streams` HTTP/2
-/// streams per connection (`--max-concurrent-streams`).
-pub fn client_server(api: HttpApi, max_concurrent_streams: u32) -> GrpcServer {
+/// gateway and its plain endpoints), with the HTTP/2 settings `h2`.
+pub fn client_server(api: HttpApi, h2: ClientH2) -> GrpcServer {
     #[cfg(not(madsim))]
     {
         tonic::transport::Server::builder()
             .accept_http1(true)
-            .max_concurrent_streams(max_concurrent_streams)
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .http2_keepalive_interval(h2.keepalive_interval)
+            .http2_keepalive_timeout(h2.keepalive_timeout)
             .layer(CertIdentityLayer)
             .layer(http_split::HttpSplitLayer::new(Some(api)))
     }
     #[cfg(madsim)]
     {
-        let _ = (api, max_concurrent_streams);
+        let _ = (api, h2);
         tonic::transport::Server::builder()
     }
 }
