@@ -146,6 +146,26 @@ impl KeyIndex {
         }
     }
 
+    /// Where this history ends now, so that a failed request can cut it back to here.
+    fn mark(&self) -> IndexMark {
+        let last = self.generations.last();
+        IndexMark {
+            generations: self.generations.len(),
+            last_puts: last.map_or(0, |g| g.puts.len()),
+            last_tombstone: last.and_then(|g| g.tombstone),
+        }
+    }
+
+    /// Cuts the history back to `mark`. A request only appends puts, opens generations
+    /// and closes the open one, so cutting back undoes it exactly.
+    fn truncate_to(&mut self, mark: &IndexMark) {
+        self.generations.truncate(mark.generations);
+        if let Some(g) = self.generations.last_mut() {
+            g.puts.truncate(mark.last_puts);
+            g.tombstone = mark.last_tombstone;
+        }
+    }
+
     /// The newest revision recorded for this key.
     fn last_revision(&self) -> Option<Revision> {
         let g = self.generations.last()?;
@@ -177,6 +197,18 @@ impl KeyIndex {
         self.generations = kept;
         !self.generations.is_empty()
     }
+}
+
+/// The extent of a key's history before a request changed it (see [`KeyIndex::mark`]):
+/// a few numbers instead of a copy of every stored value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexMark {
+    /// How many generations there were.
+    generations: usize,
+    /// How many puts the last generation held.
+    last_puts: usize,
+    /// The last generation's tombstone.
+    last_tombstone: Option<Revision>,
 }
 
 /// The key interval of a request, with etcd's conventions for `range_end` decoded.
@@ -226,6 +258,10 @@ pub struct Mvcc {
     compact_revision: i64,
     /// Every key with any history left, in key order (etcd's `treeIndex`).
     index: BTreeMap<Vec<u8>, KeyIndex>,
+    /// How many keys of `index` exist at the current revision, kept as writes apply so
+    /// that counting them (a metric updated after every applied batch) does not walk the
+    /// whole index. Invariant: equals the number of live entries of `index`.
+    live_keys: usize,
 }
 
 impl Default for Mvcc {
@@ -241,6 +277,7 @@ impl Mvcc {
             current_revision: 1,
             compact_revision: -1,
             index: BTreeMap::new(),
+            live_keys: 0,
         }
     }
 
@@ -257,6 +294,13 @@ impl Mvcc {
 
     /// The number of keys that exist at the current revision.
     pub fn key_count(&self) -> usize {
+        debug_assert_eq!(self.live_keys, self.count_live_keys(), "live key count");
+        self.live_keys
+    }
+
+    /// Counts the live keys by walking the index: for restores and for checking
+    /// [`Mvcc::live_keys`].
+    fn count_live_keys(&self) -> usize {
         self.index.values().filter(|ki| ki.is_live()).count()
     }
 
@@ -794,6 +838,7 @@ impl Mvcc {
                 store.compact_in_memory(s);
             }
         }
+        store.live_keys = store.count_live_keys();
         Ok(store)
     }
 }
@@ -913,8 +958,9 @@ struct WriteTxn<'a> {
     changes: Vec<KeyValue>,
     /// The durable changes so far.
     ops: Vec<BatchOp>,
-    /// The history of every touched key before the request (`None`: it had none).
-    undo: BTreeMap<Vec<u8>, Option<KeyIndex>>,
+    /// Where the history of every touched key ended before the request (`None`: it had
+    /// none), and whether the key existed then.
+    undo: BTreeMap<Vec<u8>, (Option<IndexMark>, bool)>,
 }
 
 impl<'a> WriteTxn<'a> {
@@ -943,11 +989,14 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
-    /// Saves `key`'s history before its first change in this request.
+    /// Marks where `key`'s history ends before its first change in this request. This
+    /// costs the same however long the key's history is.
     fn save(&mut self, key: &[u8]) {
         if !self.undo.contains_key(key) {
-            let before = self.store.index.get(key).cloned();
-            self.undo.insert(key.to_vec(), before);
+            let before = self.store.index.get(key);
+            let mark = before.map(KeyIndex::mark);
+            let live = before.is_some_and(KeyIndex::is_live);
+            self.undo.insert(key.to_vec(), (mark, live));
         }
     }
 
@@ -990,11 +1039,11 @@ impl<'a> WriteTxn<'a> {
             key: encode_revision(rev, false),
             value: kv.encode_to_vec(),
         });
-        self.store
-            .index
-            .entry(req.key.clone())
-            .or_default()
-            .put(rev, kv.clone());
+        let ki = self.store.index.entry(req.key.clone()).or_default();
+        if !ki.is_live() {
+            self.store.live_keys += 1;
+        }
+        ki.put(rev, kv.clone());
         self.changes.push(kv);
         Ok(PutResponse {
             header: None,
@@ -1023,6 +1072,7 @@ impl<'a> WriteTxn<'a> {
             });
             if let Some(ki) = self.store.index.get_mut(&kv.key) {
                 ki.tombstone(rev);
+                self.store.live_keys -= 1;
             }
             self.changes.push(tomb);
         }
@@ -1097,13 +1147,13 @@ impl<'a> WriteTxn<'a> {
         self.store.current_revision = rev;
         batch.ops.extend(self.ops);
         let begin_rev = self.begin_rev;
-        let undo = &self.undo;
+        let index = &self.store.index;
         events.extend(self.changes.into_iter().map(|mut kv| {
-            // Every changed key was saved before its first change, so its value before
-            // the request (what etcd's watch server reads at revision - 1) is known here.
-            let prev_kv = undo
+            // The value before the request (what etcd's watch server reads at revision
+            // - 1) is still in the key's history: the request only added revisions
+            // above `begin_rev`, which a read at `begin_rev` does not see.
+            let prev_kv = index
                 .get(&kv.key)
-                .and_then(|before| before.as_ref())
                 .and_then(|ki| ki.get(begin_rev))
                 .map(|(_, p)| p.clone());
             // Deletes are the only changes without a create revision; their event
@@ -1124,15 +1174,20 @@ impl<'a> WriteTxn<'a> {
 
     /// Undoes every change of the request.
     fn rollback(self) {
-        for (key, before) in self.undo {
-            match before {
-                Some(ki) => {
-                    self.store.index.insert(key, ki);
+        for (key, (mark, was_live)) in self.undo {
+            let is_live = self.store.index.get(&key).is_some_and(KeyIndex::is_live);
+            match mark {
+                Some(mark) => {
+                    if let Some(ki) = self.store.index.get_mut(&key) {
+                        ki.truncate_to(&mark);
+                    }
                 }
                 None => {
                     self.store.index.remove(&key);
                 }
             }
+            self.store.live_keys =
+                self.store.live_keys + usize::from(was_live) - usize::from(is_live);
         }
         debug_assert_eq!(self.store.current_revision, self.begin_rev);
     }

@@ -536,6 +536,10 @@ proptest! {
             prop_assert_eq!(&out.result, &want, "request {:?}", req);
             prop_assert_eq!(m.current_revision(), model.rev);
             prop_assert_eq!(m.compact_revision(), model.compact);
+            // The kept count of live keys follows puts, deletes, compactions and failed
+            // requests undone part way.
+            let live = KEYS.iter().filter(|k| model.at(k.as_bytes(), model.rev).is_some()).count();
+            prop_assert_eq!(m.key_count(), live);
             if out.result.is_err() {
                 prop_assert!(out.batch.ops.is_empty() && out.events.is_empty());
             }
