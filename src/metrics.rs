@@ -267,12 +267,16 @@ impl Metrics {
         );
         {
             let name = "etcd_network_peer_round_trip_time_seconds";
-            let _ = writeln!(out, "# HELP {name} Round-Trip-Time histogram between peers");
-            let _ = writeln!(out, "# TYPE {name} histogram");
             let map = match self.peer_rtt.lock() {
                 Ok(m) => m,
                 Err(poisoned) => poisoned.into_inner(),
             };
+            // A family with one histogram per peer: as in etcd (Prometheus' Go client
+            // leaves out a vector without children), a member without peers prints none.
+            if !map.is_empty() {
+                let _ = writeln!(out, "# HELP {name} Round-Trip-Time histogram between peers");
+                let _ = writeln!(out, "# TYPE {name} histogram");
+            }
             for (peer, h) in map.iter() {
                 h.render(&mut out, name, &format!("To=\"{peer:x}\""));
             }

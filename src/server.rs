@@ -257,11 +257,12 @@ pub async fn run(
     let applied_index = raft_log.reconcile(recovered.applied_index).map_err(err)?;
     if cfg.force_new_cluster && !raft_log.created {
         let removed = raft_log.force_new_cluster(member_id).map_err(err)?;
+        // etcd 3.4's words ("forcing restart of member <id> in cluster <cid> ..."), which
+        // operators and tests look for.
         tracing::warn!(
-            member_id = format!("{member_id:x}"),
-            cluster_id = format!("{cluster_id:x}"),
             removed_members = removed,
-            "forcing restart member: the other members are removed and this one continues alone"
+            "forcing restart of member {member_id:x} in cluster {cluster_id:x}: the other \
+             members are removed and this one continues alone"
         );
     }
     // The configuration the log starts from, which members joining later replay it from.

@@ -64,7 +64,9 @@ fn normalize(text: &str, replacements: &[(String, &str)]) -> String {
     lines.join("\n")
 }
 
-/// The member id (hex) etcdctl printed in "Member <id> added to cluster <cid>".
+/// The member id (hex) etcdctl printed in "Member <id> added to cluster <cid>". etcdctl
+/// prints ids with `%16x`, so an id below 2^60 comes padded with spaces; compare with
+/// `{id:>16}`.
 fn ids_from_added(line: &str) -> (String, String) {
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(words.first(), Some(&"Member"), "{line}");
@@ -180,7 +182,7 @@ fn member_commands_answer_as_etcd_does() {
     }
 }
 
-/// Starts a detcd member from the `ETCD_*` lines `member add` printed, as an operator
+/// Starts a member of the server under test from the `ETCD_*` lines `member add` printed, as an operator
 /// would paste them, with its own ports and data directory.
 fn start_joining(
     dir: &std::path::Path,
@@ -193,7 +195,7 @@ fn start_joining(
     let log2 = log.try_clone().unwrap();
     let client = format!("http://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
-    let mut cmd = Command::new(Kind::Detcd.binary());
+    let mut cmd = Command::new(Kind::under_test().binary());
     for line in env_lines.lines() {
         if let Some((k, v)) = line.split_once('=') {
             if k.starts_with("ETCD_") {
@@ -349,7 +351,7 @@ fn fourth_member_joins_serves_and_leaves() {
     );
     let promoted = until_ok(&c, &c.endpoints(), &["member", "promote", &learner_id]);
     assert!(
-        promoted.starts_with(&format!("Member {learner_id} promoted in cluster ")),
+        promoted.starts_with(&format!("Member {learner_id:>16} promoted in cluster ")),
         "{promoted}"
     );
     c.etcdctl(&url4, &["put", "on-promoted", "x"]).ok();
@@ -359,12 +361,12 @@ fn fourth_member_joins_serves_and_leaves() {
     let out = c.etcdctl(&c.endpoints(), &["member", "remove", &learner_id]);
     assert!(out
         .ok()
-        .starts_with(&format!("Member {learner_id} removed from cluster ")));
+        .starts_with(&format!("Member {learner_id:>16} removed from cluster ")));
     let id3 = ids_from_added(added.lines().next().unwrap()).0;
     let out = c.etcdctl(&c.endpoints(), &["member", "remove", &id3]);
     assert!(out
         .ok()
-        .starts_with(&format!("Member {id3} removed from cluster ")));
+        .starts_with(&format!("Member {id3:>16} removed from cluster ")));
     for (name, ch) in [("m4", &mut child4), ("m3", &mut child)] {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

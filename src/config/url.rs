@@ -52,6 +52,11 @@ impl Url {
         };
         // User information ("user:pass@") is legal in Go URLs and ignored by etcd.
         let authority = authority.rsplit('@').next().unwrap_or_default();
+        // Go's `parseHost` refuses an IPv6 literal that is not closed before it looks at
+        // the port.
+        if authority.starts_with('[') && !authority.contains(']') {
+            return Err(format!("parse {s:?}: missing ']' in host"));
+        }
         if let Some(bad) = authority
             .chars()
             .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | '`'))
@@ -116,9 +121,31 @@ impl Url {
 }
 
 impl fmt::Display for Url {
+    /// Go's `URL.String`, which etcd prints: the host's bytes outside the characters a
+    /// host may hold are %-escaped (`http://%C3%A9:1`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.socket_addr_string())
+        let host = escape_host(&self.host);
+        if self.host.contains(':') && !self.is_unix() {
+            write!(f, "{}://[{host}]:{}", self.scheme, self.port)
+        } else {
+            write!(f, "{}://{host}:{}", self.scheme, self.port)
+        }
     }
+}
+
+/// Go's `escape(host, encodeHost)`: unreserved characters, the sub-delimiters and
+/// `:[]<>"` stay, every other byte becomes `%XX` (upper-case hex).
+fn escape_host(host: &str) -> String {
+    let mut out = String::with_capacity(host.len());
+    for b in host.bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]<>\"".contains(&b);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Splits `scheme:rest` when the scheme is syntactically valid, as Go's `getScheme` does.
@@ -198,6 +225,22 @@ mod tests {
         assert!(Url::parse("http://a:99999").is_err());
         assert!(Url::parse("http://a:xy").is_err());
         assert!(Url::parse("").is_err());
+        assert_eq!(
+            Url::parse("http://[::1").unwrap_err(),
+            "parse \"http://[::1\": missing ']' in host"
+        );
+    }
+
+    #[test]
+    fn hosts_print_escaped_as_go_prints_them() {
+        assert_eq!(
+            Url::parse("http://\u{e9}:1").unwrap().to_string(),
+            "http://%C3%A9:1"
+        );
+        assert_eq!(
+            Url::parse("http://a-b.c_d~:1").unwrap().to_string(),
+            "http://a-b.c_d~:1"
+        );
     }
 
     #[test]
