@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
         "proto/detcd/internal.proto",
         "proto/detcd/raftpb.proto",
+        "proto/grpc/health/v1/health.proto",
     ];
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out_dir.join("detcd_descriptor.bin");

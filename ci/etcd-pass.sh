@@ -24,6 +24,7 @@ TESTS=(
   http_gateway
   http_curl
   http_access
+  grpc_health
   python_client
   tls
   unix_socket

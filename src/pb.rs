@@ -29,3 +29,7 @@ pub mod detcdpb {
 pub mod detcdraftpb {
     tonic::include_proto!("detcdraftpb");
 }
+/// The standard gRPC health checking protocol (`grpc.health.v1`).
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
+}

@@ -620,7 +620,10 @@ pub async fn run(
                 ))
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
-            );
+            )
+            .add_service(crate::pb::health::health_server::HealthServer::new(
+                gateway::health::HealthService,
+            ));
         let mut stop = stop_rx.clone();
         servers.push(rt::spawn("grpc", async move {
             rt::serve_grpc(router, listener, tls, async move {

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod concurrency;
 pub mod election;
 pub mod h2_authority;
+pub mod health;
 pub mod http;
 pub mod json;
 pub mod kv;
