@@ -380,18 +380,32 @@ impl Mvcc {
         };
         let mut found: Vec<(Revision, Event)> = Vec::new();
         for (k, ki) in keys {
+            // Generations and their puts are in revision order: skip whole generations
+            // that end before `from`, stop at the first that starts after `to`, and find
+            // the first put at or after `from` by binary search, so a watcher catching up
+            // on a key with a long history reads only the revisions it asked for.
             for g in &ki.generations {
-                for (r, kv) in &g.puts {
-                    if r.main >= from && r.main <= to {
-                        found.push((
-                            *r,
-                            Event {
-                                r#type: EventType::Put as i32,
-                                kv: Some(kv.clone()),
-                                prev_kv: prev(ki, r.main),
-                            },
-                        ));
-                    }
+                let first_main = g.puts.first().map_or(i64::MAX, |(r, _)| r.main);
+                if first_main > to {
+                    break;
+                }
+                let last_main = g
+                    .tombstone
+                    .or_else(|| g.puts.last().map(|(r, _)| *r))
+                    .map_or(i64::MIN, |r| r.main);
+                if last_main < from {
+                    continue;
+                }
+                let start = g.puts.partition_point(|(r, _)| r.main < from);
+                for (r, kv) in g.puts[start..].iter().take_while(|(r, _)| r.main <= to) {
+                    found.push((
+                        *r,
+                        Event {
+                            r#type: EventType::Put as i32,
+                            kv: Some(kv.clone()),
+                            prev_kv: prev(ki, r.main),
+                        },
+                    ));
                 }
                 if let Some(t) = g.tombstone.filter(|t| t.main >= from && t.main <= to) {
                     let mut kv = tombstone_kv(k);
