@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Proves the simulator finds bugs: for every bug planted in the server (cargo feature
-# `planted-bugs`, see src/planted.rs), runs the explorer on the scenario meant to catch it
-# and requires a failure of the kind that bug must cause within a stated number of seeds
-# (a failure of another kind, such as a harness panic, does not count). Then it runs the
-# same seeds, with the same durations and the same binary, without the bug: every one of
-# them must pass (no failure, and no inconclusive check), so that the failure is the
-# bug's doing. Prints how many seeds each bug needed. Runs in CI from ci/test.sh; on its
-# own:
+# `planted-bugs`, see src/planted.rs), runs the explorer with the bug on the scenario meant
+# to catch it, for a stated range of seeds, and counts the seeds that fail with the kind
+# of failure that bug must cause; at least one must. A run that fails for another reason
+# (a harness panic, a lost leader) does not count as caught. Then it runs the same seeds,
+# with the same durations and the same binary, without the bug: every one of them must
+# pass (no failure, and no inconclusive check), so that the failures are the bug's doing.
+# Runs in CI from ci/test.sh (in about two minutes); on its own:
 #   bash ci/planted-bugs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,24 +22,27 @@ SIM="$TARGET_DIR/debug/detcd-sim"
 # The bug is chosen by this variable alone; the control runs must not inherit one.
 unset DETCD_PLANTED_BUG
 
-# bug | scenario | the most seeds it may take | the failure kinds that count as caught
-# (`first failure kind:` of `detcd-sim explore`, see failure_class in sim/src/shrink.rs),
-# comma-separated | what catches it
+# bug | scenario | seeds (1..=N, run with the bug and again without) | the failure kinds
+# that count as caught (`FAILED SCENARIO seed N (KIND):` of `detcd-sim explore`, see
+# failure_class in sim/src/shrink.rs), comma-separated | what catches it
 BUGS=(
-  "stale-read|leader-isolation|10|linearizability|linearizability: a follower serves a read it has not caught up for"
-  "ack-before-fsync|power-loss|20|progress|the member cannot restart: its WAL lost entries it had acknowledged"
-  "double-apply|random-crash|20|linearizability,hashkv|linearizability or HashKV: an entry applied twice after a restart"
-  "stale-lease-revoke|lease-expiry-under-partition|20|linearizability|linearizability: a lease revoked by a deposed leader"
-  "watch-reorder|slow-watchers|10|watch-guarantee|watch checker: events of one batch delivered out of order"
+  "stale-read|leader-isolation|8|linearizability|linearizability: a follower serves a read it has not caught up for"
+  "ack-before-fsync|power-loss|8|progress|no progress: a member's WAL lost entries it had acknowledged, so the cluster cannot recover"
+  "double-apply|random-crash|8|linearizability,hashkv|linearizability or HashKV: an entry applied twice after a restart"
+  "stale-lease-revoke|lease-expiry-under-partition|8|linearizability|linearizability: a lease revoked by a deposed leader"
+  "watch-reorder|slow-watchers|8|watch-guarantee|watch checker: events of one batch delivered out of order"
 )
 
-# Checks the HTML report of the failing run named in the explorer's log `$1` (bug `$2`,
-# scenario `$3`, seed `$4`): it must exist, say how to reproduce the run, and highlight
-# what the checkers blame (operations, or watch responses). Returns non-zero otherwise.
+# Checks the HTML report `$5` of a run that caught bug `$2` (scenario `$3`, seed `$4`;
+# the explorer's log is `$1`): the log must name it, and it must exist, say how to
+# reproduce the run, give the verdict, and highlight what the checkers blame (operations,
+# or watch responses). Returns non-zero otherwise.
 check_report() {
-  local log=$1 bug=$2 scenario=$3 seed=$4 report
-  report=$(grep -m1 "^  report: " "$log" | sed 's/^  report: //')
-  if [[ -z "$report" || ! -s "$report" ]]; then
+  local log=$1 bug=$2 scenario=$3 seed=$4 report=$5
+  if ! grep -qx "  report: $report" "$log"; then
+    echo "the explorer's output does not name the report $report"
+    return 1
+  elif [[ -z "$report" || ! -s "$report" ]]; then
     echo "NO REPORT for $bug"
     return 1
   elif ! grep -q "detcd-sim run --scenario scenarios/$scenario.toml --seed $seed" "$report"; then
@@ -74,43 +77,44 @@ control() {
 failed=0
 summary=()
 for entry in "${BUGS[@]}"; do
-  IFS='|' read -r bug scenario max kinds what <<<"$entry"
-  echo "== planted bug $bug: scenario $scenario, at most $max seeds, failure kind $kinds ($what)"
+  IFS='|' read -r bug scenario seeds kinds what <<<"$entry"
+  echo "== planted bug $bug: scenario $scenario, seeds 1..=$seeds, failure kind $kinds ($what)"
   started=$SECONDS
   log=$(mktemp)
   # The explorer exits non-zero when a run fails, which is what is wanted here.
   DETCD_PLANTED_BUG="$bug" "$SIM" explore --scenario "scenarios/$scenario.toml" \
-    --seeds "1..$((max + 1))" --until-failure --threads 1 >"$log" 2>&1 || true
-  line=$(grep -m1 "^first failure at seed" "$log" || true)
-  kind=$(grep -m1 "^first failure kind: " "$log" | sed 's/^first failure kind: //' || true)
-  ran=$max
-  if [[ -z "$line" ]]; then
+    --seeds "1..$((seeds + 1))" >"$log" 2>&1 || true
+  caught=()
+  other=()
+  while read -r seed kind; do
+    if [[ ",$kinds," == *",$kind,"* ]]; then
+      caught+=("$seed")
+    else
+      other+=("$seed ($kind)")
+    fi
+  done < <(sed -nE "s/^FAILED $scenario seed ([0-9]+) \(([a-z-]+)\):.*/\1 \2/p" "$log" | sort -n)
+  grep -m1 -A2 "^FAILED" "$log" | cut -c1-300 || true
+  if ((${#other[@]} > 0)); then
+    echo "failed for another reason (not counted as caught): ${other[*]}"
+  fi
+  if ((${#caught[@]} == 0)); then
     tail -5 "$log"
-    echo "NOT CAUGHT: $bug in $max seeds of $scenario"
-    summary+=("$bug: NOT caught by $scenario in $max seeds")
+    echo "NOT CAUGHT: $bug in seeds 1..=$seeds of $scenario"
+    summary+=("$bug: NOT caught by $scenario in seeds 1..=$seeds")
     failed=1
   else
-    first_seed=$(sed -E 's/^first failure at seed ([0-9]+).*/\1/' <<<"$line")
-    ran=$first_seed
-    grep -m3 -A2 "^FAILED" "$log" | cut -c1-300 || true
-    if [[ ",$kinds," != *",$kind,"* ]]; then
-      echo "CAUGHT FOR ANOTHER REASON: $bug made seed $first_seed fail with kind '$kind'," \
-        "not $kinds"
-      summary+=("$bug: seed $first_seed of $scenario failed with kind '$kind', not $kinds")
-      failed=1
-    else
-      echo "caught: $bug within $first_seed seed(s) ($kind)"
-      check_report "$log" "$bug" "$scenario" "$first_seed" || failed=1
-      summary+=("$bug: caught by $scenario ($kind) within $first_seed of $max seeds")
-    fi
+    echo "caught: $bug by ${#caught[@]} of $seeds seeds (${caught[*]})"
+    check_report "$log" "$bug" "$scenario" "${caught[0]}" "target/detcd-sim/$scenario-${caught[0]}.html" \
+      || failed=1
+    summary+=("$bug: caught by $scenario ($kinds) in ${#caught[@]} of $seeds seeds, first $((caught[0]))")
   fi
   rm -f "$log"
-  echo "-- control: seeds 1..=$ran of $scenario without the bug must all pass"
-  if control "$scenario" "$ran"; then
-    summary+=("$bug: seeds 1..=$ran of $scenario pass without it")
+  echo "-- control: seeds 1..=$seeds of $scenario without the bug must all pass"
+  if control "$scenario" "$seeds"; then
+    summary+=("$bug: seeds 1..=$seeds of $scenario all pass without it")
   else
-    echo "CONTROL FAILED: seeds 1..=$ran of $scenario do not all pass without $bug"
-    summary+=("$bug: CONTROL FAILED, seeds 1..=$ran of $scenario do not all pass without it")
+    echo "CONTROL FAILED: seeds 1..=$seeds of $scenario do not all pass without $bug"
+    summary+=("$bug: CONTROL FAILED, seeds 1..=$seeds of $scenario do not all pass without it")
     failed=1
   fi
   echo "($((SECONDS - started)) s)"

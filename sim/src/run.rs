@@ -174,8 +174,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
     }
 }
 
-/// The search budget of one linearizability check.
-const CHECK_MAX_STEPS: u64 = 5_000_000;
+/// The search budget of one linearizability check: a run whose check needs more is
+/// inconclusive.
+pub const CHECK_MAX_STEPS: u64 = 5_000_000;
 
 /// Checks the history for linearizability, constrained by what the watchers that see
 /// everything saw change at each revision, and then every watch stream against the

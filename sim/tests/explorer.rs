@@ -26,12 +26,14 @@ fn run_all(names: Vec<String>) {
             for seed in SEEDS.clone() {
                 let out = run::run(&scenario, seed);
                 println!(
-                    "{name} seed {seed}: {}, {} operations, {} faults, {:.2} s checking, \
-                     fingerprint {:016x}",
+                    "{name} seed {seed}: {}, {} operations, {} faults, {:.2} s and {} steps \
+                     (of {}) checking, fingerprint {:016x}",
                     out.verdict(),
                     out.record.history.len(),
                     out.record.faults.len(),
                     out.check_wall_s,
+                    out.check.as_ref().map_or(0, |c| c.steps()),
+                    run::CHECK_MAX_STEPS,
                     out.record.fingerprint()
                 );
                 if !out.passed() {

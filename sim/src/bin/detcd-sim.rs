@@ -252,14 +252,16 @@ mod cli {
             .count();
         println!(
             "{} operations ({} ok, {errors} definite errors, {unknown} unknown outcomes), {} \
-             faults, {:.1} simulated s in {:.1} wall s ({:.1} s of it checking), fingerprint \
-             {:016x}",
+             faults, {:.1} simulated s in {:.1} wall s ({:.1} s of it checking, {} of {} \
+             checker steps), fingerprint {:016x}",
             h.len(),
             h.len() - unknown - errors,
             out.record.faults.len(),
             out.simulated_s,
             wall.elapsed().as_secs_f64(),
             out.check_wall_s,
+            out.check.as_ref().map_or(0, |c| c.steps()),
+            run::CHECK_MAX_STEPS,
             out.record.fingerprint()
         );
         let w = &out.record.watches;
@@ -409,6 +411,9 @@ mod cli {
         simulated_s: f64,
         /// The lowest failing seed and the kind of its failure.
         first_failure: Option<(u64, &'static str)>,
+        /// The most steps one linearizability check took, and the run's reproduce line:
+        /// how close the sweep came to an inconclusive run.
+        most_steps: Option<(u64, String)>,
     }
 
     impl Tally {
@@ -416,6 +421,14 @@ mod cli {
         fn add(&mut self, out: &RunOutcome, repro: &str) {
             self.done += 1;
             self.simulated_s += out.simulated_s;
+            let steps = out.check.as_ref().map_or(0, |c| c.steps());
+            if self
+                .most_steps
+                .as_ref()
+                .is_none_or(|(most, _)| steps > *most)
+            {
+                self.most_steps = Some((steps, repro.to_string()));
+            }
             match out.verdict() {
                 Verdict::Passed => self.passed += 1,
                 Verdict::Failed => {
@@ -442,6 +455,12 @@ mod cli {
                     first - lo + 1
                 );
                 println!("first failure kind: {kind}");
+            }
+            if let Some((steps, repro)) = &self.most_steps {
+                println!(
+                    "the longest linearizability check took {steps} of {} steps: {repro}",
+                    run::CHECK_MAX_STEPS
+                );
             }
             println!(
                 "{} passed, {} failed, {} inconclusive of {} runs",
