@@ -484,6 +484,18 @@ fn trim_watches(watches: &mut [crate::check::watch::WatchStream], last: i64) {
     }
 }
 
+/// The last error of every member whose last start failed, as "; NAME did not start:
+/// ERROR" each, to tell a cluster that cannot recover its data from one that is slow.
+fn start_errors(members: &[SimMember]) -> String {
+    members
+        .iter()
+        .filter_map(|m| {
+            m.last_start_error()
+                .map(|e| format!("; {} did not start: {e}", m.name))
+        })
+        .collect()
+}
+
 /// After the heal: a leader is elected, a write succeeds (recorded in the history as
 /// client 0), and every member reports the same HashKV at that write's revision. Returns
 /// that write's revision.
@@ -521,7 +533,9 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) -> Option<i64> {
     }
     let Some(rev) = progress_rev else {
         ctx.lock().failures.push(format!(
-            "no progress: no write succeeded within {CONVERGE_TIMEOUT:?} after every fault was healed"
+            "no progress: no write succeeded within {CONVERGE_TIMEOUT:?} after every fault was \
+             healed{}",
+            start_errors(members)
         ));
         return None;
     };
@@ -562,8 +576,9 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) -> Option<i64> {
             }
             None => ctx.lock().failures.push(format!(
                 "{} did not answer a linearizable read and HashKV within {CONVERGE_TIMEOUT:?} \
-                     after every fault was healed",
-                m.name
+                     after every fault was healed{}",
+                m.name,
+                start_errors(std::slice::from_ref(m))
             )),
         }
     }

@@ -17,9 +17,10 @@ use crate::scenario::Scenario;
 /// bug must cause). One of "linearizability" (the clients' history is not linearizable),
 /// "watch-guarantee" (a watch stream breaks etcd's watch guarantees), "watch-reconcile"
 /// (the clients' history is linearizable, but in no order the watch events agree with),
-/// "hashkv" (members disagree on HashKV after the heal), "progress" (no write or read
-/// succeeds after the heal), "panic" (the simulation panicked), "other", or "none" for
-/// no failure.
+/// "hashkv" (members disagree on HashKV after the heal), "lost-entries" (no progress
+/// after the heal because a member cannot start: its WAL lost entries its backend had
+/// applied), "progress" (no write or read succeeds after the heal, for another reason),
+/// "panic" (the simulation panicked), "other", or "none" for no failure.
 pub fn failure_class(failures: &[String]) -> &'static str {
     let Some(first) = failures.first() else {
         return "none";
@@ -32,6 +33,8 @@ pub fn failure_class(failures: &[String]) -> &'static str {
         "watch-reconcile"
     } else if first.contains("HashKV at revision") {
         "hashkv"
+    } else if first.contains("the WAL lost committed entries") {
+        "lost-entries"
     } else if first.contains("no progress") || first.contains("did not answer") {
         "progress"
     } else if first.contains("the simulation panicked") {
@@ -256,6 +259,14 @@ hold_ms = [100, 200]
             "progress"
         );
         assert_eq!(c("the watch history could not be built: ..."), "other");
+        assert_eq!(
+            c(
+                "no progress: no write succeeded within 60s after every fault was healed; \
+               node1 did not start: raft: the backend has applied index 75 but the WAL ends \
+               at 70: the WAL lost committed entries"
+            ),
+            "lost-entries"
+        );
         assert_eq!(c("no progress: no write succeeded"), "progress");
         assert_eq!(c("the simulation panicked: boom"), "panic");
         assert_eq!(failure_class(&[]), "none");
