@@ -1,5 +1,6 @@
 //! What one simulation run recorded (its trace, its history of operations, its faults and
-//! what went wrong), the run's fingerprint, and the HTML report a failing run writes.
+//! what went wrong), its verdict, the run's fingerprint, and the HTML report a failing or
+//! inconclusive run writes.
 //!
 //! Everything here is plain Rust without madsim, so the report generator is tested on
 //! hand-made histories in the normal build.
@@ -135,7 +136,7 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// What the report shows about one failing run.
+/// What the report shows about one failing or inconclusive run.
 pub struct ReportInput<'a> {
     /// The title, e.g. "leader-crash seed 17".
     pub title: &'a str,

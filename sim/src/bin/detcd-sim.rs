@@ -8,9 +8,11 @@
 //! detcd-sim shrink --scenario scenarios/NAME.toml --seed N [--duration-s S] [--max-runs R]
 //!
 //! `shrink` makes a failing run's scenario smaller while the seed still fails the same
-//! way, and prints (and saves) the smallest one. `--until-failure` stops exploring at the first failing seed (seeds are handed out in
-//! order, so every lower seed has run) and reports how many seeds it took: the planted-bug
-//! check (`ci/planted-bugs.sh`) uses it to show how quickly each bug is caught.
+//! way, and prints (and saves) the smallest one. `--until-failure` stops exploring at the
+//! first failing seed (seeds are handed out in order, so every lower seed has run) and
+//! reports how many seeds it took. Each failing run's first line, `FAILED SCENARIO seed N
+//! (KIND):`, names the kind of its failure; the planted-bug check (`ci/planted-bugs.sh`)
+//! counts the seeds that fail with the kind each bug must cause.
 //!
 //! Every run gets a verdict: passed, failed, or inconclusive (nothing was found wrong,
 //! but the linearizability checker ran out of search budget, so the run was not fully
