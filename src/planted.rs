@@ -1,12 +1,25 @@
 //! Planted bugs: deliberate, known faults in the server that the simulator must catch,
 //! which is how detcd shows that its checkers find real bugs and not only pass.
 //!
-//! They exist only with the `planted-bugs` cargo feature, which no release build enables:
-//! without it [`active`] is a constant `false` and every planted branch compiles away.
+//! They exist only with the `planted-bugs` cargo feature, which a build without debug
+//! assertions (a release build) refuses with a compile error: without the feature
+//! [`active`] is a constant `false` and every planted branch compiles away.
 //! With it, the bug named by the `DETCD_PLANTED_BUG` environment variable (one of
 //! [`Bug::name`]) is switched on for the whole process, read once. Each fault point in the
 //! server is one `if planted::active(Bug::X)` at the place the bug would live, cheap and
 //! deterministic, in the spirit of FoundationDB's `buggify`.
+
+// A binary built for use (with optimizations and without debug assertions, as
+// `cargo build --release` does) must never carry planted bugs: one stray
+// `DETCD_PLANTED_BUG` in its environment would make it lose or reorder data on purpose.
+// The feature is for the simulator's debug builds only (`ci/planted-bugs.sh`), so any
+// other combination is refused at compile time rather than trusted to documentation.
+#[cfg(all(feature = "planted-bugs", not(debug_assertions)))]
+compile_error!(
+    "the `planted-bugs` feature builds deliberate bugs into detcd and is only allowed with \
+     debug assertions (a debug build, as ci/planted-bugs.sh makes); a release build must \
+     never carry planted bugs"
+);
 
 /// A planted bug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! What one simulation run recorded (its trace, its history of operations, its faults and
-//! what went wrong), the run's fingerprint, and the HTML report a failing run writes.
+//! what went wrong), its verdict, the run's fingerprint, and the HTML report a failing or
+//! inconclusive run writes.
 //!
 //! Everything here is plain Rust without madsim, so the report generator is tested on
 //! hand-made histories in the normal build.
@@ -38,6 +39,9 @@ pub struct RunRecord {
     pub via: BTreeMap<usize, String>,
     /// What went wrong (empty when the run passed).
     pub failures: Vec<String>,
+    /// Why the run could not be judged, when a checker gave up without an answer (empty
+    /// when every check came to a verdict). A run with failures failed whatever this says.
+    pub inconclusive: Vec<String>,
     /// Every lease grant a client sent: the lease id, when the grant was called (in
     /// simulated nanoseconds) and the TTL asked for, in seconds. A lease can expire no
     /// earlier than its TTL after the grant was called.
@@ -52,10 +56,45 @@ impl RunRecord {
         self.trace.push(format!("{at_ns:>15} {what}"));
     }
 
+    /// What the checks made of the run: failed if anything went wrong, else inconclusive
+    /// if a checker gave up, else passed.
+    pub fn verdict(&self) -> Verdict {
+        if !self.failures.is_empty() {
+            Verdict::Failed
+        } else if !self.inconclusive.is_empty() {
+            Verdict::Inconclusive
+        } else {
+            Verdict::Passed
+        }
+    }
+
     /// The run's fingerprint: a hash of every trace line, so two runs of one seed can be
     /// compared by one number.
     pub fn fingerprint(&self) -> u64 {
         fingerprint_of(&self.trace)
+    }
+}
+
+/// What the checks made of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Every check ran to the end and found nothing wrong.
+    Passed,
+    /// Something went wrong: a checker found a violation, the cluster did not converge,
+    /// or the simulation panicked.
+    Failed,
+    /// Nothing was found wrong, but a checker gave up (its search budget ran out), so the
+    /// run was not fully checked and must not count as passed.
+    Inconclusive,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::Inconclusive => "inconclusive",
+        })
     }
 }
 
@@ -97,7 +136,7 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// What the report shows about one failing run.
+/// What the report shows about one failing or inconclusive run.
 pub struct ReportInput<'a> {
     /// The title, e.g. "leader-crash seed 17".
     pub title: &'a str,
@@ -146,15 +185,8 @@ pub fn html(input: &ReportInput<'_>) -> String {
          tr.flag td{{background:#fcc}}</style></head><body>\n<h1>{t}</h1>\n",
         t = esc(input.title)
     );
-    let _ = write!(
-        s,
-        "<h2>Reproduce</h2><pre>{}</pre>\n<h2>What failed</h2><ul>",
-        esc(input.reproduce)
-    );
-    for f in &rec.failures {
-        let _ = write!(s, "<li>{}</li>", esc(f));
-    }
-    s.push_str("</ul>\n");
+    let _ = writeln!(s, "<h2>Reproduce</h2><pre>{}</pre>", esc(input.reproduce));
+    verdict_section(&mut s, rec);
     if let Some(v) = violation {
         let _ = write!(
             s,
@@ -339,6 +371,28 @@ pub fn html(input: &ReportInput<'_>) -> String {
     s
 }
 
+/// The run's verdict, what failed, and why it could not be judged if a checker gave up.
+fn verdict_section(s: &mut String, rec: &RunRecord) {
+    let verdict = rec.verdict();
+    let _ = writeln!(
+        s,
+        "<h2>Verdict</h2><p class=\"verdict verdict-{verdict}\">{verdict}</p>"
+    );
+    for (title, lines) in [
+        ("What failed", &rec.failures),
+        ("Why inconclusive", &rec.inconclusive),
+    ] {
+        if lines.is_empty() {
+            continue;
+        }
+        let _ = write!(s, "<h2>{title}</h2><ul>");
+        for l in lines {
+            let _ = write!(s, "<li>{}</li>", esc(l));
+        }
+        s.push_str("</ul>\n");
+    }
+}
+
 /// The watch guarantees found broken, each with the response it blames (highlighted)
 /// and the responses around it, so the report shows what the watcher received.
 fn watch_section(s: &mut String, rec: &RunRecord, violations: &[WatchViolation]) {
@@ -485,6 +539,7 @@ mod tests {
                 description: "isolate-leader node1".into(),
             }],
             failures: vec!["the history is not linearizable".into()],
+            inconclusive: vec![],
             via: BTreeMap::from([(2, "node3".to_string())]),
             lease_grants: vec![],
             watches: vec![],
@@ -498,6 +553,7 @@ mod tests {
         });
         assert!(page.contains("detcd-sim run --scenario scenarios/x.toml --seed 1"));
         assert!(page.contains("Linearizability violation"));
+        assert!(page.contains("<p class=\"verdict verdict-failed\">failed</p>"));
         assert!(page.contains(&esc(&v.explanation)));
         assert!(!v.ops.is_empty());
         for i in &v.ops {
@@ -520,6 +576,40 @@ mod tests {
             page.contains("op unknown"),
             "the unknown put is drawn as such"
         );
+    }
+
+    #[test]
+    fn the_report_of_an_inconclusive_run_says_so_and_why() {
+        let record = RunRecord {
+            inconclusive: vec!["the linearizability checker gave up after 7 steps".into()],
+            ..Default::default()
+        };
+        assert_eq!(record.verdict(), Verdict::Inconclusive);
+        let exhausted = CheckResult::Unknown(crate::check::linearizability::Exhausted {
+            steps: 7,
+            longest_prefix: 3,
+        });
+        let page = html(&ReportInput {
+            title: "hand-made seed 2",
+            reproduce: "detcd-sim run --scenario scenarios/x.toml --seed 2",
+            record: &record,
+            check: Some(&exhausted),
+            watch_violations: &[],
+        });
+        assert!(page.contains("<p class=\"verdict verdict-inconclusive\">inconclusive</p>"));
+        assert!(page.contains("Why inconclusive"));
+        assert!(page.contains("gave up after 7 steps"));
+        assert!(page.contains("The search budget ran out after 7 steps"));
+        assert!(!page.contains("What failed"));
+    }
+
+    #[test]
+    fn a_failure_outweighs_an_inconclusive_check() {
+        let mut record = RunRecord::default();
+        assert_eq!(record.verdict(), Verdict::Passed);
+        record.inconclusive.push("gave up".into());
+        record.failures.push("members disagree on HashKV".into());
+        assert_eq!(record.verdict(), Verdict::Failed);
     }
 
     #[test]

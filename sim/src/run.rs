@@ -8,12 +8,16 @@ use std::time::Duration;
 use madsim::runtime::Handle;
 use madsim::time::{sleep, timeout, Instant};
 
-use crate::check::linearizability::{check, CheckConfig, CheckResult, Operation};
-use crate::check::model::{Input, PutRequest, RangeRequest};
-use crate::check::watch::{check_watches, observed_changes, KvHistory, WatchViolation};
+use crate::check::linearizability::{
+    check, CheckConfig, CheckResult, Exhausted, Linearization, Operation, Violation,
+};
+use crate::check::model::{Input, Model, PutRequest, RangeRequest};
+use crate::check::watch::{
+    check_watches, check_watches_without_history, observed_changes, KvHistory, WatchViolation,
+};
 use crate::faults::{self, Planned};
 use crate::harness::{self, MemberOptions, SimMember};
-use crate::report::RunRecord;
+use crate::report::{RunRecord, Verdict};
 use crate::scenario::Scenario;
 use crate::workload::{self, RunCtx};
 
@@ -36,9 +40,15 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
-    /// Whether the run found nothing wrong.
+    /// What the checks made of the run (see [`RunRecord::verdict`]).
+    pub fn verdict(&self) -> Verdict {
+        self.record.verdict()
+    }
+
+    /// Whether every check ran to the end and found nothing wrong: not failed, and not
+    /// inconclusive either.
     pub fn passed(&self) -> bool {
-        self.record.failures.is_empty()
+        self.verdict() == Verdict::Passed
     }
 }
 
@@ -149,7 +159,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
     // Outside the simulation's thread, so this is the real clock.
     let check_started = std::time::Instant::now();
     if rec.failures.is_empty() {
-        let (result, violations) = check_history(&mut rec);
+        let (result, violations) = check_history(&mut rec, CHECK_MAX_STEPS);
         verdict = result;
         watch_violations = violations;
     }
@@ -164,68 +174,52 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
     }
 }
 
-/// The search budget of one linearizability check.
-const CHECK_MAX_STEPS: u64 = 5_000_000;
+/// The search budget of one linearizability check: a run whose check needs more is
+/// inconclusive.
+pub const CHECK_MAX_STEPS: u64 = 5_000_000;
 
 /// Checks the history for linearizability, constrained by what the watchers that see
 /// everything saw change at each revision, and then every watch stream against the
-/// history in the order found. Adds what fails to the record's failures.
+/// history in the order found. Adds what fails to the record's failures, and why the run
+/// cannot be judged to its `inconclusive` list when the checker gives up (after
+/// `max_steps` steps) without a violation to show.
 ///
-/// When the history cannot be linearized in an order the watches agree with, it is
-/// checked once more on its own: if it is linearizable then, the clients' answers are
-/// fine and it is the watches that tell another story.
-fn check_history(rec: &mut RunRecord) -> (Option<CheckResult>, Vec<WatchViolation>) {
+/// When the history cannot be linearized in an order the watches agree with, or the
+/// search for one gives up, it is checked once more on its own (see [`recheck_alone`]).
+fn check_history(
+    rec: &mut RunRecord,
+    max_steps: u64,
+) -> (Option<CheckResult>, Vec<WatchViolation>) {
     let (observed, mut watch_violations) = observed_changes(&rec.watches);
     let constrained = !observed.is_empty();
     let config = CheckConfig {
-        max_steps: CHECK_MAX_STEPS,
+        max_steps,
         observed: Arc::new(observed),
         ..Default::default()
     };
-    let mut result = match check(&rec.history, &config) {
+    let result = match check(&rec.history, &config) {
         Ok(r) => r,
         Err(e) => {
             rec.failures.push(format!("malformed history: {e}"));
             return (None, watch_violations);
         }
     };
-    if constrained && !result.is_linearizable() {
-        let alone = CheckConfig {
-            max_steps: CHECK_MAX_STEPS,
-            ..Default::default()
-        };
-        if let Ok(r) = check(&rec.history, &alone) {
-            if r.is_linearizable() {
-                let why = match &result {
-                    CheckResult::Violation(v) => v.explanation.clone(),
-                    _ => "the constrained search ran out of budget".to_string(),
-                };
-                rec.failures.push(format!(
-                    "the watch events cannot be reconciled with the clients' history: no \
-                     linearization writes each revision as the watchers saw it\n{why}"
-                ));
-            }
-            result = r;
-        }
-    }
-    match &result {
+    let result = match result {
         CheckResult::Linearizable(lin) => {
-            match KvHistory::from_linearization(&rec.history, lin, &config.initial) {
-                Ok(history) => watch_violations.extend(check_watches(&rec.watches, &history)),
-                Err(e) => rec
-                    .failures
-                    .push(format!("the watch history could not be built: {e}")),
-            }
+            watch_violations.extend(watch_check(rec, &lin, &config.initial));
+            CheckResult::Linearizable(lin)
         }
-        CheckResult::Violation(v) => rec.failures.push(format!(
-            "the history is not linearizable (operations {:?})",
-            v.ops
-        )),
-        CheckResult::Unknown(e) => rec.trace.push(format!(
-            "checker: search budget exhausted after {} steps; inconclusive",
-            e.steps
-        )),
-    }
+        other if constrained => recheck_alone(rec, other, max_steps, &mut watch_violations),
+        CheckResult::Violation(v) => {
+            rec.failures.push(not_linearizable(&v));
+            CheckResult::Violation(v)
+        }
+        CheckResult::Unknown(e) => {
+            rec.inconclusive.push(gave_up(&e, ""));
+            watch_violations.extend(watch_check_without_history(rec));
+            CheckResult::Unknown(e)
+        }
+    };
     if !watch_violations.is_empty() {
         rec.failures.push(format!(
             "{} watch guarantee violation(s); the first: {}",
@@ -234,6 +228,121 @@ fn check_history(rec: &mut RunRecord) -> (Option<CheckResult>, Vec<WatchViolatio
         ));
     }
     (Some(result), watch_violations)
+}
+
+/// Checks the history without the watches' constraint, after the constrained search
+/// (`first`) found no linearization the watches agree with or gave up. Returns the
+/// verdict to report and adds the watch violations found.
+///
+/// - The history alone is not linearizable: a failure, whatever the watches say.
+/// - The constrained search proved that no order agrees with the watches, yet the history
+///   alone is linearizable: a failure, the clients' answers are fine and the watches tell
+///   another story. If the search alone gives up, it is a failure still: no order of the
+///   clients' history agrees with what watchers saw.
+/// - The constrained search gave up and the history alone is linearizable: if the watches
+///   agree with the order found, the run passed; if not, another order might agree, so
+///   the run is inconclusive (violations that need no order still fail it).
+/// - Both searches gave up: inconclusive.
+fn recheck_alone(
+    rec: &mut RunRecord,
+    first: CheckResult,
+    max_steps: u64,
+    watch_violations: &mut Vec<WatchViolation>,
+) -> CheckResult {
+    let config = CheckConfig {
+        max_steps,
+        ..Default::default()
+    };
+    let alone = match check(&rec.history, &config) {
+        Ok(r) => r,
+        Err(e) => {
+            rec.failures.push(format!("malformed history: {e}"));
+            return first;
+        }
+    };
+    match (first, alone) {
+        (_, CheckResult::Violation(v)) => {
+            rec.failures.push(not_linearizable(&v));
+            CheckResult::Violation(v)
+        }
+        (CheckResult::Violation(v), CheckResult::Linearizable(lin)) => {
+            rec.failures.push(format!(
+                "the watch events cannot be reconciled with the clients' history: no \
+                 linearization writes each revision as the watchers saw it\n{}",
+                v.explanation
+            ));
+            watch_violations.extend(watch_check(rec, &lin, &config.initial));
+            CheckResult::Linearizable(lin)
+        }
+        (CheckResult::Violation(v), CheckResult::Unknown(e)) => {
+            rec.failures.push(format!(
+                "the history is not linearizable in any order that agrees with the watch \
+                 events (operations {:?}; {})",
+                v.ops,
+                gave_up(&e, " on the history alone")
+            ));
+            watch_violations.extend(watch_check_without_history(rec));
+            CheckResult::Violation(v)
+        }
+        (first, CheckResult::Linearizable(lin)) => {
+            let found = watch_check(rec, &lin, &config.initial);
+            if let (Some(v), CheckResult::Unknown(e)) = (found.first(), &first) {
+                rec.inconclusive.push(format!(
+                    "{}, and the order found without the watch events does not agree with \
+                     them ({v})",
+                    gave_up(e, " searching for an order the watch events agree with")
+                ));
+                watch_violations.extend(watch_check_without_history(rec));
+            }
+            CheckResult::Linearizable(lin)
+        }
+        (_, CheckResult::Unknown(e)) => {
+            rec.inconclusive.push(gave_up(&e, ""));
+            watch_violations.extend(watch_check_without_history(rec));
+            CheckResult::Unknown(e)
+        }
+    }
+}
+
+/// The failure of a history that is not linearizable.
+fn not_linearizable(v: &Violation) -> String {
+    format!("the history is not linearizable (operations {:?})", v.ops)
+}
+
+/// Why a run is inconclusive when the checker ran out of budget `while` doing something.
+fn gave_up(e: &Exhausted, while_: &str) -> String {
+    format!(
+        "the linearizability checker gave up{while_} after {} steps (longest linearizable \
+         prefix: {} operations)",
+        e.steps, e.longest_prefix
+    )
+}
+
+/// Checks every watch stream against the history in the order `lin` gives it.
+fn watch_check(rec: &mut RunRecord, lin: &Linearization, initial: &Model) -> Vec<WatchViolation> {
+    match KvHistory::from_linearization(&rec.history, lin, initial) {
+        Ok(history) => check_watches(&rec.watches, &history),
+        Err(e) => {
+            rec.failures
+                .push(format!("the watch history could not be built: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+/// Checks every watch stream for what needs no order of the history, when the checker
+/// gave none. Every revision a compaction was asked for counts as one the store may have
+/// been compacted at, whatever the request's outcome.
+fn watch_check_without_history(rec: &RunRecord) -> Vec<WatchViolation> {
+    let compactions = rec
+        .history
+        .iter()
+        .filter_map(|op| match op.input {
+            Input::Compact { revision } => Some(revision),
+            _ => None,
+        })
+        .collect();
+    check_watches_without_history(&rec.watches, compactions)
 }
 
 /// Adds, for every lease that may have expired before the history ends, a revoke whose
@@ -375,6 +484,18 @@ fn trim_watches(watches: &mut [crate::check::watch::WatchStream], last: i64) {
     }
 }
 
+/// The last error of every member whose last start failed, as "; NAME did not start:
+/// ERROR" each, to tell a cluster that cannot recover its data from one that is slow.
+fn start_errors(members: &[SimMember]) -> String {
+    members
+        .iter()
+        .filter_map(|m| {
+            m.last_start_error()
+                .map(|e| format!("; {} did not start: {e}", m.name))
+        })
+        .collect()
+}
+
 /// After the heal: a leader is elected, a write succeeds (recorded in the history as
 /// client 0), and every member reports the same HashKV at that write's revision. Returns
 /// that write's revision.
@@ -412,7 +533,9 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) -> Option<i64> {
     }
     let Some(rev) = progress_rev else {
         ctx.lock().failures.push(format!(
-            "no progress: no write succeeded within {CONVERGE_TIMEOUT:?} after every fault was healed"
+            "no progress: no write succeeded within {CONVERGE_TIMEOUT:?} after every fault was \
+             healed{}",
+            start_errors(members)
         ));
         return None;
     };
@@ -453,8 +576,9 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) -> Option<i64> {
             }
             None => ctx.lock().failures.push(format!(
                 "{} did not answer a linearizable read and HashKV within {CONVERGE_TIMEOUT:?} \
-                     after every fault was healed",
-                m.name
+                     after every fault was healed{}",
+                m.name,
+                start_errors(std::slice::from_ref(m))
             )),
         }
     }
@@ -471,4 +595,121 @@ async fn converge(ctx: &RunCtx, members: &[SimMember]) -> Option<i64> {
         }
     }
     Some(rev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::model::{KeyValue, PutResult, Reply, Response};
+    use crate::check::watch::{
+        EventKind, Segment, WatchEvent, WatchRequest, WatchResponse, WatchStream,
+    };
+
+    /// How many sequential puts the test history has; each needs a step of the search.
+    const PUTS: i64 = 20;
+
+    /// The key-value that put `i` (from 0) leaves, at revision `i + 2`.
+    fn kv(i: i64) -> KeyValue {
+        KeyValue {
+            key: format!("k{i}").into_bytes(),
+            value: b"v".to_vec(),
+            create_revision: i + 2,
+            mod_revision: i + 2,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    /// A record of `PUTS` sequential puts to distinct keys, revisions 2 and up.
+    fn record() -> RunRecord {
+        let history = (0..PUTS)
+            .map(|i| {
+                let t = u64::try_from(i).unwrap_or_default() * 10;
+                let input = Input::Put(PutRequest {
+                    key: kv(i).key,
+                    value: kv(i).value,
+                    lease: 0,
+                    prev_kv: false,
+                });
+                let output = Ok(Reply {
+                    revision: i + 2,
+                    response: Response::Put(PutResult::default()),
+                });
+                Operation::returned(1, t, t + 5, input, output)
+            })
+            .collect();
+        RunRecord {
+            history,
+            ..Default::default()
+        }
+    }
+
+    /// A watcher of every key that got the events of `revisions`, in this order.
+    fn watcher(revisions: &[i64]) -> WatchStream {
+        let mut responses = vec![WatchResponse {
+            header_revision: 1,
+            created: true,
+            ..Default::default()
+        }];
+        for &r in revisions {
+            responses.push(WatchResponse {
+                header_revision: PUTS + 1,
+                events: vec![WatchEvent {
+                    kind: EventKind::Put,
+                    kv: kv(r - 2),
+                    prev_kv: None,
+                }],
+                ..Default::default()
+            });
+        }
+        WatchStream {
+            watcher: 1,
+            request: WatchRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            },
+            segments: vec![Segment {
+                start_revision: 2,
+                responses,
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn a_check_that_runs_out_of_budget_is_inconclusive_not_passed() {
+        let mut rec = record();
+        check_history(&mut rec, CHECK_MAX_STEPS);
+        assert_eq!(rec.verdict(), Verdict::Passed, "{:?}", rec.inconclusive);
+        let mut rec = record();
+        let (result, _) = check_history(&mut rec, 5);
+        assert!(matches!(result, Some(CheckResult::Unknown(_))));
+        assert_eq!(rec.verdict(), Verdict::Inconclusive);
+        assert!(
+            rec.inconclusive[0].contains("gave up after"),
+            "{:?}",
+            rec.inconclusive
+        );
+    }
+
+    #[test]
+    fn the_watches_are_checked_when_the_linearizability_check_is_inconclusive() {
+        let mut rec = record();
+        rec.watches = vec![watcher(&[2, 3, 4])];
+        check_history(&mut rec, CHECK_MAX_STEPS);
+        assert_eq!(rec.verdict(), Verdict::Passed, "{:?}", rec.failures);
+        let mut rec = record();
+        // Revision 4 before revision 3: out of order, whatever the history's order.
+        rec.watches = vec![watcher(&[2, 4, 3])];
+        let (_, violations) = check_history(&mut rec, 5);
+        assert_eq!(rec.verdict(), Verdict::Failed);
+        assert!(!rec.inconclusive.is_empty());
+        assert!(
+            rec.failures[0].contains("watch guarantee violation"),
+            "{:?}",
+            rec.failures
+        );
+        assert_eq!(violations.len(), 1, "{violations:?}");
+    }
 }

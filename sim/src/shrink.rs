@@ -12,20 +12,32 @@
 use crate::scenario::Scenario;
 
 /// What kind of failure a run had, from its first failure message, so that shrinking
-/// keeps the bug it started with rather than wandering to another.
+/// keeps the bug it started with rather than wandering to another, and so that
+/// `detcd-sim explore` can name it (`ci/planted-bugs.sh` requires the kind each planted
+/// bug must cause). One of "linearizability" (the clients' history is not linearizable),
+/// "watch-guarantee" (a watch stream breaks etcd's watch guarantees), "watch-reconcile"
+/// (the clients' history is linearizable, but in no order the watch events agree with),
+/// "hashkv" (members disagree on HashKV after the heal), "lost-entries" (no progress
+/// after the heal because a member cannot start: its WAL lost entries its backend had
+/// applied), "progress" (no write or read succeeds after the heal, for another reason),
+/// "panic" (the simulation panicked), "other", or "none" for no failure.
 pub fn failure_class(failures: &[String]) -> &'static str {
     let Some(first) = failures.first() else {
         return "none";
     };
     if first.contains("not linearizable") {
         "linearizability"
-    } else if first.contains("watch") {
-        "watch"
-    } else if first.contains("HashKV") {
+    } else if first.contains("watch guarantee violation") {
+        "watch-guarantee"
+    } else if first.contains("watch events cannot be reconciled") {
+        "watch-reconcile"
+    } else if first.contains("HashKV at revision") {
         "hashkv"
+    } else if first.contains("the WAL lost committed entries") {
+        "lost-entries"
     } else if first.contains("no progress") || first.contains("did not answer") {
         "progress"
-    } else if first.contains("panicked") {
+    } else if first.contains("the simulation panicked") {
         "panic"
     } else {
         "other"
@@ -233,8 +245,28 @@ hold_ms = [100, 200]
             c("the history is not linearizable (operations [1])"),
             "linearizability"
         );
-        assert_eq!(c("2 watch guarantee violation(s); the first: ..."), "watch");
+        assert_eq!(
+            c("2 watch guarantee violation(s); the first: ..."),
+            "watch-guarantee"
+        );
+        assert_eq!(
+            c("the watch events cannot be reconciled with the clients' history: ..."),
+            "watch-reconcile"
+        );
         assert_eq!(c("members disagree on HashKV at revision 9: ..."), "hashkv");
+        assert_eq!(
+            c("node2 did not answer a linearizable read and HashKV within 60s"),
+            "progress"
+        );
+        assert_eq!(c("the watch history could not be built: ..."), "other");
+        assert_eq!(
+            c(
+                "no progress: no write succeeded within 60s after every fault was healed; \
+               node1 did not start: raft: the backend has applied index 75 but the WAL ends \
+               at 70: the WAL lost committed entries"
+            ),
+            "lost-entries"
+        );
         assert_eq!(c("no progress: no write succeeded"), "progress");
         assert_eq!(c("the simulation panicked: boom"), "panic");
         assert_eq!(failure_class(&[]), "none");

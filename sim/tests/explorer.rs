@@ -1,6 +1,8 @@
 //! Every shipped chaos scenario, for a few fixed seeds and with its duration scaled down,
-//! must pass (linearizable history, equal HashKV on every member, writes resume after the
-//! heal), and two runs of one seed must produce the same trace.
+//! must pass (linearizable history, watch guarantees kept, equal HashKV on every member,
+//! writes resume after the heal), and two runs of one seed must produce the same trace. A
+//! run the linearizability checker gives up on is inconclusive, and fails these tests as a
+//! failure does: CI's scenarios must be checked to the end.
 #![cfg(madsim)]
 
 use detcd_sim::report;
@@ -24,16 +26,22 @@ fn run_all(names: Vec<String>) {
             for seed in SEEDS.clone() {
                 let out = run::run(&scenario, seed);
                 println!(
-                    "{name} seed {seed}: {} operations, {} faults, fingerprint {:016x}",
+                    "{name} seed {seed}: {}, {} operations, {} faults, {:.2} s and {} steps \
+                     (of {}) checking, fingerprint {:016x}",
+                    out.verdict(),
                     out.record.history.len(),
                     out.record.faults.len(),
+                    out.check_wall_s,
+                    out.check.as_ref().map_or(0, |c| c.steps()),
+                    run::CHECK_MAX_STEPS,
                     out.record.fingerprint()
                 );
                 if !out.passed() {
                     failures.push(format!(
-                        "{name} seed {seed}: {:?}\n  detcd-sim run --scenario scenarios/{name}.toml \
+                        "{name} seed {seed} {}: {:?}\n  detcd-sim run --scenario scenarios/{name}.toml \
                          --seed {seed} --duration-s {DURATION_S}",
-                        out.record.failures
+                        out.verdict(),
+                        not_passed_because(&out)
                     ));
                 }
             }
@@ -49,6 +57,15 @@ fn run_all(names: Vec<String>) {
         "failing runs:\n{}",
         failures.join("\n")
     );
+}
+
+/// Why a run did not pass: its failures, then why it is inconclusive.
+fn not_passed_because(out: &run::RunOutcome) -> Vec<&String> {
+    out.record
+        .failures
+        .iter()
+        .chain(&out.record.inconclusive)
+        .collect()
 }
 
 #[test]
@@ -72,7 +89,12 @@ fn a_seed_replays_the_same_trace() {
         scenario.duration_s = 6;
         let a = run::run(&scenario, 11);
         let b = run::run(&scenario, 11);
-        assert!(a.passed(), "{name}: {:?}", a.record.failures);
+        assert!(
+            a.passed(),
+            "{name} {}: {:?}",
+            a.verdict(),
+            not_passed_because(&a)
+        );
         assert!(!a.record.faults.is_empty(), "{name}: no fault was injected");
         if let Some((line, x, y)) = report::first_divergence(&a.record.trace, &b.record.trace) {
             panic!("{name} seed 11 diverged at trace line {line}:\n  {x}\n  {y}");

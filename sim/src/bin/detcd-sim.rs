@@ -8,9 +8,19 @@
 //! detcd-sim shrink --scenario scenarios/NAME.toml --seed N [--duration-s S] [--max-runs R]
 //!
 //! `shrink` makes a failing run's scenario smaller while the seed still fails the same
-//! way, and prints (and saves) the smallest one. `--until-failure` stops exploring at the first failing seed (seeds are handed out in
-//! order, so every lower seed has run) and reports how many seeds it took: the planted-bug
-//! check (`ci/planted-bugs.sh`) uses it to show how quickly each bug is caught.
+//! way, and prints (and saves) the smallest one. `--until-failure` stops exploring at the
+//! first failing seed (seeds are handed out in order, so every lower seed has run) and
+//! reports how many seeds it took. Each failing run's first line, `FAILED SCENARIO seed N
+//! (KIND):`, names the kind of its failure; the planted-bug check (`ci/planted-bugs.sh`)
+//! counts the seeds that fail with the kind each bug must cause.
+//!
+//! Every run gets a verdict: passed, failed, or inconclusive (nothing was found wrong,
+//! but the linearizability checker ran out of search budget, so the run was not fully
+//! checked). `run` and `explore` exit with 0 when every run passed, 1 when any failed, 3
+//! when none failed but some were inconclusive, and 2 on a usage error. `explore` ends
+//! with the line `N passed, M failed, K inconclusive of T runs`, and names the kind of
+//! its first failure (see [`detcd_sim::shrink::failure_class`]) on a line
+//! `first failure kind: KIND`.
 //!
 //! It only works when built with `RUSTFLAGS="--cfg madsim"`; the normal build says so.
 
@@ -35,8 +45,7 @@ mod cli {
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
-    use detcd_sim::check::linearizability::CheckResult;
-    use detcd_sim::report::{self, ReportInput};
+    use detcd_sim::report::{self, ReportInput, Verdict};
     use detcd_sim::run::{self, RunOutcome};
     use detcd_sim::scenario::Scenario;
     use detcd_sim::shrink;
@@ -45,7 +54,14 @@ mod cli {
         detcd-sim run --scenario scenarios/NAME.toml --seed N [--check-determinism] [--duration-s S] [--trace]\n  \
         detcd-sim explore (--scenario scenarios/NAME.toml | --all-scenarios) --seeds A..B \
         [--threads T] [--duration-s S] [--until-failure]\n  \
-        detcd-sim shrink --scenario scenarios/NAME.toml --seed N [--duration-s S] [--max-runs R]";
+        detcd-sim shrink --scenario scenarios/NAME.toml --seed N [--duration-s S] [--max-runs R]\n\
+        exit status: 0 every run passed, 1 a run failed, 3 no run failed but some were \
+        inconclusive (the linearizability checker gave up), 2 usage error";
+
+    /// The exit status when a run failed.
+    const EXIT_FAILED: i32 = 1;
+    /// The exit status when no run failed but some were inconclusive.
+    const EXIT_INCONCLUSIVE: i32 = 3;
 
     /// Parsed command-line options.
     #[derive(Default)]
@@ -151,8 +167,12 @@ mod cli {
         std::fs::create_dir_all(&dir)?;
         let base = dir.join(format!("{}-{}", out.scenario, out.seed));
         let trace = base.with_extension("trace");
-        let mut text = format!("# {repro}\n# failures:\n");
+        let mut text = format!("# {repro}\n# verdict: {}\n# failures:\n", out.verdict());
         for f in &out.record.failures {
+            text.push_str(&format!("#   {f}\n"));
+        }
+        text.push_str("# inconclusive:\n");
+        for f in &out.record.inconclusive {
             text.push_str(&format!("#   {f}\n"));
         }
         text.push_str("# trace:\n");
@@ -189,10 +209,19 @@ mod cli {
         Ok((trace, html))
     }
 
-    /// Reports a failed run: its failures, artifacts, and the reproduce line.
+    /// Reports a failed or inconclusive run: what went wrong or why it could not be
+    /// judged, its artifacts, and the reproduce line.
     fn report_failure(out: &RunOutcome, repro: &str) {
-        println!("FAILED {} seed {}:", out.scenario, out.seed);
-        for f in &out.record.failures {
+        match out.verdict() {
+            Verdict::Failed => println!(
+                "FAILED {} seed {} ({}):",
+                out.scenario,
+                out.seed,
+                shrink::failure_class(&out.record.failures)
+            ),
+            _ => println!("INCONCLUSIVE {} seed {}:", out.scenario, out.seed),
+        }
+        for f in out.record.failures.iter().chain(&out.record.inconclusive) {
             println!("  {f}");
         }
         if let Some(v) = out.check.as_ref().and_then(|c| c.violation()) {
@@ -225,14 +254,16 @@ mod cli {
             .count();
         println!(
             "{} operations ({} ok, {errors} definite errors, {unknown} unknown outcomes), {} \
-             faults, {:.1} simulated s in {:.1} wall s ({:.1} s of it checking), fingerprint \
-             {:016x}",
+             faults, {:.1} simulated s in {:.1} wall s ({:.1} s of it checking, {} of {} \
+             checker steps), fingerprint {:016x}",
             h.len(),
             h.len() - unknown - errors,
             out.record.faults.len(),
             out.simulated_s,
             wall.elapsed().as_secs_f64(),
             out.check_wall_s,
+            out.check.as_ref().map_or(0, |c| c.steps()),
+            run::CHECK_MAX_STEPS,
             out.record.fingerprint()
         );
         let w = &out.record.watches;
@@ -252,15 +283,16 @@ mod cli {
             "{} watchers: {segments} creations, {responses} responses, {events} events",
             w.len()
         );
-        if let Some(CheckResult::Unknown(e)) = &out.check {
-            println!(
-                "warning: the linearizability checker gave up after {} steps; inconclusive",
-                e.steps
-            );
-        }
-        if !out.passed() {
-            report_failure(&out, &repro);
-            return Ok(1);
+        match out.verdict() {
+            Verdict::Passed => {}
+            Verdict::Failed => {
+                report_failure(&out, &repro);
+                return Ok(EXIT_FAILED);
+            }
+            Verdict::Inconclusive => {
+                report_failure(&out, &repro);
+                return Ok(EXIT_INCONCLUSIVE);
+            }
         }
         if o.keep_trace {
             let (trace, html) = write_artifacts(&out, &repro).map_err(|e| e.to_string())?;
@@ -276,7 +308,7 @@ mod cli {
                      {line}:\n  first:  {a}\n  second: {b}\n{} --check-determinism",
                     scenario.name, repro
                 );
-                return Ok(1);
+                return Ok(EXIT_FAILED);
             }
             println!("deterministic: the second run's fingerprint is the same");
         }
@@ -324,18 +356,15 @@ mod cli {
         let total = jobs.len();
         let jobs = Arc::new(jobs);
         let next = Arc::new(AtomicUsize::new(0));
-        let progress = Arc::new(Mutex::new((0usize, Vec::<String>::new(), 0f64)));
-        // The lowest failing seed so far, when exploring only until the first failure.
-        let stop = Arc::new(Mutex::new(None::<u64>));
+        let tally = Arc::new(Mutex::new(Tally::default()));
         let until_failure = o.until_failure;
         let wall = Instant::now();
         let mut workers = Vec::new();
         for _ in 0..threads.min(total) {
-            let (jobs, next, progress) = (jobs.clone(), next.clone(), progress.clone());
-            let stop = stop.clone();
+            let (jobs, next, tally) = (jobs.clone(), next.clone(), tally.clone());
             let duration_s = o.duration_s;
             workers.push(std::thread::spawn(move || loop {
-                if stop.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                if until_failure && lock(&tally).first_failure.is_some() {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
@@ -343,47 +372,124 @@ mod cli {
                     break;
                 };
                 let out = run::run(scenario, *seed);
-                let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
-                p.0 += 1;
-                p.2 += out.simulated_s;
-                if !out.passed() {
-                    let repro = reproduce(path, *seed, duration_s);
-                    report_failure(&out, &repro);
-                    p.1.push(repro);
-                    if until_failure {
-                        let mut first = stop.lock().unwrap_or_else(|e| e.into_inner());
-                        *first = Some(first.map_or(*seed, |f: u64| f.min(*seed)));
-                    }
-                }
+                let mut t = lock(&tally);
+                t.add(&out, &reproduce(path, *seed, duration_s));
                 let secs = wall.elapsed().as_secs_f64();
                 println!(
-                    "{}/{total} runs, {} failed, {:.1} simulated s per wall s, {:.1} runs/min",
-                    p.0,
-                    p.1.len(),
-                    p.2 / secs,
-                    p.0 as f64 * 60.0 / secs
+                    "{}/{total} runs, {} failed, {} inconclusive, {:.1} simulated s per wall s, \
+                     {:.1} runs/min",
+                    t.done,
+                    t.failed.len(),
+                    t.inconclusive.len(),
+                    t.simulated_s / secs,
+                    t.done as f64 * 60.0 / secs
                 );
             }));
         }
         for w in workers {
             let _ = w.join();
         }
-        let p = progress.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(first) = *stop.lock().unwrap_or_else(|e| e.into_inner()) {
-            println!(
-                "first failure at seed {first}: caught within {} seed(s) of {lo}..{hi}",
-                first - lo + 1
-            );
-        }
-        if p.1.is_empty() {
-            println!("all {total} runs passed");
-            Ok(0)
-        } else {
-            println!("{} of {total} runs failed; reproduce with:", p.1.len());
-            for r in &p.1 {
-                println!("{r}");
+        let t = lock(&tally);
+        Ok(t.summarize(lo, hi))
+    }
+
+    /// Locks a mutex, whether or not a thread panicked holding it.
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What an exploration has found so far.
+    #[derive(Default)]
+    struct Tally {
+        /// How many runs are done.
+        done: usize,
+        /// How many of them passed.
+        passed: usize,
+        /// The reproduce lines of the failed runs.
+        failed: Vec<String>,
+        /// The reproduce lines of the inconclusive runs.
+        inconclusive: Vec<String>,
+        /// The simulated seconds of every run done.
+        simulated_s: f64,
+        /// The lowest failing seed and the kind of its failure.
+        first_failure: Option<(u64, &'static str)>,
+        /// The most steps one linearizability check took, and the run's reproduce line:
+        /// how close the sweep came to an inconclusive run.
+        most_steps: Option<(u64, String)>,
+    }
+
+    impl Tally {
+        /// Counts a finished run, and reports it if it did not pass.
+        fn add(&mut self, out: &RunOutcome, repro: &str) {
+            self.done += 1;
+            self.simulated_s += out.simulated_s;
+            let steps = out.check.as_ref().map_or(0, |c| c.steps());
+            if self
+                .most_steps
+                .as_ref()
+                .is_none_or(|(most, _)| steps > *most)
+            {
+                self.most_steps = Some((steps, repro.to_string()));
             }
-            Ok(1)
+            match out.verdict() {
+                Verdict::Passed => self.passed += 1,
+                Verdict::Failed => {
+                    report_failure(out, repro);
+                    self.failed.push(repro.to_string());
+                    let kind = shrink::failure_class(&out.record.failures);
+                    if self.first_failure.is_none_or(|(seed, _)| out.seed < seed) {
+                        self.first_failure = Some((out.seed, kind));
+                    }
+                }
+                Verdict::Inconclusive => {
+                    report_failure(out, repro);
+                    self.inconclusive.push(repro.to_string());
+                }
+            }
+        }
+
+        /// Prints the counts, the first failure and the runs to reproduce, and returns
+        /// the exit status. `lo..hi` are the seeds explored.
+        fn summarize(&self, lo: u64, hi: u64) -> i32 {
+            if let Some((first, kind)) = self.first_failure {
+                println!(
+                    "first failure at seed {first}: caught within {} seed(s) of {lo}..{hi}",
+                    first - lo + 1
+                );
+                println!("first failure kind: {kind}");
+            }
+            if let Some((steps, repro)) = &self.most_steps {
+                println!(
+                    "the longest linearizability check took {steps} of {} steps: {repro}",
+                    run::CHECK_MAX_STEPS
+                );
+            }
+            println!(
+                "{} passed, {} failed, {} inconclusive of {} runs",
+                self.passed,
+                self.failed.len(),
+                self.inconclusive.len(),
+                self.done
+            );
+            for (what, runs) in [
+                ("failed", &self.failed),
+                ("inconclusive", &self.inconclusive),
+            ] {
+                if !runs.is_empty() {
+                    println!("{what} runs; reproduce with:");
+                    for r in runs {
+                        println!("{r}");
+                    }
+                }
+            }
+            if !self.failed.is_empty() {
+                EXIT_FAILED
+            } else if !self.inconclusive.is_empty() {
+                EXIT_INCONCLUSIVE
+            } else {
+                println!("all {} runs passed", self.done);
+                0
+            }
         }
     }
 
@@ -397,9 +503,20 @@ mod cli {
         let scenario = load(path, o.duration_s)?;
         let seed = o.seed.unwrap_or(scenario.seed);
         let first = run::run(&scenario, seed);
-        if first.passed() {
-            println!("{} seed {seed} passes: nothing to shrink", scenario.name);
-            return Ok(0);
+        match first.verdict() {
+            Verdict::Failed => {}
+            Verdict::Passed => {
+                println!("{} seed {seed} passes: nothing to shrink", scenario.name);
+                return Ok(0);
+            }
+            Verdict::Inconclusive => {
+                println!(
+                    "{} seed {seed} is inconclusive ({}): nothing to shrink",
+                    scenario.name,
+                    first.record.inconclusive.join("; ")
+                );
+                return Ok(EXIT_INCONCLUSIVE);
+            }
         }
         let class = shrink::failure_class(&first.record.failures);
         println!(
@@ -410,7 +527,8 @@ mod cli {
         let planned = |s: &Scenario| detcd_sim::faults::plan_all(s, seed).len();
         let fails = |s: &Scenario| {
             let out = run::run(s, seed);
-            let same = !out.passed() && shrink::failure_class(&out.record.failures) == class;
+            let same = out.verdict() == Verdict::Failed
+                && shrink::failure_class(&out.record.failures) == class;
             if same {
                 println!("  still fails: {}", out.record.failures.join("; "));
             }
@@ -438,7 +556,7 @@ mod cli {
             file.display(),
             file.display()
         );
-        Ok(1)
+        Ok(EXIT_FAILED)
     }
 
     /// Runs the command line; returns the exit code.

@@ -188,6 +188,16 @@ impl CheckResult {
         matches!(self, CheckResult::Linearizable(_))
     }
 
+    /// How many candidate placements the search tried, whatever it found: compared with
+    /// [`CheckConfig::max_steps`], how close the check came to giving up.
+    pub fn steps(&self) -> u64 {
+        match self {
+            CheckResult::Linearizable(l) => l.steps,
+            CheckResult::Violation(v) => v.steps,
+            CheckResult::Unknown(e) => e.steps,
+        }
+    }
+
     /// The violation, if one was found.
     pub fn violation(&self) -> Option<&Violation> {
         match self {

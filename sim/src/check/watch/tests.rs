@@ -893,3 +893,34 @@ fn previous_key_values_pin_earlier_writes_without_claiming_their_revision() {
     let (_, violations) = observed_changes(&[truthful, lying]);
     assert_eq!(kinds(&violations), vec![ViolationKind::Content]);
 }
+
+#[test]
+fn without_history_a_correct_stream_passes_and_reordered_events_fail() {
+    let h = small_history();
+    let good = plain(&h, all_keys(), 2);
+    assert_eq!(
+        check_watches_without_history(std::slice::from_ref(&good), vec![]),
+        []
+    );
+    // Two responses swapped: revisions go back, which needs no history to see.
+    let mut bad = good;
+    let (a, b) = (response_of(&bad, 3), response_of(&bad, 4));
+    bad.segments[0].responses.swap(a, b);
+    let v = check_watches_without_history(&[bad], vec![]);
+    assert_eq!(kinds(&v), [ViolationKind::Ordered], "{v:#?}");
+}
+
+#[test]
+fn without_history_a_lost_event_goes_unnoticed() {
+    // This is what the history-free check cannot see, which is why a run checked only
+    // this way is inconclusive rather than passed.
+    let h = small_history();
+    let mut stream = plain(&h, all_keys(), 2);
+    let r = response_of(&stream, 4);
+    stream.segments[0].responses.remove(r);
+    assert_eq!(
+        check_watches_without_history(std::slice::from_ref(&stream), vec![]),
+        []
+    );
+    assert_kinds(&stream, &h, &[ViolationKind::Reliable]);
+}
