@@ -116,6 +116,15 @@ pub const NOT_YET_IMPLEMENTED: &[NotImplemented] = &[
     ),
 ];
 
+/// The flags that take a list of URLs (etcd's `UniqueURLs`).
+const URL_FLAGS: &[&str] = &[
+    "listen-peer-urls",
+    "listen-client-urls",
+    "listen-metrics-urls",
+    "initial-advertise-peer-urls",
+    "advertise-client-urls",
+];
+
 /// etcd's default `--listen-peer-urls` and `--initial-advertise-peer-urls`.
 pub const DEFAULT_PEER_URL: &str = "http://localhost:2380";
 /// etcd's default `--listen-client-urls` and `--advertise-client-urls`.
@@ -893,6 +902,11 @@ impl Config {
         let i64v = || parse_int(v).map_err(SetError::from);
         let dur = || parse_duration(v).map_err(SetError::from);
         let urls = || unique_urls(v).map_err(SetError::from);
+        // etcd's URL flags take "" as an allowed value that leaves the flag at what it
+        // was (its default), while still counting as given.
+        if v.is_empty() && URL_FLAGS.contains(&name) {
+            return Ok(());
+        }
         let s = || v.to_string();
         match name {
             "name" => self.name = s(),
