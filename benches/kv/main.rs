@@ -7,6 +7,7 @@
 //! cargo bench --bench kv -- --quick               # a tenth of the requests, 1 round
 //! cargo bench --bench kv -- --members 3           # only 3-member clusters
 //! cargo bench --bench kv -- --load-keys 1000000   # a growing store (see load.rs)
+//! cargo bench --bench kv -- --detcd PATH          # another detcd build (before/after)
 //! ```
 //!
 //! It prints figures and asserts nothing about speed: targets are read from the table,
@@ -33,6 +34,8 @@ struct Args {
     rounds: usize,
     /// Keys for the growing-store run; 0 skips it.
     load_keys: usize,
+    /// The detcd binary to measure; by default the one cargo built beside the benchmark.
+    detcd: PathBuf,
 }
 
 fn value_after(args: &[String], flag: &str) -> Option<String> {
@@ -60,6 +63,9 @@ fn parse_args() -> Args {
         load_keys: value_after(&args, "--load-keys")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
+        detcd: value_after(&args, "--detcd")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_detcd"))),
     }
 }
 
@@ -203,7 +209,8 @@ fn main() {
         workloads::CONNECTIONS,
         args.requests
     );
-    let mut servers = vec![("detcd", PathBuf::from(env!("CARGO_BIN_EXE_detcd")))];
+    println!("detcd: {}", args.detcd.display());
+    let mut servers = vec![("detcd", args.detcd.clone())];
     match which("etcd") {
         Some(etcd) => servers.push(("etcd", etcd)),
         None => println!("(etcd is not on the PATH: detcd only)"),
