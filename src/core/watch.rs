@@ -1014,11 +1014,13 @@ fn filter_event(w: &Watcher, e: &Event) -> Option<Event> {
     if (is_put && w.no_put) || (!is_put && w.no_delete) {
         return None;
     }
-    let mut e = e.clone();
-    if !w.prev_kv {
-        e.prev_kv = None;
-    }
-    Some(e)
+    // The previous value is copied only for the watchers that asked for it: with many
+    // watchers of one key, copying it for each and then dropping it doubled the work.
+    Some(Event {
+        r#type: e.r#type,
+        kv: e.kv.clone(),
+        prev_kv: if w.prev_kv { e.prev_kv.clone() } else { None },
+    })
 }
 
 #[cfg(test)]
