@@ -25,6 +25,7 @@ TESTS=(
   http_curl
   http_access
   grpc_health
+  unsafe_no_fsync
   python_client
   tls
   unix_socket

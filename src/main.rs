@@ -346,7 +346,14 @@ fn server_config(config: &Config) -> Result<ServerConfig, String> {
         quota_backend_bytes: config.quota_backend_bytes,
         initial_corrupt_check: config.experimental_initial_corrupt_check,
         corrupt_check_interval: config.experimental_corrupt_check_time,
-        disk: Arc::new(RealDisk::new()),
+        disk: Arc::new(if config.unsafe_no_fsync {
+            tracing::warn!(
+                "--unsafe-no-fsync is set: the WAL is never synced, so a power loss or kernel crash can lose acknowledged writes"
+            );
+            RealDisk::without_fsync()
+        } else {
+            RealDisk::new()
+        }),
         backend: BackendChoice::Sled,
         bcrypt_cost: u32::try_from(config.bcrypt_cost).unwrap_or(u32::MAX),
         auth_token_ttl: Duration::from_secs(config.auth_token_ttl_secs),

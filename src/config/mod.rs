@@ -101,7 +101,6 @@ pub const NOT_YET_IMPLEMENTED: &[NotImplemented] = &[
         "log-package-levels",
         "detcd logs every package at --log-level",
     ),
-    nyi("unsafe-no-fsync", "detcd always syncs its WAL and backend"),
     nyi(
         "experimental-compaction-batch-limit",
         "detcd compacts all revisions of a compaction in one pass",

@@ -737,11 +737,11 @@ fn a_given_unimplemented_flag_is_warned_about_once() {
         .iter()
         .any(|n| n.message.starts_with("--enable-pprof ")));
     let mut from_file = Config::default();
-    yaml::apply_str(&mut from_file, "unsafe-no-fsync: true\n").unwrap();
+    yaml::apply_str(&mut from_file, "max-snapshots: 3\n").unwrap();
     assert!(from_file
         .notices
         .iter()
-        .any(|n| n.message.starts_with("--unsafe-no-fsync ")));
+        .any(|n| n.message.starts_with("--max-snapshots ")));
     // Flags that work are not warned about.
     let cfg = run(&["--cors", "http://a.example:80", "--pre-vote=true"]);
     assert!(!cfg

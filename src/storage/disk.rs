@@ -44,6 +44,12 @@ pub trait Disk: Send + Sync + fmt::Debug {
     fn exists(&self, path: &Path) -> bool;
     /// Makes the creation and removal of entries directly inside `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Whether syncs reach the device. False only for a real disk opened with
+    /// `--unsafe-no-fsync`, whose syncs return at once: callers then neither time them
+    /// nor count them, as etcd does not.
+    fn syncs(&self) -> bool {
+        true
+    }
     /// The time the syncs done since the last call would have taken on this disk, for a
     /// simulated disk to charge to simulated time (the caller sleeps it). A real disk
     /// answers zero: its time was really spent.
@@ -72,14 +78,40 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// The real file system through `std::fs`, with real fsync/fdatasync.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RealDisk;
+/// The real file system through `std::fs`, with real fsync/fdatasync unless made with
+/// [`RealDisk::without_fsync`].
+#[derive(Debug, Clone, Copy)]
+pub struct RealDisk {
+    /// Whether syncs are done; false only with `--unsafe-no-fsync`.
+    fsync: bool,
+}
+
+impl Default for RealDisk {
+    fn default() -> Self {
+        RealDisk::new()
+    }
+}
 
 impl RealDisk {
-    /// Returns the real disk.
+    /// Returns the real disk, syncing as the [`Disk`] contract says.
     pub fn new() -> RealDisk {
-        RealDisk
+        RealDisk { fsync: true }
+    }
+
+    /// Returns the real disk with every sync skipped (`--unsafe-no-fsync`): writes reach
+    /// the operating system's page cache only, so a process crash loses nothing but a
+    /// power loss or kernel crash may lose acknowledged writes. For tests and throwaway
+    /// clusters, as etcd's flag is.
+    pub fn without_fsync() -> RealDisk {
+        RealDisk { fsync: false }
+    }
+
+    fn sync_all(&self, file: &fs::File) -> io::Result<()> {
+        if self.fsync {
+            file.sync_all()
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -87,6 +119,8 @@ impl RealDisk {
 struct RealFile {
     file: fs::File,
     len_bytes: u64,
+    /// Whether [`DiskFile::sync`] reaches the device.
+    fsync: bool,
 }
 
 impl DiskFile for RealFile {
@@ -97,6 +131,9 @@ impl DiskFile for RealFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        if !self.fsync {
+            return Ok(());
+        }
         // fdatasync also persists the file size, which is all the metadata an append changes.
         self.file.sync_data()
     }
@@ -136,7 +173,11 @@ impl Disk for RealDisk {
             .append(true)
             .open(path)?;
         let len_bytes = file.metadata()?.len();
-        Ok(Box::new(RealFile { file, len_bytes }))
+        Ok(Box::new(RealFile {
+            file,
+            len_bytes,
+            fsync: self.fsync,
+        }))
     }
 
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
@@ -144,7 +185,7 @@ impl Disk for RealDisk {
         {
             let mut file = fs::File::create(&temp)?;
             file.write_all(data)?;
-            file.sync_all()?;
+            self.sync_all(&file)?;
         }
         fs::rename(&temp, path)?;
         match path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -156,7 +197,7 @@ impl Disk for RealDisk {
     fn truncate(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
         let file = fs::OpenOptions::new().write(true).open(path)?;
         file.set_len(len_bytes)?;
-        file.sync_all()
+        self.sync_all(&file)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -168,7 +209,11 @@ impl Disk for RealDisk {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        fs::File::open(dir)?.sync_all()
+        self.sync_all(&fs::File::open(dir)?)
+    }
+
+    fn syncs(&self) -> bool {
+        self.fsync
     }
 }
 
