@@ -8,6 +8,7 @@
 //! cargo bench --bench kv -- --members 3           # only 3-member clusters
 //! cargo bench --bench kv -- --load-keys 1000000   # a growing store (see load.rs)
 //! cargo bench --bench kv -- --detcd PATH          # another detcd build (before/after)
+//! cargo bench --bench kv -- --only txn --no-etcd  # one workload, detcd alone (profiling)
 //! ```
 //!
 //! It prints figures and asserts nothing about speed: targets are read from the table,
@@ -36,6 +37,10 @@ struct Args {
     load_keys: usize,
     /// The detcd binary to measure; by default the one cargo built beside the benchmark.
     detcd: PathBuf,
+    /// Only the workloads whose names contain this (all when empty).
+    only: String,
+    /// Leave etcd out (for profiling detcd alone).
+    no_etcd: bool,
 }
 
 fn value_after(args: &[String], flag: &str) -> Option<String> {
@@ -66,6 +71,8 @@ fn parse_args() -> Args {
         detcd: value_after(&args, "--detcd")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_detcd"))),
+        only: value_after(&args, "--only").unwrap_or_default(),
+        no_etcd: args.iter().any(|a| a == "--no-etcd"),
     }
 }
 
@@ -111,7 +118,7 @@ fn one_round(
     let cpu_before = cluster.cpu_s();
     let figures = rt.block_on(async {
         let mut ctx = workloads::Ctx::new(&cluster, args.requests).await;
-        workloads::run_all(&mut ctx).await
+        workloads::run_all(&mut ctx, &args.only).await
     });
     runs.cpu_s += cluster.cpu_s() - cpu_before;
     runs.peak_rss_mib = runs.peak_rss_mib.max(cluster.peak_rss_mib());
@@ -211,7 +218,7 @@ fn main() {
     );
     println!("detcd: {}", args.detcd.display());
     let mut servers = vec![("detcd", args.detcd.clone())];
-    match which("etcd") {
+    match which("etcd").filter(|_| !args.no_etcd) {
         Some(etcd) => servers.push(("etcd", etcd)),
         None => println!("(etcd is not on the PATH: detcd only)"),
     }

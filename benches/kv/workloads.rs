@@ -103,18 +103,37 @@ async fn with_cpu<T>(cluster: &Cluster, body: impl std::future::Future<Output = 
     (out, cluster.cpu_s() - before)
 }
 
-/// Every workload, in order.
-pub async fn run_all(ctx: &mut Ctx<'_>) -> Vec<Figures> {
-    vec![
-        put_one_client(ctx).await,
-        put_concurrent(ctx).await,
-        txn_four_puts(ctx).await,
-        get(ctx, false).await,
-        get(ctx, true).await,
-        range_100(ctx).await,
-        watch_fan_out(ctx).await,
-        lease_keep_alive(ctx).await,
-    ]
+/// The workloads' names, in the order [`run_all`] runs them.
+pub const NAMES: [&str; 8] = [
+    "put, 1 client",
+    "put, 100 clients",
+    "txn of 4 puts, 100 clients",
+    "get (linearizable), 100 clients",
+    "get (serializable), 100 clients",
+    "range of 100 keys, 100 clients",
+    "watch fan-out, 1000 watchers (events)",
+    "lease keep-alive, 100 clients",
+];
+
+/// Every workload whose name contains `only` (all when it is empty), in order.
+pub async fn run_all(ctx: &mut Ctx<'_>, only: &str) -> Vec<Figures> {
+    let mut figures = Vec::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        if !name.contains(only) {
+            continue;
+        }
+        figures.push(match i {
+            0 => put_one_client(ctx).await,
+            1 => put_concurrent(ctx).await,
+            2 => txn_four_puts(ctx).await,
+            3 => get(ctx, false).await,
+            4 => get(ctx, true).await,
+            5 => range_100(ctx).await,
+            6 => watch_fan_out(ctx).await,
+            _ => lease_keep_alive(ctx).await,
+        });
+    }
+    figures
 }
 
 /// One client, one put at a time: the latency of a durable write.
