@@ -40,6 +40,7 @@ use crate::raft::{ids, log, membership};
 use crate::rt;
 use crate::rt::watch;
 use crate::storage::backend::{Backend, MemBackend, SledBackend};
+use crate::storage::pipelined::PipelinedBackend;
 use crate::storage::disk::Disk;
 
 /// gRPC framing allowance on top of `--max-request-bytes`, as etcd adds it to the
@@ -207,8 +208,13 @@ pub async fn run(
             let snap_dir = member_dir.join("snap");
             std::fs::create_dir_all(&snap_dir)
                 .map_err(|e| ServerError(format!("cannot create {}: {e}", snap_dir.display())))?;
-            Box::new(SledBackend::open(&snap_dir.join("db")).map_err(|e| {
+            let sled = SledBackend::open(&snap_dir.join("db")).map_err(|e| {
                 ServerError(format!("cannot open backend {}: {e}", snap_dir.display()))
+            })?;
+            // Commits leave the answer path: see `storage::pipelined` for why no
+            // acknowledged write can be lost.
+            Box::new(PipelinedBackend::new(Box::new(sled)).map_err(|e| {
+                ServerError(format!("cannot start the backend commit thread: {e}"))
             })?)
         }
         BackendChoice::Memory(b) => Box::new(b),

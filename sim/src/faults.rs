@@ -95,8 +95,16 @@ pub fn plan_all(scenario: &Scenario, seed: u64) -> Vec<Planned> {
 /// running node starts a second incarnation without closing the first one's sockets, so
 /// its peers keep talking to the dead incarnation and the member never rejoins. It also
 /// counts the partitions cutting each link, for the same reason.
+///
+/// Every kill also crashes the member's backend: batches it had not synced survive only
+/// as a random prefix, as with detcd's background backend commit (`storage::pipelined`)
+/// and sled's own unflushed writes. The third field counts kills, seeding those crashes.
 #[derive(Default)]
-pub struct DownCounts(std::sync::Mutex<Vec<usize>>, LinkCuts);
+pub struct DownCounts(
+    std::sync::Mutex<Vec<usize>>,
+    LinkCuts,
+    std::sync::atomic::AtomicU64,
+);
 
 /// How many active partitions cut each one-way link, so that with overlapping faults a
 /// heal restores a link only when no other partition still cuts it.
@@ -134,8 +142,15 @@ impl DownCounts {
         let mut c = self.counts(members.len());
         if c[i] == 0 {
             Handle::current().kill(members[i].node.id());
+            self.crash_backend(members, i);
         }
         c[i] += 1;
+    }
+
+    /// Crashes member `i`'s backend after its node was killed.
+    fn crash_backend(&self, members: &[SimMember], i: usize) {
+        let kills = self.2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        members[i].crash_backend(kills.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64);
     }
 
     /// Restarts member `i` if no other fault still holds it down; the node is killed
@@ -146,6 +161,7 @@ impl DownCounts {
         if c[i] == 0 {
             let handle = Handle::current();
             handle.kill(members[i].node.id());
+            self.crash_backend(members, i);
             handle.restart(members[i].node.id());
         }
     }

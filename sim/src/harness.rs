@@ -82,6 +82,13 @@ impl SimMember {
         self.lock_boot().last_start_error.clone()
     }
 
+    /// Simulates the crash of the member's backend, whose node must be down: batches it
+    /// had not synced survive only as a prefix chosen by `seed` (see
+    /// `MemBackend::crash_keeping_some`).
+    pub fn crash_backend(&self, seed: u64) {
+        self.lock_boot().backend.crash_keeping_some(seed);
+    }
+
     /// The data directory the member runs from now.
     pub fn data_dir(&self) -> PathBuf {
         data_dir_of(&self.name, self.generation())

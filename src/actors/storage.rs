@@ -509,7 +509,7 @@ impl StorageActor {
         });
         let started = std::time::Instant::now();
         self.backend
-            .write(&batch)
+            .write_owned(batch)
             .map_err(|e| StorageFatal(format!("backend: failed to write: {e}")))?;
         self.size_gauge
             .store(self.backend.size_bytes(), Ordering::Relaxed);

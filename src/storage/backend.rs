@@ -144,6 +144,11 @@ pub trait Backend: Send {
     /// Applies `batch` atomically: after a crash either all of it or none of it is visible,
     /// and batches become durable in the order written. Durable only after [`Backend::sync`].
     fn write(&mut self, batch: &WriteBatch) -> io::Result<()>;
+    /// [`Backend::write`] of a batch the caller gives up, which a backend that keeps
+    /// batches (see [`super::pipelined::PipelinedBackend`]) takes without a copy.
+    fn write_owned(&mut self, batch: WriteBatch) -> io::Result<()> {
+        self.write(&batch)
+    }
     /// The value of `key` in `bucket`.
     fn get(&self, bucket: Bucket, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
     /// Every entry of `bucket`, in key order.

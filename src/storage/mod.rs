@@ -6,5 +6,6 @@
 pub mod backend;
 pub mod bbolt;
 pub mod disk;
+pub mod pipelined;
 pub mod snapshot;
 pub mod wal;
