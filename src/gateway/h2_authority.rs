@@ -36,13 +36,16 @@
 //! decode the client's later bytes into different headers; the rewriter then returns
 //! [`RewriteError`] and the connection is closed instead. A header block larger than
 //! [`MAX_HEADER_BLOCK`] also closes the connection, because buffering it would let one client
-//! hold an unbounded amount of memory.
+//! hold an unbounded amount of memory; so does a block that has to be re-encoded and decodes
+//! to more than that, because a few bytes of indexed fields can stand for kilobytes each.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::hpack;
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub const CLIENT_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -74,7 +77,8 @@ const FLAG_PRIORITY: u8 = 0x20;
 /// Why the rewriter refuses to go on; the connection must be closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RewriteError {
-    /// A header block exceeded [`MAX_HEADER_BLOCK`].
+    /// A header block exceeded [`MAX_HEADER_BLOCK`], as received or, when it had to be
+    /// re-encoded, decoded.
     #[error("HTTP/2 header block exceeds {MAX_HEADER_BLOCK} bytes")]
     HeaderBlockTooLarge,
     /// The client sent something malformed after a header block had been rewritten, when
@@ -124,7 +128,10 @@ pub struct AuthorityRewriter {
     /// CONTINUATION frame that ends it.
     block: Option<PendingBlock>,
     /// Tracks the client's HPACK dynamic table.
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: hpack::Decoder,
+    /// The current block re-encoded without the dynamic table, kept between blocks so its
+    /// allocation is reused.
+    encoded: Vec<u8>,
     /// Whether a block has been rewritten, which means h2's HPACK table no longer mirrors
     /// the client's and every later block must be re-encoded too.
     rewriting: bool,
@@ -139,15 +146,14 @@ impl Default for AuthorityRewriter {
 impl AuthorityRewriter {
     /// A rewriter for a fresh connection, expecting the client connection preface first.
     pub fn new() -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        // A size update beyond what the server advertised is a compression error for h2;
-        // refusing it here too keeps this decoder from accepting what h2 would not.
-        decoder.set_max_allowed_table_size(HPACK_TABLE_SIZE);
         AuthorityRewriter {
             state: State::Preface(0),
             frame: Vec::with_capacity(FRAME_HEADER_LEN),
             block: None,
-            decoder,
+            // A size update beyond what the server advertised is a compression error for
+            // h2; the decoder refuses it too, so it never accepts what h2 would not.
+            decoder: hpack::Decoder::new(HPACK_TABLE_SIZE),
+            encoded: Vec::new(),
             rewriting: false,
         }
     }
@@ -338,37 +344,58 @@ impl AuthorityRewriter {
 
     /// Decodes a complete header block and forwards it, rewritten if needed.
     fn on_header_block(&mut self, out: &mut Vec<u8>) -> Result<(), RewriteError> {
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        let result = self.decode_header_block(&mut encoded, out);
+        // The buffer is kept for the next block unless an unusually large block grew it,
+        // so an idle connection does not hold on to that memory.
+        if encoded.capacity() <= MAX_FRAME_PAYLOAD {
+            self.encoded = encoded;
+        }
+        result
+    }
+
+    /// [`Self::on_header_block`] with an empty buffer for the re-encoded block.
+    fn decode_header_block(
+        &mut self,
+        encoded: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RewriteError> {
         let block = self.block.take().expect("a header block is pending");
-        let mut headers = Vec::new();
-        let decoded = self.decoder.decode_with_cb(&block.fragment, |name, value| {
-            headers.push((name.into_owned(), value.into_owned()))
+        // Every block is re-encoded while it is decoded, as the decoder hands out each
+        // field only once and whether the block needs the re-encoding is known only at
+        // its end. Copying a few hundred bytes costs little next to the decoding.
+        let mut needs_fix = false;
+        let mut too_large = false;
+        let decoded = self.decoder.decode(&block.fragment, |name, value| {
+            let fix = name == b":authority" && contains_scheme(value);
+            needs_fix |= fix;
+            let value = if fix { strip_scheme(value) } else { value };
+            // Indexed fields can make a block decode to far more than its own size, so
+            // the re-encoding is bounded like the blocks received.
+            let literal_len = 1 + 2 * MAX_INTEGER_LEN + name.len() + value.len();
+            too_large |= encoded.len() + literal_len > MAX_HEADER_BLOCK;
+            // An authority that is empty once the scheme is removed (`unix:///path`) is
+            // not valid for h2; HTTP/2 allows leaving the pseudo-header out.
+            let omit = fix && value.is_empty();
+            if !too_large && !omit {
+                encode_literal(name, value, encoded);
+            }
         });
         if let Err(e) = decoded {
             self.block = Some(block);
             return self.give_up(out, &format!("undecodable header block: {e}"));
         }
-        let needs_fix = headers
-            .iter()
-            .any(|(name, value)| name == b":authority" && contains_scheme(value));
         if !needs_fix && !self.rewriting {
             out.extend_from_slice(&block.raw);
             return Ok(());
         }
-        self.rewriting = true;
-        let mut encoded = Vec::with_capacity(block.fragment.len() + 64);
-        for (name, value) in &headers {
-            if name == b":authority" && contains_scheme(value) {
-                let fixed = strip_scheme(value);
-                // An authority that is empty once the scheme is removed (`unix:///path`)
-                // is not valid for h2; HTTP/2 allows leaving the pseudo-header out.
-                if !fixed.is_empty() {
-                    encode_literal(name, fixed, &mut encoded);
-                }
-            } else {
-                encode_literal(name, value, &mut encoded);
-            }
+        if too_large {
+            self.state = State::Failed;
+            return Err(RewriteError::HeaderBlockTooLarge);
         }
-        write_header_frames(block.stream_id, block.flags, block.priority, &encoded, out);
+        self.rewriting = true;
+        write_header_frames(block.stream_id, block.flags, block.priority, encoded, out);
         Ok(())
     }
 
@@ -413,6 +440,10 @@ fn strip_scheme(value: &[u8]) -> &[u8] {
         None => after,
     }
 }
+
+/// The most bytes [`encode_integer`] appends for a length below [`MAX_HEADER_BLOCK`]: the
+/// prefix byte and three 7-bit continuation bytes.
+const MAX_INTEGER_LEN: usize = 4;
 
 /// Appends an HPACK integer with an `prefix_bits`-bit prefix (RFC 7541 §5.1).
 fn encode_integer(mut value: usize, prefix_bits: u8, first: u8, out: &mut Vec<u8>) {
@@ -1213,6 +1244,32 @@ mod tests {
             r.feed(&big, &mut Vec::new()),
             Err(RewriteError::HeaderBlockTooLarge)
         );
+    }
+
+    #[test]
+    fn block_decoding_to_too_much_fails_only_when_rewritten() {
+        // A 4000-byte value indexed once and then referred to 300 times by one byte each:
+        // a 4 KiB block that decodes to 1.2 MB.
+        let mut block = vec![0x40, 5];
+        block.extend(b"x-big");
+        encode_integer(4000, 7, 0, &mut block);
+        block.extend(vec![b'v'; 4000]);
+        block.extend([0x80 | 62; 300]);
+        let mut input = connection_start();
+        input.extend(header_frames(1, &block, &Framing::default()));
+        // Nothing to fix: forwarded as is, without the copy that would be re-encoded.
+        assert_eq!(rewrite(&input), input);
+        // With a scheme-carrying authority the block cannot be re-encoded within bounds.
+        block.extend([0x01, 10]);
+        block.extend(b"http://h:1");
+        let mut input = connection_start();
+        input.extend(header_frames(1, &block, &Framing::default()));
+        let mut r = AuthorityRewriter::new();
+        assert_eq!(
+            r.feed(&input, &mut Vec::new()),
+            Err(RewriteError::HeaderBlockTooLarge)
+        );
+        assert!(r.feed(b"more", &mut Vec::new()).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod concurrency;
 pub mod election;
 pub mod h2_authority;
 pub mod health;
+pub mod hpack;
 pub mod http;
 pub mod json;
 pub mod kv;
