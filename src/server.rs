@@ -40,8 +40,8 @@ use crate::raft::{ids, log, membership};
 use crate::rt;
 use crate::rt::watch;
 use crate::storage::backend::{Backend, MemBackend, SledBackend};
-use crate::storage::pipelined::PipelinedBackend;
 use crate::storage::disk::Disk;
+use crate::storage::pipelined::PipelinedBackend;
 
 /// gRPC framing allowance on top of `--max-request-bytes`, as etcd adds it to the
 /// server's receive limit so that the request-size check, not the transport, answers.
@@ -213,9 +213,11 @@ pub async fn run(
             })?;
             // Commits leave the answer path: see `storage::pipelined` for why no
             // acknowledged write can be lost.
-            Box::new(PipelinedBackend::new(Box::new(sled)).map_err(|e| {
-                ServerError(format!("cannot start the backend commit thread: {e}"))
-            })?)
+            Box::new(
+                PipelinedBackend::new(Box::new(sled)).map_err(|e| {
+                    ServerError(format!("cannot start the backend commit thread: {e}"))
+                })?,
+            )
         }
         BackendChoice::Memory(b) => Box::new(b),
     };
