@@ -296,7 +296,26 @@ impl Handle {
     /// Proposes a request through raft and waits for its applied result.
     /// Counted in the proposal metrics as etcd counts them: pending while it waits,
     /// failed when it does not apply successfully.
+    ///
+    /// A write that applied while the backend was full (etcd's apply-time quota check,
+    /// which the gateway's [`Handle::check_quota`] can miss because the backend's size
+    /// trails the queued commits) raises this member's NOSPACE alarm before it is
+    /// answered, as etcd's `applyEntryNormal` does.
     pub async fn propose(&self, request: InternalRequest) -> Result<Response, EtcdError> {
+        let raises_alarm = request.alarm.is_none();
+        let result = self.propose_once(request).await;
+        if raises_alarm && matches!(result, Err(EtcdError::NoSpace)) {
+            if let Err(e) = self
+                .propose_once(nospace_alarm(self.member.member_id))
+                .await
+            {
+                tracing::warn!(error = %e, "failed to raise the NOSPACE alarm");
+            }
+        }
+        result
+    }
+
+    async fn propose_once(&self, request: InternalRequest) -> Result<Response, EtcdError> {
         let (tx, rx) = oneshot::channel();
         let metrics = &self.metrics;
         metrics.proposals_pending.fetch_add(1, Ordering::Relaxed);
@@ -337,15 +356,7 @@ impl Handle {
         if self.quota.available(size_bytes, cost_bytes) {
             return Ok(());
         }
-        let alarm = InternalRequest {
-            alarm: Some(AlarmRequest {
-                action: AlarmAction::Activate as i32,
-                member_id: self.member.member_id,
-                alarm: AlarmType::Nospace as i32,
-            }),
-            ..Default::default()
-        };
-        if let Err(e) = self.propose(alarm).await {
+        if let Err(e) = self.propose(nospace_alarm(self.member.member_id)).await {
             tracing::warn!(error = %e, "failed to raise the NOSPACE alarm");
         }
         Err(EtcdError::NoSpace)
@@ -434,4 +445,16 @@ pub fn reply<T>(r: Result<T, EtcdError>) -> Result<tonic::Response<T>, tonic::St
 /// The error for an etcd method detcd does not serve yet.
 pub fn unimplemented(method: &str) -> tonic::Status {
     EtcdError::Unimplemented(format!("detcd: {method} is not implemented yet")).to_status()
+}
+
+/// The request that raises member `member_id`'s NOSPACE alarm.
+fn nospace_alarm(member_id: u64) -> InternalRequest {
+    InternalRequest {
+        alarm: Some(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id,
+            alarm: AlarmType::Nospace as i32,
+        }),
+        ..Default::default()
+    }
 }
