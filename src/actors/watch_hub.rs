@@ -20,7 +20,9 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 
 use crate::core::watch::{Output, Room, StreamId, WatchConfig, WatchHub};
-use crate::msg::{QueuedBytes, RaftStatus, StorageMsg, WatchMsg, WatchStreamSender};
+use crate::msg::{
+    QueuedBytes, RaftStatus, StorageMsg, WatchMsg, WatchQueueState, WatchStreamSender,
+};
 use crate::rt;
 use crate::rt::watch;
 
@@ -103,9 +105,14 @@ impl WatchHubActor {
                 if crate::planted::active(crate::planted::Bug::WatchReorder) {
                     events.reverse();
                 }
-                self.hub.on_events(revision, &events, &mut room(streams))
+                self.hub.on_events(revision, events, &mut room(streams))
             }
             WatchMsg::History(answer) => self.hub.on_history(answer, &mut room(streams)),
+            WatchMsg::Compacted { revision } => {
+                self.hub.on_compacted(revision);
+                Vec::new()
+            }
+            WatchMsg::Drained { .. } => self.hub.on_room(&mut room(streams)),
             WatchMsg::Restored { revision } => self.hub.on_restore(revision, &mut room(streams)),
             WatchMsg::OpenStream {
                 stream,
@@ -133,7 +140,23 @@ impl WatchHubActor {
         self.execute(out);
     }
 
+    /// Carries out the hub's outputs. A stream told to wait for room whose queue has
+    /// already drained (its reader took everything before the flag was up, so it will
+    /// not report) gets one more turn at once rather than at the next tick.
     fn execute(&mut self, out: Vec<Output>) {
+        if self.execute_once(out) {
+            let out = {
+                let streams = &self.streams;
+                self.hub.on_room(&mut room(streams))
+            };
+            // At most one more turn: the flags stay up, the readers report.
+            self.execute_once(out);
+        }
+    }
+
+    /// Carries out the hub's outputs; true if a stream that waits for room already has it.
+    fn execute_once(&mut self, out: Vec<Output>) -> bool {
+        let mut drained = false;
         for o in out {
             match o {
                 Output::Send {
@@ -154,10 +177,10 @@ impl WatchHubActor {
                     // when gRPC takes it, possibly before `try_send` even returns, and
                     // the count must never dip below zero (it would wrap and look full).
                     let size = response.encoded_len();
-                    queued_bytes.fetch_add(size, Ordering::Relaxed);
+                    queued_bytes.bytes.fetch_add(size, Ordering::Relaxed);
                     let sent = tx.try_send(Ok(response));
                     if sent.is_err() {
-                        queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                        queued_bytes.bytes.fetch_sub(size, Ordering::Relaxed);
                     }
                     match sent {
                         Ok(()) => {}
@@ -189,6 +212,19 @@ impl WatchHubActor {
                         self.hub.on_fetch_failed(id);
                     }
                 }
+                Output::WaitForRoom { stream } => {
+                    let Some((tx, queue)) = self.streams.get(&stream) else {
+                        continue;
+                    };
+                    queue.waiting.store(true, Ordering::Release);
+                    let len = tx.max_capacity() - tx.capacity();
+                    let bytes = queue.bytes.load(Ordering::Relaxed);
+                    if WatchQueueState::drained(len, tx.max_capacity(), bytes, STREAM_QUEUE_BYTES)
+                        && queue.waiting.swap(false, Ordering::AcqRel)
+                    {
+                        drained = true;
+                    }
+                }
                 Output::Close { stream, error } => {
                     if let Some((tx, _)) = self.streams.remove(&stream) {
                         let _ = tx.try_send(Err(error.to_status()));
@@ -196,6 +232,7 @@ impl WatchHubActor {
                 }
             }
         }
+        drained
     }
 }
 
@@ -206,7 +243,7 @@ fn room(
     move |s| match streams.get(&s) {
         None => Room::count(0),
         Some((tx, queued)) => {
-            let queued = queued.load(Ordering::Relaxed);
+            let queued = queued.bytes.load(Ordering::Relaxed);
             Room {
                 responses: tx.capacity(),
                 bytes: STREAM_QUEUE_BYTES.saturating_sub(queued),

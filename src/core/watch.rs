@@ -90,6 +90,12 @@ pub struct WatchConfig {
     pub max_history_bytes: usize,
     /// The most history reads outstanding at once.
     pub max_fetches_in_flight: usize,
+    /// The most events of recent revisions the hub keeps in memory, so that watchers
+    /// that fell behind (their stream's queue was full) catch up from them instead of
+    /// each reading the store's history.
+    pub max_recent_events: usize,
+    /// The most bytes (of encoded events) of recent revisions kept likewise.
+    pub max_recent_bytes: usize,
 }
 
 impl Default for WatchConfig {
@@ -103,6 +109,10 @@ impl Default for WatchConfig {
             // response never holds much more than a stream's byte budget.
             max_history_bytes: 4 * 1024 * 1024,
             max_fetches_in_flight: 64,
+            // Enough for several seconds of a busy store's writes, small beside the
+            // streams' own queues (4 MiB each).
+            max_recent_events: 100_000,
+            max_recent_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -151,6 +161,12 @@ pub enum Output {
     /// Read history and answer with [`WatchHub::on_history`] (or
     /// [`WatchHub::on_fetch_failed`] if the read could not even be asked for).
     Fetch(HistoryFetch),
+    /// Something for `stream` waits for room in its queue: call [`WatchHub::on_room`]
+    /// once the queue has drained (the periodic [`WatchHub::tick`] retries anyway).
+    WaitForRoom {
+        /// The stream.
+        stream: StreamId,
+    },
     /// End the stream with this error; its watchers are gone.
     Close {
         /// The stream.
@@ -227,6 +243,16 @@ struct Stream {
     progress_deferred: bool,
 }
 
+/// The events of one recent revision, kept for watchers that fell behind.
+#[derive(Debug)]
+struct RecentRevision {
+    revision: i64,
+    /// In apply order, `prev_kv` filled.
+    events: Vec<Event>,
+    /// The encoded size of each event, for the byte limit of a catch-up response.
+    sizes: Vec<usize>,
+}
+
 /// The watch hub (see the module docs).
 #[derive(Debug)]
 pub struct WatchHub {
@@ -249,6 +275,19 @@ pub struct WatchHub {
     next_fetch_id: u64,
     /// When the next progress notification round is due.
     next_progress_ms: Option<u64>,
+    /// The events of the latest revisions, oldest first: every event of every revision
+    /// from `recent_from` through `current_revision` (revisions without events have no
+    /// entry). Bounded by `max_recent_events` and `max_recent_bytes`.
+    recent: VecDeque<RecentRevision>,
+    recent_from: i64,
+    recent_events: usize,
+    recent_bytes: usize,
+    /// The store's compact revision as last reported ([`WatchHub::on_compacted`]): a
+    /// watcher behind it must learn it was compacted, which only the store's history
+    /// read reports, so it never catches up from `recent`.
+    compact_revision: i64,
+    /// Streams told to report room during the current call.
+    waiting: BTreeSet<StreamId>,
     /// Responses and bytes handed to each stream during the current call (room
     /// accounting).
     used: BTreeMap<StreamId, (usize, usize)>,
@@ -277,6 +316,12 @@ impl WatchHub {
             fetches: BTreeMap::new(),
             next_fetch_id: 0,
             next_progress_ms: None,
+            recent: VecDeque::new(),
+            recent_from: current_revision + 1,
+            recent_events: 0,
+            recent_bytes: 0,
+            compact_revision: 0,
+            waiting: BTreeSet::new(),
             used: BTreeMap::new(),
             out: Vec::new(),
         }
@@ -417,7 +462,7 @@ impl WatchHub {
             self.make_synced(serial);
         } else {
             self.unsynced.insert(serial);
-            self.sync_unsynced(room);
+            self.sync_unsynced(room, true);
         }
     }
 
@@ -467,7 +512,7 @@ impl WatchHub {
     pub fn on_events(
         &mut self,
         revision: i64,
-        events: &[Event],
+        events: Vec<Event>,
         room: &mut dyn FnMut(StreamId) -> Room,
     ) -> Vec<Output> {
         self.begin();
@@ -483,6 +528,24 @@ impl WatchHub {
             i = j;
         }
         self.current_revision = self.current_revision.max(revision);
+        self.remember(events);
+        // Watchers behind (some just now) catch up from the recent revisions if their
+        // streams have room; reads of the store's history wait for the tick.
+        self.sync_unsynced(room, false);
+        self.finish()
+    }
+
+    /// The store compacted its history up to `revision` (etcd's compact revision).
+    pub fn on_compacted(&mut self, revision: i64) {
+        self.compact_revision = self.compact_revision.max(revision);
+    }
+
+    /// Some stream that was told to wait ([`Output::WaitForRoom`]) has room again:
+    /// flushes waiting control responses and lets watchers catch up.
+    pub fn on_room(&mut self, room: &mut dyn FnMut(StreamId) -> Room) -> Vec<Output> {
+        self.begin();
+        self.flush_all_control(room);
+        self.sync_unsynced(room, true);
         self.finish()
     }
 
@@ -509,7 +572,13 @@ impl WatchHub {
             self.make_unsynced(serial, next);
         }
         self.current_revision = self.current_revision.max(revision);
-        self.sync_unsynced(room);
+        // The revisions the snapshot skipped never reached `recent`: from now on it
+        // covers only what follows.
+        self.recent.clear();
+        self.recent_events = 0;
+        self.recent_bytes = 0;
+        self.recent_from = self.current_revision + 1;
+        self.sync_unsynced(room, true);
         self.finish()
     }
 
@@ -524,7 +593,7 @@ impl WatchHub {
         if let Some(serial) = self.fetches.remove(&answer.fetch_id) {
             self.apply_history(serial, answer, room);
         }
-        self.sync_unsynced(room);
+        self.sync_unsynced(room, true);
         self.finish()
     }
 
@@ -555,7 +624,7 @@ impl WatchHub {
                 w.blocked = false;
             }
         }
-        self.sync_unsynced(room);
+        self.sync_unsynced(room, true);
         let streams: Vec<StreamId> = self
             .streams
             .iter()
@@ -570,12 +639,32 @@ impl WatchHub {
 
     fn begin(&mut self) {
         self.used.clear();
+        self.waiting.clear();
         self.out.clear();
     }
 
     fn finish(&mut self) -> Vec<Output> {
         self.used.clear();
+        self.waiting.clear();
         std::mem::take(&mut self.out)
+    }
+
+    /// Asks the actor, once per call and stream, to report when `stream` has room.
+    fn wait_for_room(&mut self, stream: StreamId) {
+        if self.waiting.insert(stream) {
+            self.out.push(Output::WaitForRoom { stream });
+        }
+    }
+
+    /// Whether `stream` accepts an event response now: nothing waits before it and its
+    /// queue has room.
+    fn has_room(&self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> Room) -> bool {
+        let control_empty = self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| s.control.is_empty());
+        let free = self.free(stream, room);
+        control_empty && free.responses > 0 && (free.bytes > 0 || free.empty)
     }
 
     /// What `stream` still accepts in this call.
@@ -626,6 +715,9 @@ impl WatchHub {
             };
             // Control responses are small: only the count bounds them.
             if free.responses == 0 {
+                if !s.control.is_empty() {
+                    self.wait_for_room(stream);
+                }
                 return;
             }
             let Some(resp) = s.control.pop_front() else {
@@ -723,8 +815,10 @@ impl WatchHub {
                     w.sent_since_progress = true;
                 }
             } else {
-                // No room: catch up from history from this revision on.
+                // No room: catch up from this revision on, from the recent revisions or
+                // the store's history, once the stream has room.
                 self.make_unsynced(serial, rev);
+                self.wait_for_room(stream);
             }
         }
     }
@@ -830,27 +924,37 @@ impl WatchHub {
         }
     }
 
-    /// Asks for history for unsynced watchers whose stream has room, within the limit of
-    /// reads in flight.
-    fn sync_unsynced(&mut self, room: &mut dyn FnMut(StreamId) -> Room) {
+    /// Lets unsynced watchers whose stream has room catch up: from the recent revisions
+    /// when they hold everything the watcher misses, else (if `fetch`) by asking for the
+    /// store's history, within the limit of reads in flight.
+    fn sync_unsynced(&mut self, room: &mut dyn FnMut(StreamId) -> Room, fetch: bool) {
+        if self.unsynced.is_empty() {
+            return;
+        }
         let candidates: Vec<u64> = self.unsynced.iter().copied().collect();
+        // Streams found full in this pass: their other watchers are not looked at.
+        let mut full: BTreeSet<StreamId> = BTreeSet::new();
         for serial in candidates {
-            if self.fetches.len() >= self.config.max_fetches_in_flight {
-                return;
-            }
             let Some(w) = self.watchers.get(&serial) else {
                 continue;
             };
-            if w.fetch.is_some() || w.blocked {
+            let stream = w.stream;
+            if w.fetch.is_some() || full.contains(&stream) {
                 continue;
             }
-            let stream = w.stream;
-            let control_empty = self
-                .streams
-                .get(&stream)
-                .is_some_and(|s| s.control.is_empty());
-            let free = self.free(stream, room);
-            if !control_empty || free.responses == 0 || (free.bytes == 0 && !free.empty) {
+            if !self.has_room(stream, room) {
+                full.insert(stream);
+                self.wait_for_room(stream);
+                continue;
+            }
+            if self.in_recent(w.next_revision) {
+                if !self.catch_up_from_recent(serial, room) {
+                    full.insert(stream);
+                    self.wait_for_room(stream);
+                }
+                continue;
+            }
+            if !fetch || w.blocked || self.fetches.len() >= self.config.max_fetches_in_flight {
                 continue;
             }
             let (key, range_end) = w.range.to_etcd();
@@ -870,6 +974,128 @@ impl WatchHub {
                 max_bytes: self.config.max_history_bytes,
             }));
         }
+    }
+
+    /// Whether `recent` holds every event from `revision` on, and `revision` is above
+    /// the compact revision (so the store's history would answer with events too).
+    fn in_recent(&self, revision: i64) -> bool {
+        revision >= self.recent_from && revision > self.compact_revision
+    }
+
+    /// Keeps the events of a batch just delivered in `recent`, dropping the oldest
+    /// revisions beyond the limits.
+    fn remember(&mut self, events: Vec<Event>) {
+        for ev in events {
+            let rev = event_revision(&ev);
+            let size = ev.encoded_len();
+            match self.recent.back_mut() {
+                Some(r) if r.revision == rev => {
+                    r.events.push(ev);
+                    r.sizes.push(size);
+                }
+                _ => self.recent.push_back(RecentRevision {
+                    revision: rev,
+                    events: vec![ev],
+                    sizes: vec![size],
+                }),
+            }
+            self.recent_events += 1;
+            self.recent_bytes = self.recent_bytes.saturating_add(size);
+        }
+        while self.recent_events > self.config.max_recent_events
+            || self.recent_bytes > self.config.max_recent_bytes
+        {
+            let Some(r) = self.recent.pop_front() else {
+                break;
+            };
+            self.recent_events -= r.events.len();
+            self.recent_bytes = self.recent_bytes.saturating_sub(r.sizes.iter().sum());
+            self.recent_from = r.revision + 1;
+        }
+        if self.recent.is_empty() {
+            self.recent_from = self.recent_from.max(self.current_revision + 1);
+        }
+    }
+
+    /// Sends an unsynced watcher what it misses from `recent`, in responses cut as the
+    /// store's history cuts them ([`crate::core::mvcc::Mvcc::history`]), as long as its
+    /// stream has room; it becomes synced once it has everything. Returns false if it
+    /// stopped for lack of room.
+    fn catch_up_from_recent(
+        &mut self,
+        serial: u64,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) -> bool {
+        loop {
+            let Some(w) = self.watchers.get(&serial) else {
+                return true;
+            };
+            let (stream, from) = (w.stream, w.next_revision);
+            let (events, through) = self.recent_for(w, from);
+            let sent = !events.is_empty();
+            if sent {
+                // As with history, the header carries the current revision.
+                let responses = self.event_responses(w, self.current_revision, events);
+                if !self.try_emit_all(stream, responses, room) {
+                    return false;
+                }
+            }
+            let current = self.current_revision;
+            let Some(w) = self.watchers.get_mut(&serial) else {
+                return true;
+            };
+            w.next_revision = through.max(from - 1) + 1;
+            w.sent_since_progress |= sent;
+            if w.next_revision > current {
+                self.make_synced(serial);
+                self.answer_deferred_progress(stream, room);
+                return true;
+            }
+        }
+    }
+
+    /// The events of `recent` from revision `from` on that `w` gets (filtered), and the
+    /// revision through which they are complete: what the store's history read would
+    /// answer, cut at the same revision by `max_history_events` and `max_history_bytes`.
+    fn recent_for(&self, w: &Watcher, from: i64) -> (Vec<Event>, i64) {
+        let start = self.recent.partition_point(|r| r.revision < from);
+        let (max_events, max_bytes) = (
+            self.config.max_history_events,
+            self.config.max_history_bytes,
+        );
+        let mut out = Vec::new();
+        let (mut count, mut bytes) = (0usize, 0usize);
+        let mut first = true;
+        for r in self.recent.range(start..) {
+            let (mut c, mut b) = (count, bytes);
+            for (ev, size) in r.events.iter().zip(&r.sizes) {
+                if ev.kv.as_ref().is_some_and(|kv| w.range.contains(&kv.key)) {
+                    c += 1;
+                    b = b.saturating_add(*size);
+                }
+            }
+            if c == count {
+                // Nothing of the watcher's range in this revision.
+                continue;
+            }
+            // An event beyond the limits cuts before its revision, except that the first
+            // revision is always whole (and then ends the answer).
+            let over = c > max_events || b > max_bytes;
+            if over && !first {
+                return (out, r.revision - 1);
+            }
+            out.extend(
+                r.events
+                    .iter()
+                    .filter(|ev| ev.kv.as_ref().is_some_and(|kv| w.range.contains(&kv.key)))
+                    .filter_map(|ev| filter_event(w, ev)),
+            );
+            if over {
+                return (out, r.revision);
+            }
+            (count, bytes, first) = (c, b, false);
+        }
+        (out, self.current_revision)
     }
 
     fn apply_history(

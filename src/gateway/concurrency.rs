@@ -10,11 +10,10 @@
 //! are linearizable and checked with the applied auth store, and watches are registered
 //! with this member's watch hub.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
 
@@ -313,7 +312,7 @@ impl Caller {
             .await?;
         let stream = self.watch.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(super::watch::STREAM_QUEUE_BOUND);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued_bytes = Arc::new(crate::msg::WatchQueueState::default());
         let hub = self.watch.watch_tx.clone();
         hub.send(WatchMsg::OpenStream {
             stream,
@@ -384,7 +383,7 @@ impl Caller {
 pub struct Watcher {
     stream: u64,
     rx: mpsc::Receiver<Result<WatchResponse, tonic::Status>>,
-    queued_bytes: Arc<AtomicUsize>,
+    queued_bytes: Arc<crate::msg::WatchQueueState>,
     hub: mpsc::Sender<WatchMsg>,
 }
 
@@ -398,8 +397,13 @@ impl Watcher {
                 Some(Err(status)) => return Err(EtcdError::Unknown(status.message().into())),
                 None => return Err(EtcdError::Unknown("lost watcher waiting for delete".into())),
             };
-            self.queued_bytes
-                .fetch_sub(resp.encoded_len(), Ordering::Relaxed);
+            super::watch::took(
+                &self.queued_bytes,
+                &self.hub,
+                self.stream,
+                &resp,
+                self.rx.len(),
+            );
             if resp.canceled {
                 return Err(if resp.compact_revision != 0 {
                     as_client_error(EtcdError::Compacted)

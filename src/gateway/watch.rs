@@ -6,10 +6,10 @@
 //! messages and notices when the client goes away.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -18,7 +18,7 @@ use crate::actors::storage::SharedAuth;
 use crate::core::auth::Access;
 use crate::core::jwt::TokenProvider;
 use crate::error::EtcdError;
-use crate::msg::WatchMsg;
+use crate::msg::{WatchMsg, WatchQueueState};
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{WatchRequest, WatchResponse};
@@ -110,6 +110,24 @@ fn watch_cancel_reason(e: &EtcdError) -> String {
     format!("rpc error: code = {code} desc = {}", e.message())
 }
 
+/// Accounts for a response the reader took from stream `stream`'s queue, leaving `len`
+/// there, and tells the hub if it waits for this queue to drain. The hub's inbox is
+/// bounded and the reader never waits on it: if it is full, the next response taken
+/// tries again (and the hub's tick retries anyway).
+pub fn took(
+    queue: &WatchQueueState,
+    hub: &mpsc::Sender<WatchMsg>,
+    stream: u64,
+    resp: &WatchResponse,
+    len: usize,
+) {
+    if queue.taken(resp.encoded_len(), len, STREAM_QUEUE_BOUND)
+        && hub.try_send(WatchMsg::Drained { stream }).is_err()
+    {
+        queue.rearm();
+    }
+}
+
 /// What one client request becomes for the hub (`None`: etcd ignores it).
 fn to_hub(stream: u64, req: WatchRequest) -> Option<WatchMsg> {
     match req.request_union? {
@@ -151,7 +169,7 @@ impl Watch for WatchService {
         let mut inbound = req.into_inner();
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_BOUND);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued_bytes = Arc::new(WatchQueueState::default());
         self.watch_tx
             .send(WatchMsg::OpenStream {
                 stream,
@@ -189,7 +207,9 @@ impl Watch for WatchService {
                                         cancel_reason: watch_cancel_reason(&e),
                                         ..Default::default()
                                     };
-                                    denied_bytes.fetch_add(resp.encoded_len(), Ordering::Relaxed);
+                                    denied_bytes
+                                        .bytes
+                                        .fetch_add(resp.encoded_len(), Ordering::Relaxed);
                                     if tx.send(Ok(resp)).await.is_err() {
                                         break;
                                     }
@@ -215,12 +235,16 @@ impl Watch for WatchService {
             }
             let _ = hub.send(WatchMsg::CloseStream { stream }).await;
         });
-        // Whatever gRPC takes leaves the queue's byte count, so the hub sees the room.
-        let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
-            if let Ok(r) = &item {
-                queued_bytes.fetch_sub(r.encoded_len(), Ordering::Relaxed);
+        // Whatever gRPC takes leaves the queue's byte count, so the hub sees the room, and
+        // the hub hears when a queue it waits on has drained.
+        let drain_hub = self.watch_tx.clone();
+        let mut rx = rx;
+        let out = futures::stream::poll_fn(move |cx| {
+            let item = std::task::ready!(rx.poll_recv(cx));
+            if let Some(Ok(r)) = &item {
+                took(&queued_bytes, &drain_hub, stream, r, rx.len());
             }
-            item
+            std::task::Poll::Ready(item)
         });
         Ok(Response::new(Box::pin(out)))
     }
