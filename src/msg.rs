@@ -11,10 +11,10 @@ use crate::core::apply::Response;
 use crate::core::watch::{HistoryAnswer, HistoryFetch, StreamId};
 use crate::error::EtcdError;
 use crate::pb::detcdpb::InternalRequest;
+use crate::pb::etcdserverpb::WatchCreateRequest;
 use crate::pb::etcdserverpb::{
     HashKvResponse, HashResponse, LeaseLeasesResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
-use crate::pb::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use crate::pb::mvccpb::Event;
 
 /// The cluster's membership as the storage actor has applied it: the members by id and
@@ -284,7 +284,7 @@ pub struct StorageStatus {
 
 /// Where the watch hub puts one stream's responses: a bounded queue the gateway drains
 /// into the gRPC stream.
-pub type WatchStreamSender = mpsc::Sender<Result<WatchResponse, tonic::Status>>;
+pub type WatchStreamSender = mpsc::Sender<Result<crate::core::watch::WatchFrame, tonic::Status>>;
 
 /// What the watch hub and the reader of one stream's queue share.
 pub type QueuedBytes = std::sync::Arc<WatchQueueState>;

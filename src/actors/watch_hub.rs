@@ -15,8 +15,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use prost::Message as _;
-
 use tokio::sync::mpsc;
 
 use crate::core::watch::{Output, Room, StreamId, WatchConfig, WatchHub};
@@ -40,8 +38,6 @@ pub struct WatchHubActor {
     storage_tx: mpsc::Sender<StorageMsg>,
     streams: BTreeMap<StreamId, (WatchStreamSender, QueuedBytes)>,
     raft_status: watch::Receiver<RaftStatus>,
-    member_id: u64,
-    cluster_id: u64,
     started: rt::Instant,
 }
 
@@ -57,14 +53,14 @@ impl WatchHubActor {
         member_id: u64,
         cluster_id: u64,
     ) -> WatchHubActor {
+        let mut hub = WatchHub::new(config, current_revision);
+        hub.set_identity(cluster_id, member_id);
         WatchHubActor {
-            hub: WatchHub::new(config, current_revision),
+            hub,
             inbox,
             storage_tx,
             streams: BTreeMap::new(),
             raft_status,
-            member_id,
-            cluster_id,
             started: rt::now(),
         }
     }
@@ -81,6 +77,7 @@ impl WatchHubActor {
                 _ = rt::sleep(wait) => {
                     next_tick = rt::now() + TICK_INTERVAL;
                     let now_ms = self.started.elapsed().as_millis() as u64;
+                    self.hub.set_raft_term(self.raft_status.borrow().term);
                     let out = {
                         let streams = &self.streams;
                         self.hub.tick(now_ms, &mut room(streams))
@@ -96,6 +93,8 @@ impl WatchHubActor {
     }
 
     fn handle(&mut self, msg: WatchMsg) {
+        // Response headers carry the term of when they are made, as etcd's do.
+        self.hub.set_raft_term(self.raft_status.borrow().term);
         let streams = &self.streams;
         let out = match msg {
             WatchMsg::Applied {
@@ -159,26 +158,17 @@ impl WatchHubActor {
         let mut drained = false;
         for o in out {
             match o {
-                Output::Send {
-                    stream,
-                    mut response,
-                } => {
+                Output::Send { stream, frame } => {
                     let Some((tx, queued_bytes)) = self.streams.get(&stream) else {
                         continue;
                     };
-                    if let Some(h) = response.header.as_mut() {
-                        let status = self.raft_status.borrow();
-                        h.cluster_id = self.cluster_id;
-                        h.member_id = self.member_id;
-                        h.raft_term = status.term;
-                    }
-                    // The size of the response as sent (the header is complete now), and
-                    // counted before it is queued: the gateway subtracts exactly this
-                    // when gRPC takes it, possibly before `try_send` even returns, and
-                    // the count must never dip below zero (it would wrap and look full).
-                    let size = response.encoded_len();
+                    // The size of the response as sent, counted before it is queued: the
+                    // gateway subtracts exactly this when gRPC takes it, possibly before
+                    // `try_send` even returns, and the count must never dip below zero
+                    // (it would wrap and look full).
+                    let size = frame.len();
                     queued_bytes.bytes.fetch_add(size, Ordering::Relaxed);
-                    let sent = tx.try_send(Ok(response));
+                    let sent = tx.try_send(Ok(frame));
                     if sent.is_err() {
                         queued_bytes.bytes.fetch_sub(size, Ordering::Relaxed);
                     }

@@ -31,6 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 
 use crate::core::mvcc::History;
@@ -150,13 +151,13 @@ pub struct HistoryAnswer {
 /// What the hub asks its actor to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Put `response` on the stream's outbound queue (there is room: the hub asked). The
-    /// header carries only the revision; the actor fills in the member's ids and term.
+    /// Put `frame` on the stream's outbound queue (there is room: the hub asked). Its
+    /// header is complete (see [`WatchHub::set_identity`]).
     Send {
         /// The stream.
         stream: StreamId,
-        /// The response.
-        response: WatchResponse,
+        /// The encoded response.
+        frame: WatchFrame,
     },
     /// Read history and answer with [`WatchHub::on_history`] (or
     /// [`WatchHub::on_fetch_failed`] if the read could not even be asked for).
@@ -177,7 +178,7 @@ pub enum Output {
 }
 
 /// The key interval of a watcher, with etcd's conventions decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Range {
     /// One key.
     Single(Vec<u8>),
@@ -243,14 +244,77 @@ struct Stream {
     progress_deferred: bool,
 }
 
+/// One applied event, encoded once for all the watchers it goes to.
+#[derive(Debug)]
+struct EncodedEvent {
+    revision: i64,
+    key: Vec<u8>,
+    is_put: bool,
+    /// As an `events` field of a response, with `prev_kv`.
+    with_prev: Bytes,
+    /// Likewise without `prev_kv` (the same buffer if the event has none).
+    without_prev: Bytes,
+    /// The encoded size of the event with `prev_kv`, as the store's history counts it
+    /// against `max_history_bytes`.
+    size: usize,
+}
+
+impl EncodedEvent {
+    fn new(mut ev: Event) -> EncodedEvent {
+        let with_prev = encode_event(&ev);
+        let size = ev.encoded_len();
+        let without_prev = if ev.prev_kv.take().is_some() {
+            encode_event(&ev)
+        } else {
+            with_prev.clone()
+        };
+        EncodedEvent {
+            revision: event_revision(&ev),
+            key: ev.kv.map(|kv| kv.key).unwrap_or_default(),
+            is_put: ev.r#type == EventType::Put as i32,
+            with_prev,
+            without_prev,
+            size,
+        }
+    }
+
+    /// The encoded event as `w` gets it.
+    fn body(&self, prev_kv: bool) -> &Bytes {
+        if prev_kv {
+            &self.with_prev
+        } else {
+            &self.without_prev
+        }
+    }
+
+    /// The memory it holds, against `max_recent_bytes`.
+    fn held_bytes(&self) -> usize {
+        let both = if self.with_prev == self.without_prev {
+            0
+        } else {
+            self.without_prev.len()
+        };
+        self.key.len() + self.with_prev.len() + both
+    }
+}
+
 /// The events of one recent revision, kept for watchers that fell behind.
 #[derive(Debug)]
 struct RecentRevision {
     revision: i64,
-    /// In apply order, `prev_kv` filled.
-    events: Vec<Event>,
-    /// The encoded size of each event, for the byte limit of a catch-up response.
-    sizes: Vec<usize>,
+    /// In apply order.
+    events: Vec<EncodedEvent>,
+}
+
+/// What determines a catch-up answer from the recent revisions: watchers that agree on
+/// it get the same encoded events.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CatchUpKey {
+    from: i64,
+    range: Range,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
 }
 
 /// The watch hub (see the module docs).
@@ -288,6 +352,14 @@ pub struct WatchHub {
     compact_revision: i64,
     /// Streams told to report room during the current call.
     waiting: BTreeSet<StreamId>,
+    /// The member's part of every response header (the revision is each response's).
+    identity: ResponseHeader,
+    /// The last header encoded, by revision.
+    header_cache: Option<(i64, Bytes)>,
+    /// Catch-up answers from `recent` computed during the current call (`recent` and the
+    /// current revision do not change while they are in use): the encoded events and
+    /// the revision through which they are complete.
+    catch_up_cache: BTreeMap<CatchUpKey, (Bytes, i64)>,
     /// Responses and bytes handed to each stream during the current call (room
     /// accounting).
     used: BTreeMap<StreamId, (usize, usize)>,
@@ -322,8 +394,27 @@ impl WatchHub {
             recent_bytes: 0,
             compact_revision: 0,
             waiting: BTreeSet::new(),
+            identity: ResponseHeader::default(),
+            header_cache: None,
+            catch_up_cache: BTreeMap::new(),
             used: BTreeMap::new(),
             out: Vec::new(),
+        }
+    }
+
+    /// Sets the cluster and member ids every response header carries.
+    pub fn set_identity(&mut self, cluster_id: u64, member_id: u64) {
+        self.identity.cluster_id = cluster_id;
+        self.identity.member_id = member_id;
+        self.header_cache = None;
+    }
+
+    /// Sets the raft term response headers carry from now on (the actor calls this before
+    /// each call with the member's current term).
+    pub fn set_raft_term(&mut self, raft_term: u64) {
+        if self.identity.raft_term != raft_term {
+            self.identity.raft_term = raft_term;
+            self.header_cache = None;
         }
     }
 
@@ -517,11 +608,14 @@ impl WatchHub {
     ) -> Vec<Output> {
         self.begin();
         self.flush_all_control(room);
+        // Each event is encoded once (with and without its previous value), whatever the
+        // number of watchers; the encoding is also what `recent` keeps.
+        let events: Vec<EncodedEvent> = events.into_iter().map(EncodedEvent::new).collect();
         let mut i = 0;
         while i < events.len() {
-            let rev = event_revision(&events[i]);
+            let rev = events[i].revision;
             let mut j = i + 1;
-            while j < events.len() && event_revision(&events[j]) == rev {
+            while j < events.len() && events[j].revision == rev {
                 j += 1;
             }
             self.deliver_revision(rev, &events[i..j], room);
@@ -640,13 +734,30 @@ impl WatchHub {
     fn begin(&mut self) {
         self.used.clear();
         self.waiting.clear();
+        self.catch_up_cache.clear();
         self.out.clear();
     }
 
     fn finish(&mut self) -> Vec<Output> {
         self.used.clear();
         self.waiting.clear();
+        self.catch_up_cache.clear();
         std::mem::take(&mut self.out)
+    }
+
+    /// The encoded header of responses at `revision`, shared by all of them.
+    fn header_bytes(&mut self, revision: i64) -> Bytes {
+        if let Some((r, b)) = &self.header_cache {
+            if *r == revision {
+                return b.clone();
+            }
+        }
+        let b = encode_header(&ResponseHeader {
+            revision,
+            ..self.identity
+        });
+        self.header_cache = Some((revision, b.clone()));
+        b
     }
 
     /// Asks the actor, once per call and stream, to report when `stream` has room.
@@ -678,11 +789,23 @@ impl WatchHub {
         }
     }
 
-    fn emit(&mut self, stream: StreamId, response: WatchResponse) {
+    fn emit(&mut self, stream: StreamId, frame: WatchFrame) {
         let used = self.used.entry(stream).or_default();
         used.0 += 1;
-        used.1 = used.1.saturating_add(response.encoded_len());
-        self.out.push(Output::Send { stream, response });
+        used.1 = used.1.saturating_add(frame.len());
+        self.out.push(Output::Send { stream, frame });
+    }
+
+    /// The frame of a control or progress response, its header completed with the
+    /// member's ids and term.
+    fn frame_of(&self, mut resp: WatchResponse) -> WatchFrame {
+        if let Some(h) = resp.header.as_mut() {
+            *h = ResponseHeader {
+                revision: h.revision,
+                ..self.identity
+            };
+        }
+        WatchFrame::from_response(&resp)
     }
 
     fn push_control(
@@ -723,7 +846,8 @@ impl WatchHub {
             let Some(resp) = s.control.pop_front() else {
                 return;
             };
-            self.emit(stream, resp);
+            let frame = self.frame_of(resp);
+            self.emit(stream, frame);
         }
     }
 
@@ -745,7 +869,7 @@ impl WatchHub {
     fn try_emit_all(
         &mut self,
         stream: StreamId,
-        responses: Vec<WatchResponse>,
+        responses: Vec<WatchFrame>,
         room: &mut dyn FnMut(StreamId) -> Room,
     ) -> bool {
         let control_empty = self
@@ -753,7 +877,7 @@ impl WatchHub {
             .get(&stream)
             .is_some_and(|s| s.control.is_empty());
         let free = self.free(stream, room);
-        let bytes: usize = responses.iter().map(|r| r.encoded_len()).sum();
+        let bytes: usize = responses.iter().map(WatchFrame::len).sum();
         if !control_empty || free.responses < responses.len() || (bytes > free.bytes && !free.empty)
         {
             return false;
@@ -764,23 +888,24 @@ impl WatchHub {
         true
     }
 
-    /// Delivers the events of one revision to the synced watchers they concern.
+    /// Delivers the events of one revision to the synced watchers they concern. Watchers
+    /// that get the same events share one encoding of them.
     fn deliver_revision(
         &mut self,
         rev: i64,
-        events: &[Event],
+        events: &[EncodedEvent],
         room: &mut dyn FnMut(StreamId) -> Room,
     ) {
-        let mut matched: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
-        for ev in events {
-            let Some(key) = ev.kv.as_ref().map(|kv| kv.key.as_slice()) else {
-                continue;
-            };
-            let singles = self.synced_keys.get(key).into_iter().flatten();
-            let ranges = self
-                .synced_ranges
-                .iter()
-                .filter(|s| self.watchers.get(s).is_some_and(|w| w.range.contains(key)));
+        // (watcher, index of an event it gets or `None` for one its filters drop), in
+        // watcher order and, for each watcher, in event order.
+        let mut hits: Vec<(u64, Option<u32>)> = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            let singles = self.synced_keys.get(&ev.key).into_iter().flatten();
+            let ranges = self.synced_ranges.iter().filter(|s| {
+                self.watchers
+                    .get(s)
+                    .is_some_and(|w| w.range.contains(&ev.key))
+            });
             for serial in singles.chain(ranges) {
                 let Some(w) = self.watchers.get(serial) else {
                     continue;
@@ -789,26 +914,49 @@ impl WatchHub {
                     // A watcher that starts in the future.
                     continue;
                 }
-                if let Some(e) = filter_event(w, ev) {
-                    matched.entry(*serial).or_default().push(e);
-                } else {
-                    matched.entry(*serial).or_default();
-                }
+                hits.push((*serial, passes(w, ev.is_put).then_some(i as u32)));
             }
         }
-        for (serial, evs) in matched {
+        // Stable: each watcher's events stay in order.
+        hits.sort_by_key(|(serial, _)| *serial);
+        let header = self.header_bytes(rev);
+        // The encodings of the event sets several watchers get, by set and prev_kv.
+        let mut bodies: BTreeMap<(Vec<u32>, bool), Bytes> = BTreeMap::new();
+        let mut at = 0;
+        while at < hits.len() {
+            let serial = hits[at].0;
+            let mut end = at + 1;
+            while end < hits.len() && hits[end].0 == serial {
+                end += 1;
+            }
+            let picked: Vec<u32> = hits[at..end].iter().filter_map(|(_, i)| *i).collect();
+            at = end;
             let Some(w) = self.watchers.get(&serial) else {
                 continue;
             };
-            if evs.is_empty() {
+            if picked.is_empty() {
                 // Everything was filtered out: etcd sends nothing.
                 if let Some(w) = self.watchers.get_mut(&serial) {
                     w.next_revision = rev + 1;
                 }
                 continue;
             }
+            let body = if let [one] = picked.as_slice() {
+                events[*one as usize].body(w.prev_kv).clone()
+            } else {
+                bodies
+                    .entry((picked, w.prev_kv))
+                    .or_insert_with_key(|(picked, prev_kv)| {
+                        let mut buf = BytesMut::new();
+                        for i in picked {
+                            buf.put_slice(events[*i as usize].body(*prev_kv));
+                        }
+                        buf.freeze()
+                    })
+                    .clone()
+            };
             let stream = w.stream;
-            let responses = self.event_responses(w, rev, evs);
+            let responses = self.event_frames(w, header.clone(), body);
             if self.try_emit_all(stream, responses, room) {
                 if let Some(w) = self.watchers.get_mut(&serial) {
                     w.next_revision = rev + 1;
@@ -823,46 +971,39 @@ impl WatchHub {
         }
     }
 
-    /// The response(s) carrying `events` to `w`: one, or several fragments if the
-    /// watcher asked for fragmentation and the response is too large (etcd's
-    /// `sendFragments`).
-    fn event_responses(
-        &self,
-        w: &Watcher,
-        revision: i64,
-        events: Vec<Event>,
-    ) -> Vec<WatchResponse> {
-        let whole = WatchResponse {
-            header: header(revision),
-            watch_id: w.id,
-            events,
-            ..WatchResponse::default()
-        };
+    /// The response(s) carrying the encoded events `body` to `w`, under `header`: one,
+    /// or several fragments if the watcher asked for fragmentation and the response is
+    /// too large (etcd's `sendFragments`).
+    fn event_frames(&self, w: &Watcher, header: Bytes, body: Bytes) -> Vec<WatchFrame> {
+        let whole = WatchFrame::with_events(header.clone(), w.id, false, body.clone());
         let limit = self.config.max_request_bytes;
-        if !w.fragment || whole.encoded_len() < limit || whole.events.len() < 2 {
+        if !w.fragment || whole.len() < limit {
             return vec![whole];
         }
+        let parts = split_events(&body);
+        if parts.len() < 2 {
+            return vec![whole];
+        }
+        // Each fragment takes events while it stays below the limit, but at least one.
+        let base = WatchFrame::with_events(header.clone(), w.id, true, Bytes::new()).len();
         let mut out = Vec::new();
-        let mut rest = whole.events.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut cur = WatchResponse {
-                header: header(revision),
-                watch_id: w.id,
-                fragment: true,
-                ..WatchResponse::default()
-            };
-            while let Some(ev) = rest.peek() {
-                cur.events.push(ev.clone());
-                if cur.events.len() > 1 && cur.encoded_len() >= limit {
-                    cur.events.pop();
-                    break;
-                }
-                rest.next();
+        let (mut i, mut offset) = (0, 0);
+        while i < parts.len() {
+            let start = offset;
+            let mut size = base + parts[i].len();
+            offset += parts[i].len();
+            i += 1;
+            while i < parts.len() && size + parts[i].len() < limit {
+                size += parts[i].len();
+                offset += parts[i].len();
+                i += 1;
             }
-            if rest.peek().is_none() {
-                cur.fragment = false;
-            }
-            out.push(cur);
+            out.push(WatchFrame::with_events(
+                header.clone(),
+                w.id,
+                i < parts.len(),
+                body.slice(start..offset),
+            ));
         }
         out
     }
@@ -984,23 +1125,17 @@ impl WatchHub {
 
     /// Keeps the events of a batch just delivered in `recent`, dropping the oldest
     /// revisions beyond the limits.
-    fn remember(&mut self, events: Vec<Event>) {
+    fn remember(&mut self, events: Vec<EncodedEvent>) {
         for ev in events {
-            let rev = event_revision(&ev);
-            let size = ev.encoded_len();
+            self.recent_events += 1;
+            self.recent_bytes = self.recent_bytes.saturating_add(ev.held_bytes());
             match self.recent.back_mut() {
-                Some(r) if r.revision == rev => {
-                    r.events.push(ev);
-                    r.sizes.push(size);
-                }
+                Some(r) if r.revision == ev.revision => r.events.push(ev),
                 _ => self.recent.push_back(RecentRevision {
-                    revision: rev,
+                    revision: ev.revision,
                     events: vec![ev],
-                    sizes: vec![size],
                 }),
             }
-            self.recent_events += 1;
-            self.recent_bytes = self.recent_bytes.saturating_add(size);
         }
         while self.recent_events > self.config.max_recent_events
             || self.recent_bytes > self.config.max_recent_bytes
@@ -1009,7 +1144,8 @@ impl WatchHub {
                 break;
             };
             self.recent_events -= r.events.len();
-            self.recent_bytes = self.recent_bytes.saturating_sub(r.sizes.iter().sum());
+            let held: usize = r.events.iter().map(EncodedEvent::held_bytes).sum();
+            self.recent_bytes = self.recent_bytes.saturating_sub(held);
             self.recent_from = r.revision + 1;
         }
         if self.recent.is_empty() {
@@ -1031,11 +1167,13 @@ impl WatchHub {
                 return true;
             };
             let (stream, from) = (w.stream, w.next_revision);
-            let (events, through) = self.recent_for(w, from);
-            let sent = !events.is_empty();
+            let (body, through) = self.recent_for(serial, from);
+            let sent = !body.is_empty();
             if sent {
                 // As with history, the header carries the current revision.
-                let responses = self.event_responses(w, self.current_revision, events);
+                let header = self.header_bytes(self.current_revision);
+                let w = &self.watchers[&serial];
+                let responses = self.event_frames(w, header, body);
                 if !self.try_emit_all(stream, responses, room) {
                     return false;
                 }
@@ -1054,25 +1192,37 @@ impl WatchHub {
         }
     }
 
-    /// The events of `recent` from revision `from` on that `w` gets (filtered), and the
-    /// revision through which they are complete: what the store's history read would
-    /// answer, cut at the same revision by `max_history_events` and `max_history_bytes`.
-    fn recent_for(&self, w: &Watcher, from: i64) -> (Vec<Event>, i64) {
+    /// The encoded events of `recent` from revision `from` on that watcher `serial` gets
+    /// (filtered), and the revision through which they are complete: what the store's
+    /// history read would answer, cut at the same revision by `max_history_events` and
+    /// `max_history_bytes`. Watchers asking the same get the same buffer.
+    fn recent_for(&mut self, serial: u64, from: i64) -> (Bytes, i64) {
+        let w = &self.watchers[&serial];
+        let key = CatchUpKey {
+            from,
+            range: w.range.clone(),
+            no_put: w.no_put,
+            no_delete: w.no_delete,
+            prev_kv: w.prev_kv,
+        };
+        if let Some(hit) = self.catch_up_cache.get(&key) {
+            return hit.clone();
+        }
         let start = self.recent.partition_point(|r| r.revision < from);
         let (max_events, max_bytes) = (
             self.config.max_history_events,
             self.config.max_history_bytes,
         );
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
+        let mut through = self.current_revision;
         let (mut count, mut bytes) = (0usize, 0usize);
         let mut first = true;
         for r in self.recent.range(start..) {
+            let in_range = |ev: &&EncodedEvent| w.range.contains(&ev.key);
             let (mut c, mut b) = (count, bytes);
-            for (ev, size) in r.events.iter().zip(&r.sizes) {
-                if ev.kv.as_ref().is_some_and(|kv| w.range.contains(&kv.key)) {
-                    c += 1;
-                    b = b.saturating_add(*size);
-                }
+            for ev in r.events.iter().filter(in_range) {
+                c += 1;
+                b = b.saturating_add(ev.size);
             }
             if c == count {
                 // Nothing of the watcher's range in this revision.
@@ -1082,20 +1232,23 @@ impl WatchHub {
             // revision is always whole (and then ends the answer).
             let over = c > max_events || b > max_bytes;
             if over && !first {
-                return (out, r.revision - 1);
+                through = r.revision - 1;
+                break;
             }
-            out.extend(
-                r.events
-                    .iter()
-                    .filter(|ev| ev.kv.as_ref().is_some_and(|kv| w.range.contains(&kv.key)))
-                    .filter_map(|ev| filter_event(w, ev)),
-            );
+            for ev in r.events.iter().filter(in_range) {
+                if passes(w, ev.is_put) {
+                    out.put_slice(ev.body(w.prev_kv));
+                }
+            }
             if over {
-                return (out, r.revision);
+                through = r.revision;
+                break;
             }
             (count, bytes, first) = (c, b, false);
         }
-        (out, self.current_revision)
+        let answer = (out.freeze(), through);
+        self.catch_up_cache.insert(key, answer.clone());
+        answer
     }
 
     fn apply_history(
@@ -1137,24 +1290,27 @@ impl WatchHub {
             Err(_) => return,
         };
         let w = &self.watchers[&serial];
-        let events: Vec<Event> = history
-            .events
-            .iter()
-            .filter(|e| event_revision(e) >= from)
-            .filter_map(|e| filter_event(w, e))
-            .collect();
+        let mut body = BytesMut::new();
+        for e in history.events.iter().filter(|e| event_revision(e) >= from) {
+            if let Some(e) = filter_event(w, e) {
+                body.put_slice(&encode_event(&e));
+            }
+        }
         let through = history.through_revision.max(from - 1);
-        let sent = !events.is_empty();
+        let sent = !body.is_empty();
         if sent {
             // As etcd, a catch-up response carries the current revision in its header,
             // so headers on a stream never go back. Only responses without events
             // (progress) are bookmarks, and those are sent to synced watchers only.
-            let responses = self.event_responses(w, self.current_revision, events);
+            let header = self.header_bytes(self.current_revision);
+            let w = &self.watchers[&serial];
+            let responses = self.event_frames(w, header, body.freeze());
             if !self.try_emit_all(stream, responses, room) {
-                // No room now: a later tick reads again.
+                // No room now: a later tick (or the stream draining) reads again.
                 if let Some(w) = self.watchers.get_mut(&serial) {
                     w.blocked = true;
                 }
+                self.wait_for_room(stream);
                 return;
             }
         }
@@ -1220,7 +1376,8 @@ impl WatchHub {
                     ..WatchResponse::default()
                 };
                 // Skipped when there is no room: the next round tries again.
-                self.try_emit_all(stream, vec![resp], room);
+                let frame = self.frame_of(resp);
+                self.try_emit_all(stream, vec![frame], room);
             }
             if let Some(w) = self.watchers.get_mut(&serial) {
                 w.sent_since_progress = false;
@@ -1234,10 +1391,14 @@ fn event_revision(e: &Event) -> i64 {
     e.kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }
 
+/// Whether `w`'s filters let an event of this type through.
+fn passes(w: &Watcher, is_put: bool) -> bool {
+    !((is_put && w.no_put) || (!is_put && w.no_delete))
+}
+
 /// The event as `w` sees it: `None` if a filter drops it; `prev_kv` only if asked for.
 fn filter_event(w: &Watcher, e: &Event) -> Option<Event> {
-    let is_put = e.r#type == EventType::Put as i32;
-    if (is_put && w.no_put) || (!is_put && w.no_delete) {
+    if !passes(w, e.r#type == EventType::Put as i32) {
         return None;
     }
     // The previous value is copied only for the watchers that asked for it: with many
@@ -1249,5 +1410,8 @@ fn filter_event(w: &Watcher, e: &Event) -> Option<Event> {
     })
 }
 
+mod frame;
 #[cfg(test)]
 mod tests;
+
+pub use frame::{encode_event, encode_header, split_events, WatchFrame};

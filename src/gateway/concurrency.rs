@@ -382,7 +382,7 @@ impl Caller {
 /// watcher is dropped.
 pub struct Watcher {
     stream: u64,
-    rx: mpsc::Receiver<Result<WatchResponse, tonic::Status>>,
+    rx: mpsc::Receiver<Result<crate::core::watch::WatchFrame, tonic::Status>>,
     queued_bytes: Arc<crate::msg::WatchQueueState>,
     hub: mpsc::Sender<WatchMsg>,
 }
@@ -392,8 +392,8 @@ impl Watcher {
     /// compacted, or the member is going away) is an error, as clientv3 reports it.
     pub async fn next(&mut self) -> Result<WatchResponse, EtcdError> {
         loop {
-            let resp = match self.rx.recv().await {
-                Some(Ok(r)) => r,
+            let frame = match self.rx.recv().await {
+                Some(Ok(f)) => f,
                 Some(Err(status)) => return Err(EtcdError::Unknown(status.message().into())),
                 None => return Err(EtcdError::Unknown("lost watcher waiting for delete".into())),
             };
@@ -401,9 +401,10 @@ impl Watcher {
                 &self.queued_bytes,
                 &self.hub,
                 self.stream,
-                &resp,
+                &frame,
                 self.rx.len(),
             );
+            let resp = frame.decode();
             if resp.canceled {
                 return Err(if resp.compact_revision != 0 {
                     as_client_error(EtcdError::Compacted)

@@ -72,7 +72,9 @@ impl Rig {
         let out = f(&mut self.hub, &mut room);
         for o in out {
             match o {
-                Output::Send { stream, response } => {
+                Output::Send { stream, frame } => {
+                    let response = frame.decode();
+                    assert_eq!(frame.len(), response.encoded_len());
                     let (cap, q) = self.queues.get_mut(&stream).expect("known stream");
                     assert!(q.len() < *cap, "the hub sent without room");
                     let queued: usize = q.iter().map(|r| r.encoded_len()).sum();
