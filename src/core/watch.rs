@@ -30,6 +30,7 @@
 //! Time is an argument (`now_ms`), so the hub is deterministic.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
@@ -306,6 +307,15 @@ struct RecentRevision {
     events: Vec<EncodedEvent>,
 }
 
+/// One response's worth of a batch for a watcher: whole revisions, and the encoded
+/// events that pass the watcher's filters (`None` if none does: nothing is sent).
+#[derive(Debug)]
+struct Chunk {
+    first_revision: i64,
+    last_revision: i64,
+    body: Option<Bytes>,
+}
+
 /// What determines a catch-up answer from the recent revisions: watchers that agree on
 /// it get the same encoded events.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -315,6 +325,55 @@ struct CatchUpKey {
     no_put: bool,
     no_delete: bool,
     prev_kv: bool,
+}
+
+/// Where a response's events are cut, revision by revision, exactly as the store cuts a
+/// history read ([`crate::core::mvcc::Mvcc::history`]): once the events of the
+/// watcher's range exceed `max_history_events` or `max_history_bytes`, before the
+/// revision that crossed the limit, except that the first revision is always whole.
+struct Cut {
+    max_events: usize,
+    max_bytes: usize,
+    events: usize,
+    bytes: usize,
+    first: bool,
+}
+
+/// What [`Cut::add`] decides about a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutStep {
+    /// It belongs to the response; more may follow.
+    Keep,
+    /// It belongs to the response, which ends with it (the first revision, over the
+    /// limits on its own).
+    KeepAndStop,
+    /// The response ends before it.
+    Stop,
+}
+
+impl Cut {
+    fn new(config: &WatchConfig) -> Cut {
+        Cut {
+            max_events: config.max_history_events,
+            max_bytes: config.max_history_bytes,
+            events: 0,
+            bytes: 0,
+            first: true,
+        }
+    }
+
+    /// Adds a revision with `events` events of the range, of `bytes` encoded bytes.
+    fn add(&mut self, events: usize, bytes: usize) -> CutStep {
+        let (e, b) = (self.events + events, self.bytes.saturating_add(bytes));
+        let over = e > self.max_events || b > self.max_bytes;
+        let first = std::mem::replace(&mut self.first, false);
+        (self.events, self.bytes) = (e, b);
+        match (over, first) {
+            (false, _) => CutStep::Keep,
+            (true, true) => CutStep::KeepAndStop,
+            (true, false) => CutStep::Stop,
+        }
+    }
 }
 
 /// The watch hub (see the module docs).
@@ -611,17 +670,8 @@ impl WatchHub {
         // Each event is encoded once (with and without its previous value), whatever the
         // number of watchers; the encoding is also what `recent` keeps.
         let events: Vec<EncodedEvent> = events.into_iter().map(EncodedEvent::new).collect();
-        let mut i = 0;
-        while i < events.len() {
-            let rev = events[i].revision;
-            let mut j = i + 1;
-            while j < events.len() && events[j].revision == rev {
-                j += 1;
-            }
-            self.deliver_revision(rev, &events[i..j], room);
-            i = j;
-        }
         self.current_revision = self.current_revision.max(revision);
+        self.deliver_batch(&events, room);
         self.remember(events);
         // Watchers behind (some just now) catch up from the recent revisions if their
         // streams have room; reads of the store's history wait for the tick.
@@ -888,85 +938,155 @@ impl WatchHub {
         true
     }
 
-    /// Delivers the events of one revision to the synced watchers they concern. Watchers
-    /// that get the same events share one encoding of them.
-    fn deliver_revision(
-        &mut self,
-        rev: i64,
-        events: &[EncodedEvent],
-        room: &mut dyn FnMut(StreamId) -> Room,
-    ) {
-        // (watcher, index of an event it gets or `None` for one its filters drop), in
-        // watcher order and, for each watcher, in event order.
-        let mut hits: Vec<(u64, Option<u32>)> = Vec::new();
+    /// Delivers the events of one applied batch to the synced watchers they concern.
+    /// Each watcher gets the revisions of the batch together, in one response (cut as a
+    /// catch-up from history is cut, at revision boundaries), with the batch's revision
+    /// in its header, as etcd answers a watcher that catches up: with many writes
+    /// applied at once, a response per revision and watcher made the hub, gRPC and the
+    /// client do per-response work that the events did not need. A batch of one
+    /// revision (any write when writes do not overlap) is delivered as etcd delivers it
+    /// live. Watchers that get the same events share one plan of responses, and so one
+    /// encoding of them.
+    fn deliver_batch(&mut self, events: &[EncodedEvent], room: &mut dyn FnMut(StreamId) -> Room) {
+        let header = self.header_bytes(self.current_revision);
+        // Single-key watchers: those of one key differ only in filters and prev_kv (and
+        // a start inside the batch, which is rare).
+        let mut by_key: BTreeMap<&[u8], Vec<u32>> = BTreeMap::new();
         for (i, ev) in events.iter().enumerate() {
-            let singles = self.synced_keys.get(&ev.key).into_iter().flatten();
-            let ranges = self.synced_ranges.iter().filter(|s| {
-                self.watchers
-                    .get(s)
-                    .is_some_and(|w| w.range.contains(&ev.key))
-            });
-            for serial in singles.chain(ranges) {
-                let Some(w) = self.watchers.get(serial) else {
+            by_key.entry(ev.key.as_slice()).or_default().push(i as u32);
+        }
+        for (key, idxs) in &by_key {
+            let Some(set) = self.synced_keys.get(*key) else {
+                continue;
+            };
+            let serials: Vec<u64> = set.iter().copied().collect();
+            let first_rev = events[idxs[0] as usize].revision;
+            let mut plans: BTreeMap<(bool, bool, bool), Rc<Vec<Chunk>>> = BTreeMap::new();
+            for serial in serials {
+                let Some(w) = self.watchers.get(&serial) else {
                     continue;
                 };
-                if w.next_revision > rev {
-                    // A watcher that starts in the future.
-                    continue;
-                }
-                hits.push((*serial, passes(w, ev.is_put).then_some(i as u32)));
+                let plan = if w.next_revision <= first_rev {
+                    plans
+                        .entry((w.no_put, w.no_delete, w.prev_kv))
+                        .or_insert_with(|| self.plan(events, idxs, w))
+                        .clone()
+                } else {
+                    // It starts in the future, maybe inside the batch.
+                    let late: Vec<u32> = idxs
+                        .iter()
+                        .copied()
+                        .filter(|i| events[*i as usize].revision >= w.next_revision)
+                        .collect();
+                    if late.is_empty() {
+                        continue;
+                    }
+                    self.plan(events, &late, w)
+                };
+                self.deliver_plan(serial, &plan, &header, room);
             }
         }
-        // Stable: each watcher's events stay in order.
-        hits.sort_by_key(|(serial, _)| *serial);
-        let header = self.header_bytes(rev);
-        // The encodings of the event sets several watchers get, by set and prev_kv.
-        let mut bodies: BTreeMap<(Vec<u32>, bool), Bytes> = BTreeMap::new();
-        let mut at = 0;
-        while at < hits.len() {
-            let serial = hits[at].0;
-            let mut end = at + 1;
-            while end < hits.len() && hits[end].0 == serial {
-                end += 1;
-            }
-            let picked: Vec<u32> = hits[at..end].iter().filter_map(|(_, i)| *i).collect();
-            at = end;
+        // Range watchers: each its own events; those with the same share the plan.
+        let ranges: Vec<u64> = self.synced_ranges.iter().copied().collect();
+        let mut plans: BTreeMap<(Vec<u32>, bool, bool, bool), Rc<Vec<Chunk>>> = BTreeMap::new();
+        for serial in ranges {
             let Some(w) = self.watchers.get(&serial) else {
                 continue;
             };
-            if picked.is_empty() {
-                // Everything was filtered out: etcd sends nothing.
-                if let Some(w) = self.watchers.get_mut(&serial) {
-                    w.next_revision = rev + 1;
-                }
+            let idxs: Vec<u32> = (0..events.len() as u32)
+                .filter(|i| {
+                    let ev = &events[*i as usize];
+                    ev.revision >= w.next_revision && w.range.contains(&ev.key)
+                })
+                .collect();
+            if idxs.is_empty() {
                 continue;
             }
-            let body = if let [one] = picked.as_slice() {
-                events[*one as usize].body(w.prev_kv).clone()
-            } else {
-                bodies
-                    .entry((picked, w.prev_kv))
-                    .or_insert_with_key(|(picked, prev_kv)| {
-                        let mut buf = BytesMut::new();
-                        for i in picked {
-                            buf.put_slice(events[*i as usize].body(*prev_kv));
-                        }
-                        buf.freeze()
-                    })
-                    .clone()
+            let plan = plans
+                .entry((idxs, w.no_put, w.no_delete, w.prev_kv))
+                .or_insert_with_key(|(idxs, ..)| self.plan(events, idxs, w))
+                .clone();
+            self.deliver_plan(serial, &plan, &header, room);
+        }
+    }
+
+    /// How the events `idxs` (of `w`'s range, in order) go to `w`: in chunks of whole
+    /// revisions within the limits of a response, each with the encoded events that
+    /// pass its filters.
+    fn plan(&self, events: &[EncodedEvent], idxs: &[u32], w: &Watcher) -> Rc<Vec<Chunk>> {
+        let ev = |i: u32| &events[i as usize];
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < idxs.len() {
+            let mut cut = Cut::new(&self.config);
+            let mut end = start;
+            while end < idxs.len() {
+                let rev = ev(idxs[end]).revision;
+                let (mut rev_end, mut size) = (end, 0usize);
+                while rev_end < idxs.len() && ev(idxs[rev_end]).revision == rev {
+                    size = size.saturating_add(ev(idxs[rev_end]).size);
+                    rev_end += 1;
+                }
+                match cut.add(rev_end - end, size) {
+                    CutStep::Keep => end = rev_end,
+                    CutStep::KeepAndStop => {
+                        end = rev_end;
+                        break;
+                    }
+                    CutStep::Stop => break,
+                }
+            }
+            let part = &idxs[start..end];
+            start = end;
+            let mut picked = part.iter().map(|i| ev(*i)).filter(|e| passes(w, e.is_put));
+            let body = match (picked.next(), picked.next()) {
+                (None, _) => None,
+                (Some(one), None) => Some(one.body(w.prev_kv).clone()),
+                (Some(a), Some(b)) => {
+                    let mut buf = BytesMut::new();
+                    for e in [a, b].into_iter().chain(picked) {
+                        buf.put_slice(e.body(w.prev_kv));
+                    }
+                    Some(buf.freeze())
+                }
+            };
+            chunks.push(Chunk {
+                first_revision: ev(part[0]).revision,
+                last_revision: ev(part[part.len() - 1]).revision,
+                body,
+            });
+        }
+        Rc::new(chunks)
+    }
+
+    /// Sends watcher `serial` its chunks while its stream has room; if one does not fit,
+    /// the watcher is unsynced from that chunk's first revision on and catches up later.
+    fn deliver_plan(
+        &mut self,
+        serial: u64,
+        plan: &[Chunk],
+        header: &Bytes,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) {
+        for chunk in plan {
+            let Some(w) = self.watchers.get(&serial) else {
+                return;
             };
             let stream = w.stream;
-            let responses = self.event_frames(w, header.clone(), body);
-            if self.try_emit_all(stream, responses, room) {
-                if let Some(w) = self.watchers.get_mut(&serial) {
-                    w.next_revision = rev + 1;
-                    w.sent_since_progress = true;
+            if let Some(body) = &chunk.body {
+                let responses = self.event_frames(w, header.clone(), body.clone());
+                if !self.try_emit_all(stream, responses, room) {
+                    // No room: catch up from this revision on, from the recent revisions
+                    // or the store's history, once the stream has room.
+                    self.make_unsynced(serial, chunk.first_revision);
+                    self.wait_for_room(stream);
+                    return;
                 }
-            } else {
-                // No room: catch up from this revision on, from the recent revisions or
-                // the store's history, once the stream has room.
-                self.make_unsynced(serial, rev);
-                self.wait_for_room(stream);
+            }
+            // Everything filtered out: etcd sends nothing, but the watcher is past it.
+            if let Some(w) = self.watchers.get_mut(&serial) {
+                w.next_revision = chunk.last_revision + 1;
+                w.sent_since_progress |= chunk.body.is_some();
             }
         }
     }
@@ -1209,29 +1329,22 @@ impl WatchHub {
             return hit.clone();
         }
         let start = self.recent.partition_point(|r| r.revision < from);
-        let (max_events, max_bytes) = (
-            self.config.max_history_events,
-            self.config.max_history_bytes,
-        );
         let mut out = BytesMut::new();
         let mut through = self.current_revision;
-        let (mut count, mut bytes) = (0usize, 0usize);
-        let mut first = true;
+        let mut cut = Cut::new(&self.config);
         for r in self.recent.range(start..) {
             let in_range = |ev: &&EncodedEvent| w.range.contains(&ev.key);
-            let (mut c, mut b) = (count, bytes);
+            let (mut n, mut size) = (0usize, 0usize);
             for ev in r.events.iter().filter(in_range) {
-                c += 1;
-                b = b.saturating_add(ev.size);
+                n += 1;
+                size = size.saturating_add(ev.size);
             }
-            if c == count {
+            if n == 0 {
                 // Nothing of the watcher's range in this revision.
                 continue;
             }
-            // An event beyond the limits cuts before its revision, except that the first
-            // revision is always whole (and then ends the answer).
-            let over = c > max_events || b > max_bytes;
-            if over && !first {
+            let step = cut.add(n, size);
+            if step == CutStep::Stop {
                 through = r.revision - 1;
                 break;
             }
@@ -1240,11 +1353,10 @@ impl WatchHub {
                     out.put_slice(ev.body(w.prev_kv));
                 }
             }
-            if over {
+            if step == CutStep::KeepAndStop {
                 through = r.revision;
                 break;
             }
-            (count, bytes, first) = (c, b, false);
         }
         let answer = (out.freeze(), through);
         self.catch_up_cache.insert(key, answer.clone());

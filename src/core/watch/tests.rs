@@ -196,6 +196,23 @@ impl Rig {
         }
     }
 
+    /// The hub handles the batches at the front of its inbox as one, as the storage side
+    /// sends them when it applies several writes at once.
+    fn hub_batch(&mut self) {
+        let mut revision = 0;
+        let mut events = Vec::new();
+        while let Some(HubInput::Events(rev, evs)) = self.hub_inbox.front() {
+            revision = *rev;
+            events.extend(evs.iter().cloned());
+            self.hub_inbox.pop_front();
+        }
+        if events.is_empty() {
+            self.hub_step();
+        } else {
+            self.run(|h, room| h.on_events(revision, events, room));
+        }
+    }
+
     /// The hub handles the oldest message from the storage side.
     fn hub_step(&mut self) {
         match self.hub_inbox.pop_front() {
@@ -659,6 +676,101 @@ fn a_watcher_created_in_the_past_catches_up_from_memory_at_once() {
 }
 
 #[test]
+fn a_batch_of_revisions_goes_out_in_one_response_per_watcher() {
+    let mut r = Rig::new(WatchConfig {
+        max_history_events: 3,
+        ..WatchConfig::default()
+    });
+    r.open(1, 16);
+    r.create(1, watch("k", b"", 0));
+    r.create(
+        1,
+        WatchCreateRequest {
+            filters: vec![FilterType::Noput as i32],
+            ..watch("k", b"", 0)
+        },
+    );
+    r.create(1, watch("", &[0], 0));
+    r.read(1, 3);
+    for w in [
+        put("k", "1"),
+        put("j", "1"),
+        Write::Delete("k".into(), vec![]),
+        put("k", "2"),
+        put("k", "3"),
+    ] {
+        r.write(&w);
+    }
+    r.hub_batch();
+    let got = r.read(1, 16);
+    // Whole revisions, at most 3 events of the range a response (cut as history is), the
+    // batch's revision in every header; the NOPUT watcher gets only the delete.
+    let shape: Vec<(i64, Vec<i64>, i64)> = got
+        .iter()
+        .map(|r| {
+            let revs = r.events.iter().map(event_revision).collect();
+            (r.watch_id, revs, r.header.unwrap().revision)
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (0, vec![2, 4, 5], 6),
+            (0, vec![6], 6),
+            (1, vec![4], 6),
+            (2, vec![2, 3, 4], 6),
+            (2, vec![5, 6], 6),
+        ]
+    );
+    assert_eq!(r.hub.unsynced_count(), 0);
+}
+
+#[test]
+fn a_batch_that_does_not_fit_is_caught_up_whole() {
+    let mut r = Rig::new(WatchConfig {
+        max_history_events: 2,
+        ..WatchConfig::default()
+    });
+    r.open(1, 1);
+    r.create(1, watch("k", b"", 0));
+    r.read(1, 1);
+    for i in 0..5 {
+        r.write(&put("k", &i.to_string()));
+    }
+    r.hub_batch();
+    // Room for the first chunk only; the rest follows as the stream is read.
+    let mut revs = Vec::new();
+    for _ in 0..5 {
+        revs.extend(revisions_of(&r.read(1, 1)));
+    }
+    assert_eq!(revs, vec![vec![2, 3], vec![4, 5], vec![6]]);
+    assert!(r.fetches.is_empty());
+    assert_eq!(r.hub.unsynced_count(), 0);
+}
+
+#[test]
+fn headers_carry_the_member_and_its_term() {
+    let mut r = Rig::new(WatchConfig::default());
+    r.hub.set_identity(7, 9);
+    r.hub.set_raft_term(3);
+    r.open(1, 16);
+    r.create(1, watch("k", b"", 0));
+    r.write(&put("k", "1"));
+    r.hub_step();
+    r.hub.set_raft_term(4);
+    r.write(&put("k", "2"));
+    r.hub_step();
+    let headers: Vec<ResponseHeader> = r.read(1, 16).iter().map(|r| r.header.unwrap()).collect();
+    let h = |revision, raft_term| ResponseHeader {
+        cluster_id: 7,
+        member_id: 9,
+        revision,
+        raft_term,
+    };
+    assert_eq!(headers, vec![h(1, 3), h(2, 3), h(3, 4)]);
+}
+
+#[test]
 fn fragments_split_large_revisions() {
     let mut r = Rig::new(WatchConfig {
         max_request_bytes: 100,
@@ -765,6 +877,7 @@ enum Step {
     Read(StreamId, usize),
     AnswerFetch,
     HubTurn,
+    HubBatch,
     Tick,
 }
 
@@ -796,6 +909,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0u64..3, 0usize..4).prop_map(|(s, n)| Step::Read(s, n)),
         3 => Just(Step::AnswerFetch),
         6 => Just(Step::HubTurn),
+        2 => Just(Step::HubBatch),
         1 => Just(Step::Tick),
     ]
 }
@@ -878,6 +992,7 @@ proptest! {
                 }
                 Step::AnswerFetch => r.answer_fetch(),
                 Step::HubTurn => r.hub_step(),
+                Step::HubBatch => r.hub_batch(),
                 Step::Tick => { now += 100; r.tick(now); }
             }
         }
