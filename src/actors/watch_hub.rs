@@ -3,7 +3,9 @@
 //! Its one inbox carries, from the storage actor, each applied batch's events and the
 //! answers to history reads, in the order the storage actor produced them (what makes
 //! catch-up gapless, see [`WatchMsg`]), and from the gateway, stream registrations and
-//! client requests. A timer drives catch-up retries and progress notifications.
+//! client requests. A timer drives catch-up retries and progress notifications; a
+//! stream's reader reports ([`WatchMsg::Drained`]) when a queue the hub waits on has
+//! drained, so that watchers behind catch up without waiting for the timer.
 //!
 //! The actor never waits on anything but its inbox and its timer: responses go to each
 //! stream's bounded queue only when the hub has checked there is room, and history reads

@@ -7,15 +7,25 @@
 //!
 //! Like etcd's `watchableStore`, watchers are *synced* (they have seen every event up to
 //! the hub's current revision and get new events as they are applied) or *unsynced* (they
-//! start in the past, or fell behind). Unsynced watchers catch up from MVCC history
-//! ([`Output::Fetch`], answered through [`WatchHub::on_history`]) and become synced once
-//! the history reaches the current revision.
+//! start in the past, or fell behind). Unsynced watchers catch up from the events of the
+//! latest revisions, which the hub keeps in memory within a bound (`recent`, shared by
+//! all watchers), or, when those do not reach back far enough or the store compacted
+//! past the watcher, from MVCC history ([`Output::Fetch`], answered through
+//! [`WatchHub::on_history`]); they become synced once they reach the current revision.
+//!
+//! Responses are [`WatchFrame`]s: each event is encoded once (with and without its
+//! previous value) when its batch arrives, each header once per revision, and watchers
+//! that get the same events share the bytes, so that the work per watcher is a few
+//! reference counts and copies of small slices, not a clone and an encoding of events.
+//! A synced watcher gets the revisions of one applied batch in one response.
 //!
 //! The hub never blocks and never queues events: every call takes a `room` function that
 //! says how many more responses, and how many more bytes, a stream's bounded outbound
 //! queue accepts right now ([`Room`]). When
 //! a watcher's events do not fit, it is moved to the unsynced group at the first revision
-//! it has not received, and history later delivers what it missed, in order. Control
+//! it has not received, the hub asks to be told when the stream's queue drains
+//! ([`Output::WaitForRoom`], then [`WatchHub::on_room`]), and catching up later delivers
+//! what it missed, in order. Control
 //! responses (created, canceled, progress) are queued per stream instead, up to
 //! [`MAX_CONTROL_BACKLOG`], because dropping them would break the protocol; a stream that
 //! exceeds that is closed.
@@ -25,7 +35,11 @@
 //! to the answer's `through_revision`, and before it reports any later batch. The storage
 //! actor guarantees this by sending both on the same channel, in order. So when an answer
 //! reaching the current revision arrives, nothing is left between it and the live events
-//! that follow, and the watcher can join the synced group.
+//! that follow, and the watcher can join the synced group. The recent revisions are
+//! gapless for the same reason: they are exactly the batches `on_events` received, and
+//! the storage actor reports a compaction ([`WatchHub::on_compacted`]) before the events
+//! of the batch that made it, so a watcher behind the compact revision is always sent to
+//! the store, which cancels it as etcd does.
 //!
 //! Time is an argument (`now_ms`), so the hub is deterministic.
 
@@ -315,6 +329,10 @@ struct Chunk {
     last_revision: i64,
     body: Option<Bytes>,
 }
+
+/// What determines a range watcher's responses to a batch: the events of its range (by
+/// index), its filters (NOPUT, NODELETE) and whether it wants `prev_kv`.
+type PlanKey = (Vec<u32>, bool, bool, bool);
 
 /// What determines a catch-up answer from the recent revisions: watchers that agree on
 /// it get the same encoded events.
@@ -988,7 +1006,7 @@ impl WatchHub {
         }
         // Range watchers: each its own events; those with the same share the plan.
         let ranges: Vec<u64> = self.synced_ranges.iter().copied().collect();
-        let mut plans: BTreeMap<(Vec<u32>, bool, bool, bool), Rc<Vec<Chunk>>> = BTreeMap::new();
+        let mut plans: BTreeMap<PlanKey, Rc<Vec<Chunk>>> = BTreeMap::new();
         for serial in ranges {
             let Some(w) = self.watchers.get(&serial) else {
                 continue;
