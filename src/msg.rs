@@ -11,10 +11,10 @@ use crate::core::apply::Response;
 use crate::core::watch::{HistoryAnswer, HistoryFetch, StreamId};
 use crate::error::EtcdError;
 use crate::pb::detcdpb::InternalRequest;
+use crate::pb::etcdserverpb::WatchCreateRequest;
 use crate::pb::etcdserverpb::{
     HashKvResponse, HashResponse, LeaseLeasesResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
-use crate::pb::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use crate::pb::mvccpb::Event;
 
 /// The cluster's membership as the storage actor has applied it: the members by id and
@@ -284,11 +284,53 @@ pub struct StorageStatus {
 
 /// Where the watch hub puts one stream's responses: a bounded queue the gateway drains
 /// into the gRPC stream.
-pub type WatchStreamSender = mpsc::Sender<Result<WatchResponse, tonic::Status>>;
+pub type WatchStreamSender = mpsc::Sender<Result<crate::core::watch::WatchFrame, tonic::Status>>;
 
-/// The bytes of encoded responses in one stream's queue: the watch hub adds what it
-/// queues, the gateway subtracts what it hands to gRPC.
-pub type QueuedBytes = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+/// What the watch hub and the reader of one stream's queue share.
+pub type QueuedBytes = std::sync::Arc<WatchQueueState>;
+
+/// The state of one stream's queue that its writer (the watch hub) and its reader (the
+/// gateway) share.
+#[derive(Debug, Default)]
+pub struct WatchQueueState {
+    /// The bytes of encoded responses in the queue: the hub adds what it queues, the
+    /// reader subtracts what it takes.
+    pub bytes: std::sync::atomic::AtomicUsize,
+    /// Set by the hub when something of the stream waits for room in the queue; the
+    /// reader clears it and tells the hub ([`WatchMsg::Drained`]) once the queue has
+    /// drained to half, so that catching up does not wait for the hub's next tick.
+    pub waiting: std::sync::atomic::AtomicBool,
+}
+
+impl WatchQueueState {
+    /// Whether a queue holding `len` responses of `capacity` and `bytes` bytes of
+    /// `byte_budget` has drained enough to be worth the hub's attention.
+    pub fn drained(len: usize, capacity: usize, bytes: usize, byte_budget: usize) -> bool {
+        len.saturating_mul(2) <= capacity && bytes.saturating_mul(2) <= byte_budget
+    }
+
+    /// The reader took a response of `size` bytes, leaving `len` in the queue: true if
+    /// the hub waits for room and should now be told (the flag is then cleared; set it
+    /// again with [`WatchQueueState::rearm`] if telling fails).
+    pub fn taken(&self, size: usize, len: usize, capacity: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.waiting.load(Ordering::Relaxed)
+            && Self::drained(
+                len,
+                capacity,
+                before.saturating_sub(size),
+                crate::actors::watch_hub::STREAM_QUEUE_BYTES,
+            )
+            && self.waiting.swap(false, Ordering::AcqRel)
+    }
+
+    /// Telling the hub failed (its inbox was full): the next response taken tries again.
+    pub fn rearm(&self) {
+        self.waiting
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
 
 /// Messages to the watch hub actor.
 ///
@@ -307,6 +349,18 @@ pub enum WatchMsg {
     },
     /// The answer to a [`StorageMsg::WatchHistory`] read.
     History(HistoryAnswer),
+    /// The store's compact revision changed (sent before the events of the batch that
+    /// compacted).
+    Compacted {
+        /// The new compact revision.
+        revision: i64,
+    },
+    /// A stream whose queue the hub waited on has drained (see
+    /// [`WatchQueueState::waiting`]).
+    Drained {
+        /// The stream.
+        stream: StreamId,
+    },
     /// A client opened a watch stream.
     OpenStream {
         /// The stream's id (unique per member).

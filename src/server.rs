@@ -32,6 +32,7 @@ use crate::pb::detcdpb::MemberRecord;
 use crate::pb::detcdraftpb::raft_server::RaftServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+#[cfg(madsim)]
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
 use crate::pb::v3electionpb::election_server::ElectionServer;
@@ -568,6 +569,18 @@ pub async fn run(
             keepalive_interval: cfg.grpc_keepalive_interval,
             keepalive_timeout: cfg.grpc_keepalive_timeout,
         };
+        let watch_service =
+            gateway::watch::WatchService::new(watch_tx.clone(), next_watch_stream.clone())
+                .with_learner_check(status_rx.clone())
+                .with_auth(handle.auth.clone(), handle.token_provider.clone());
+        // Real listeners write the hub's encoded responses as they are; the simulator's
+        // gRPC passes messages, so it gets the generated service.
+        #[cfg(not(madsim))]
+        let watch_server = gateway::watch::WatchFrameServer::new(watch_service, max_recv);
+        #[cfg(madsim)]
+        let watch_server = WatchServer::new(watch_service)
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX);
         let router = rt::client_server(api, h2)
             .add_service(
                 KvServer::new(gateway::kv::KvService::new(handle.clone()))
@@ -604,15 +617,7 @@ pub async fn run(
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
             )
-            .add_service(
-                WatchServer::new(
-                    gateway::watch::WatchService::new(watch_tx.clone(), next_watch_stream.clone())
-                        .with_learner_check(status_rx.clone())
-                        .with_auth(handle.auth.clone(), handle.token_provider.clone()),
-                )
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(usize::MAX),
-            )
+            .add_service(watch_server)
             .add_service(
                 LockServer::new(gateway::lock::LockService::new(
                     handle.clone(),

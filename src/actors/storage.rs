@@ -812,6 +812,7 @@ impl StorageActor {
         let mut token_changes = Vec::new();
         let auth_revision_before = self.state.auth.revision();
         let auth_enabled_before = self.state.auth.is_enabled();
+        let compact_revision_before = self.state.mvcc.compact_revision();
         for (entry, waiter) in entries.into_iter().zip(waiters) {
             if entry.index <= self.applied_index {
                 // Replayed from the WAL after a restart but already in the backend.
@@ -893,6 +894,14 @@ impl StorageActor {
         let store_changed = self.state.auth.revision() != auth_revision_before
             || self.state.auth.is_enabled() != auth_enabled_before;
         self.publish_auth(token_changes, store_changed);
+        let compact_revision = self.state.mvcc.compact_revision();
+        if compact_revision != compact_revision_before && self.watch_tx.is_some() {
+            // Before the batch's events, so that the hub never serves a watcher behind
+            // the new compact revision from its recent events.
+            self.to_watch.push(WatchMsg::Compacted {
+                revision: compact_revision,
+            });
+        }
         if !events.is_empty() && self.watch_tx.is_some() {
             self.to_watch.push(WatchMsg::Applied {
                 revision: self.state.mvcc.current_revision(),

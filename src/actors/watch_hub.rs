@@ -3,7 +3,9 @@
 //! Its one inbox carries, from the storage actor, each applied batch's events and the
 //! answers to history reads, in the order the storage actor produced them (what makes
 //! catch-up gapless, see [`WatchMsg`]), and from the gateway, stream registrations and
-//! client requests. A timer drives catch-up retries and progress notifications.
+//! client requests. A timer drives catch-up retries and progress notifications; a
+//! stream's reader reports ([`WatchMsg::Drained`]) when a queue the hub waits on has
+//! drained, so that watchers behind catch up without waiting for the timer.
 //!
 //! The actor never waits on anything but its inbox and its timer: responses go to each
 //! stream's bounded queue only when the hub has checked there is room, and history reads
@@ -15,12 +17,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use prost::Message as _;
-
 use tokio::sync::mpsc;
 
 use crate::core::watch::{Output, Room, StreamId, WatchConfig, WatchHub};
-use crate::msg::{QueuedBytes, RaftStatus, StorageMsg, WatchMsg, WatchStreamSender};
+use crate::msg::{
+    QueuedBytes, RaftStatus, StorageMsg, WatchMsg, WatchQueueState, WatchStreamSender,
+};
 use crate::rt;
 use crate::rt::watch;
 
@@ -38,8 +40,6 @@ pub struct WatchHubActor {
     storage_tx: mpsc::Sender<StorageMsg>,
     streams: BTreeMap<StreamId, (WatchStreamSender, QueuedBytes)>,
     raft_status: watch::Receiver<RaftStatus>,
-    member_id: u64,
-    cluster_id: u64,
     started: rt::Instant,
 }
 
@@ -55,14 +55,14 @@ impl WatchHubActor {
         member_id: u64,
         cluster_id: u64,
     ) -> WatchHubActor {
+        let mut hub = WatchHub::new(config, current_revision);
+        hub.set_identity(cluster_id, member_id);
         WatchHubActor {
-            hub: WatchHub::new(config, current_revision),
+            hub,
             inbox,
             storage_tx,
             streams: BTreeMap::new(),
             raft_status,
-            member_id,
-            cluster_id,
             started: rt::now(),
         }
     }
@@ -79,6 +79,7 @@ impl WatchHubActor {
                 _ = rt::sleep(wait) => {
                     next_tick = rt::now() + TICK_INTERVAL;
                     let now_ms = self.started.elapsed().as_millis() as u64;
+                    self.hub.set_raft_term(self.raft_status.borrow().term);
                     let out = {
                         let streams = &self.streams;
                         self.hub.tick(now_ms, &mut room(streams))
@@ -94,6 +95,8 @@ impl WatchHubActor {
     }
 
     fn handle(&mut self, msg: WatchMsg) {
+        // Response headers carry the term of when they are made, as etcd's do.
+        self.hub.set_raft_term(self.raft_status.borrow().term);
         let streams = &self.streams;
         let out = match msg {
             WatchMsg::Applied {
@@ -103,9 +106,14 @@ impl WatchHubActor {
                 if crate::planted::active(crate::planted::Bug::WatchReorder) {
                     events.reverse();
                 }
-                self.hub.on_events(revision, &events, &mut room(streams))
+                self.hub.on_events(revision, events, &mut room(streams))
             }
             WatchMsg::History(answer) => self.hub.on_history(answer, &mut room(streams)),
+            WatchMsg::Compacted { revision } => {
+                self.hub.on_compacted(revision);
+                Vec::new()
+            }
+            WatchMsg::Drained { .. } => self.hub.on_room(&mut room(streams)),
             WatchMsg::Restored { revision } => self.hub.on_restore(revision, &mut room(streams)),
             WatchMsg::OpenStream {
                 stream,
@@ -133,31 +141,38 @@ impl WatchHubActor {
         self.execute(out);
     }
 
+    /// Carries out the hub's outputs. A stream told to wait for room whose queue has
+    /// already drained (its reader took everything before the flag was up, so it will
+    /// not report) gets one more turn at once rather than at the next tick.
     fn execute(&mut self, out: Vec<Output>) {
+        if self.execute_once(out) {
+            let out = {
+                let streams = &self.streams;
+                self.hub.on_room(&mut room(streams))
+            };
+            // At most one more turn: the flags stay up, the readers report.
+            self.execute_once(out);
+        }
+    }
+
+    /// Carries out the hub's outputs; true if a stream that waits for room already has it.
+    fn execute_once(&mut self, out: Vec<Output>) -> bool {
+        let mut drained = false;
         for o in out {
             match o {
-                Output::Send {
-                    stream,
-                    mut response,
-                } => {
+                Output::Send { stream, frame } => {
                     let Some((tx, queued_bytes)) = self.streams.get(&stream) else {
                         continue;
                     };
-                    if let Some(h) = response.header.as_mut() {
-                        let status = self.raft_status.borrow();
-                        h.cluster_id = self.cluster_id;
-                        h.member_id = self.member_id;
-                        h.raft_term = status.term;
-                    }
-                    // The size of the response as sent (the header is complete now), and
-                    // counted before it is queued: the gateway subtracts exactly this
-                    // when gRPC takes it, possibly before `try_send` even returns, and
-                    // the count must never dip below zero (it would wrap and look full).
-                    let size = response.encoded_len();
-                    queued_bytes.fetch_add(size, Ordering::Relaxed);
-                    let sent = tx.try_send(Ok(response));
+                    // The size of the response as sent, counted before it is queued: the
+                    // gateway subtracts exactly this when gRPC takes it, possibly before
+                    // `try_send` even returns, and the count must never dip below zero
+                    // (it would wrap and look full).
+                    let size = frame.len();
+                    queued_bytes.bytes.fetch_add(size, Ordering::Relaxed);
+                    let sent = tx.try_send(Ok(frame));
                     if sent.is_err() {
-                        queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                        queued_bytes.bytes.fetch_sub(size, Ordering::Relaxed);
                     }
                     match sent {
                         Ok(()) => {}
@@ -189,6 +204,19 @@ impl WatchHubActor {
                         self.hub.on_fetch_failed(id);
                     }
                 }
+                Output::WaitForRoom { stream } => {
+                    let Some((tx, queue)) = self.streams.get(&stream) else {
+                        continue;
+                    };
+                    queue.waiting.store(true, Ordering::Release);
+                    let len = tx.max_capacity() - tx.capacity();
+                    let bytes = queue.bytes.load(Ordering::Relaxed);
+                    if WatchQueueState::drained(len, tx.max_capacity(), bytes, STREAM_QUEUE_BYTES)
+                        && queue.waiting.swap(false, Ordering::AcqRel)
+                    {
+                        drained = true;
+                    }
+                }
                 Output::Close { stream, error } => {
                     if let Some((tx, _)) = self.streams.remove(&stream) {
                         let _ = tx.try_send(Err(error.to_status()));
@@ -196,6 +224,7 @@ impl WatchHubActor {
                 }
             }
         }
+        drained
     }
 }
 
@@ -206,7 +235,7 @@ fn room(
     move |s| match streams.get(&s) {
         None => Room::count(0),
         Some((tx, queued)) => {
-            let queued = queued.load(Ordering::Relaxed);
+            let queued = queued.bytes.load(Ordering::Relaxed);
             Room {
                 responses: tx.capacity(),
                 bytes: STREAM_QUEUE_BYTES.saturating_sub(queued),

@@ -7,15 +7,25 @@
 //!
 //! Like etcd's `watchableStore`, watchers are *synced* (they have seen every event up to
 //! the hub's current revision and get new events as they are applied) or *unsynced* (they
-//! start in the past, or fell behind). Unsynced watchers catch up from MVCC history
-//! ([`Output::Fetch`], answered through [`WatchHub::on_history`]) and become synced once
-//! the history reaches the current revision.
+//! start in the past, or fell behind). Unsynced watchers catch up from the events of the
+//! latest revisions, which the hub keeps in memory within a bound (`recent`, shared by
+//! all watchers), or, when those do not reach back far enough or the store compacted
+//! past the watcher, from MVCC history ([`Output::Fetch`], answered through
+//! [`WatchHub::on_history`]); they become synced once they reach the current revision.
+//!
+//! Responses are [`WatchFrame`]s: each event is encoded once (with and without its
+//! previous value) when its batch arrives, each header once per revision, and watchers
+//! that get the same events share the bytes, so that the work per watcher is a few
+//! reference counts and copies of small slices, not a clone and an encoding of events.
+//! A synced watcher gets the revisions of one applied batch in one response.
 //!
 //! The hub never blocks and never queues events: every call takes a `room` function that
 //! says how many more responses, and how many more bytes, a stream's bounded outbound
 //! queue accepts right now ([`Room`]). When
 //! a watcher's events do not fit, it is moved to the unsynced group at the first revision
-//! it has not received, and history later delivers what it missed, in order. Control
+//! it has not received, the hub asks to be told when the stream's queue drains
+//! ([`Output::WaitForRoom`], then [`WatchHub::on_room`]), and catching up later delivers
+//! what it missed, in order. Control
 //! responses (created, canceled, progress) are queued per stream instead, up to
 //! [`MAX_CONTROL_BACKLOG`], because dropping them would break the protocol; a stream that
 //! exceeds that is closed.
@@ -25,12 +35,18 @@
 //! to the answer's `through_revision`, and before it reports any later batch. The storage
 //! actor guarantees this by sending both on the same channel, in order. So when an answer
 //! reaching the current revision arrives, nothing is left between it and the live events
-//! that follow, and the watcher can join the synced group.
+//! that follow, and the watcher can join the synced group. The recent revisions are
+//! gapless for the same reason: they are exactly the batches `on_events` received, and
+//! the storage actor reports a compaction ([`WatchHub::on_compacted`]) before the events
+//! of the batch that made it, so a watcher behind the compact revision is always sent to
+//! the store, which cancels it as etcd does.
 //!
 //! Time is an argument (`now_ms`), so the hub is deterministic.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 
 use crate::core::mvcc::History;
@@ -90,6 +106,12 @@ pub struct WatchConfig {
     pub max_history_bytes: usize,
     /// The most history reads outstanding at once.
     pub max_fetches_in_flight: usize,
+    /// The most events of recent revisions the hub keeps in memory, so that watchers
+    /// that fell behind (their stream's queue was full) catch up from them instead of
+    /// each reading the store's history.
+    pub max_recent_events: usize,
+    /// The most bytes (of encoded events) of recent revisions kept likewise.
+    pub max_recent_bytes: usize,
 }
 
 impl Default for WatchConfig {
@@ -103,6 +125,10 @@ impl Default for WatchConfig {
             // response never holds much more than a stream's byte budget.
             max_history_bytes: 4 * 1024 * 1024,
             max_fetches_in_flight: 64,
+            // Enough for several seconds of a busy store's writes, small beside the
+            // streams' own queues (4 MiB each).
+            max_recent_events: 100_000,
+            max_recent_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -140,17 +166,23 @@ pub struct HistoryAnswer {
 /// What the hub asks its actor to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Put `response` on the stream's outbound queue (there is room: the hub asked). The
-    /// header carries only the revision; the actor fills in the member's ids and term.
+    /// Put `frame` on the stream's outbound queue (there is room: the hub asked). Its
+    /// header is complete (see [`WatchHub::set_identity`]).
     Send {
         /// The stream.
         stream: StreamId,
-        /// The response.
-        response: WatchResponse,
+        /// The encoded response.
+        frame: WatchFrame,
     },
     /// Read history and answer with [`WatchHub::on_history`] (or
     /// [`WatchHub::on_fetch_failed`] if the read could not even be asked for).
     Fetch(HistoryFetch),
+    /// Something for `stream` waits for room in its queue: call [`WatchHub::on_room`]
+    /// once the queue has drained (the periodic [`WatchHub::tick`] retries anyway).
+    WaitForRoom {
+        /// The stream.
+        stream: StreamId,
+    },
     /// End the stream with this error; its watchers are gone.
     Close {
         /// The stream.
@@ -161,7 +193,7 @@ pub enum Output {
 }
 
 /// The key interval of a watcher, with etcd's conventions decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Range {
     /// One key.
     Single(Vec<u8>),
@@ -227,6 +259,141 @@ struct Stream {
     progress_deferred: bool,
 }
 
+/// One applied event, encoded once for all the watchers it goes to.
+#[derive(Debug)]
+struct EncodedEvent {
+    revision: i64,
+    key: Vec<u8>,
+    is_put: bool,
+    /// As an `events` field of a response, with `prev_kv`.
+    with_prev: Bytes,
+    /// Likewise without `prev_kv` (the same buffer if the event has none).
+    without_prev: Bytes,
+    /// The encoded size of the event with `prev_kv`, as the store's history counts it
+    /// against `max_history_bytes`.
+    size: usize,
+}
+
+impl EncodedEvent {
+    fn new(mut ev: Event) -> EncodedEvent {
+        let with_prev = encode_event(&ev);
+        let size = ev.encoded_len();
+        let without_prev = if ev.prev_kv.take().is_some() {
+            encode_event(&ev)
+        } else {
+            with_prev.clone()
+        };
+        EncodedEvent {
+            revision: event_revision(&ev),
+            key: ev.kv.map(|kv| kv.key).unwrap_or_default(),
+            is_put: ev.r#type == EventType::Put as i32,
+            with_prev,
+            without_prev,
+            size,
+        }
+    }
+
+    /// The encoded event as `w` gets it.
+    fn body(&self, prev_kv: bool) -> &Bytes {
+        if prev_kv {
+            &self.with_prev
+        } else {
+            &self.without_prev
+        }
+    }
+
+    /// The memory it holds, against `max_recent_bytes`.
+    fn held_bytes(&self) -> usize {
+        let both = if self.with_prev == self.without_prev {
+            0
+        } else {
+            self.without_prev.len()
+        };
+        self.key.len() + self.with_prev.len() + both
+    }
+}
+
+/// The events of one recent revision, kept for watchers that fell behind.
+#[derive(Debug)]
+struct RecentRevision {
+    revision: i64,
+    /// In apply order.
+    events: Vec<EncodedEvent>,
+}
+
+/// One response's worth of a batch for a watcher: whole revisions, and the encoded
+/// events that pass the watcher's filters (`None` if none does: nothing is sent).
+#[derive(Debug)]
+struct Chunk {
+    first_revision: i64,
+    last_revision: i64,
+    body: Option<Bytes>,
+}
+
+/// What determines a range watcher's responses to a batch: the events of its range (by
+/// index), its filters (NOPUT, NODELETE) and whether it wants `prev_kv`.
+type PlanKey = (Vec<u32>, bool, bool, bool);
+
+/// What determines a catch-up answer from the recent revisions: watchers that agree on
+/// it get the same encoded events.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CatchUpKey {
+    from: i64,
+    range: Range,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+}
+
+/// Where a response's events are cut, revision by revision, exactly as the store cuts a
+/// history read ([`crate::core::mvcc::Mvcc::history`]): once the events of the
+/// watcher's range exceed `max_history_events` or `max_history_bytes`, before the
+/// revision that crossed the limit, except that the first revision is always whole.
+struct Cut {
+    max_events: usize,
+    max_bytes: usize,
+    events: usize,
+    bytes: usize,
+    first: bool,
+}
+
+/// What [`Cut::add`] decides about a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutStep {
+    /// It belongs to the response; more may follow.
+    Keep,
+    /// It belongs to the response, which ends with it (the first revision, over the
+    /// limits on its own).
+    KeepAndStop,
+    /// The response ends before it.
+    Stop,
+}
+
+impl Cut {
+    fn new(config: &WatchConfig) -> Cut {
+        Cut {
+            max_events: config.max_history_events,
+            max_bytes: config.max_history_bytes,
+            events: 0,
+            bytes: 0,
+            first: true,
+        }
+    }
+
+    /// Adds a revision with `events` events of the range, of `bytes` encoded bytes.
+    fn add(&mut self, events: usize, bytes: usize) -> CutStep {
+        let (e, b) = (self.events + events, self.bytes.saturating_add(bytes));
+        let over = e > self.max_events || b > self.max_bytes;
+        let first = std::mem::replace(&mut self.first, false);
+        (self.events, self.bytes) = (e, b);
+        match (over, first) {
+            (false, _) => CutStep::Keep,
+            (true, true) => CutStep::KeepAndStop,
+            (true, false) => CutStep::Stop,
+        }
+    }
+}
+
 /// The watch hub (see the module docs).
 #[derive(Debug)]
 pub struct WatchHub {
@@ -249,6 +416,27 @@ pub struct WatchHub {
     next_fetch_id: u64,
     /// When the next progress notification round is due.
     next_progress_ms: Option<u64>,
+    /// The events of the latest revisions, oldest first: every event of every revision
+    /// from `recent_from` through `current_revision` (revisions without events have no
+    /// entry). Bounded by `max_recent_events` and `max_recent_bytes`.
+    recent: VecDeque<RecentRevision>,
+    recent_from: i64,
+    recent_events: usize,
+    recent_bytes: usize,
+    /// The store's compact revision as last reported ([`WatchHub::on_compacted`]): a
+    /// watcher behind it must learn it was compacted, which only the store's history
+    /// read reports, so it never catches up from `recent`.
+    compact_revision: i64,
+    /// Streams told to report room during the current call.
+    waiting: BTreeSet<StreamId>,
+    /// The member's part of every response header (the revision is each response's).
+    identity: ResponseHeader,
+    /// The last header encoded, by revision.
+    header_cache: Option<(i64, Bytes)>,
+    /// Catch-up answers from `recent` computed during the current call (`recent` and the
+    /// current revision do not change while they are in use): the encoded events and
+    /// the revision through which they are complete.
+    catch_up_cache: BTreeMap<CatchUpKey, (Bytes, i64)>,
     /// Responses and bytes handed to each stream during the current call (room
     /// accounting).
     used: BTreeMap<StreamId, (usize, usize)>,
@@ -277,8 +465,33 @@ impl WatchHub {
             fetches: BTreeMap::new(),
             next_fetch_id: 0,
             next_progress_ms: None,
+            recent: VecDeque::new(),
+            recent_from: current_revision + 1,
+            recent_events: 0,
+            recent_bytes: 0,
+            compact_revision: 0,
+            waiting: BTreeSet::new(),
+            identity: ResponseHeader::default(),
+            header_cache: None,
+            catch_up_cache: BTreeMap::new(),
             used: BTreeMap::new(),
             out: Vec::new(),
+        }
+    }
+
+    /// Sets the cluster and member ids every response header carries.
+    pub fn set_identity(&mut self, cluster_id: u64, member_id: u64) {
+        self.identity.cluster_id = cluster_id;
+        self.identity.member_id = member_id;
+        self.header_cache = None;
+    }
+
+    /// Sets the raft term response headers carry from now on (the actor calls this before
+    /// each call with the member's current term).
+    pub fn set_raft_term(&mut self, raft_term: u64) {
+        if self.identity.raft_term != raft_term {
+            self.identity.raft_term = raft_term;
+            self.header_cache = None;
         }
     }
 
@@ -417,7 +630,7 @@ impl WatchHub {
             self.make_synced(serial);
         } else {
             self.unsynced.insert(serial);
-            self.sync_unsynced(room);
+            self.sync_unsynced(room, true);
         }
     }
 
@@ -467,22 +680,34 @@ impl WatchHub {
     pub fn on_events(
         &mut self,
         revision: i64,
-        events: &[Event],
+        events: Vec<Event>,
         room: &mut dyn FnMut(StreamId) -> Room,
     ) -> Vec<Output> {
         self.begin();
         self.flush_all_control(room);
-        let mut i = 0;
-        while i < events.len() {
-            let rev = event_revision(&events[i]);
-            let mut j = i + 1;
-            while j < events.len() && event_revision(&events[j]) == rev {
-                j += 1;
-            }
-            self.deliver_revision(rev, &events[i..j], room);
-            i = j;
-        }
+        // Each event is encoded once (with and without its previous value), whatever the
+        // number of watchers; the encoding is also what `recent` keeps.
+        let events: Vec<EncodedEvent> = events.into_iter().map(EncodedEvent::new).collect();
         self.current_revision = self.current_revision.max(revision);
+        self.deliver_batch(&events, room);
+        self.remember(events);
+        // Watchers behind (some just now) catch up from the recent revisions if their
+        // streams have room; reads of the store's history wait for the tick.
+        self.sync_unsynced(room, false);
+        self.finish()
+    }
+
+    /// The store compacted its history up to `revision` (etcd's compact revision).
+    pub fn on_compacted(&mut self, revision: i64) {
+        self.compact_revision = self.compact_revision.max(revision);
+    }
+
+    /// Some stream that was told to wait ([`Output::WaitForRoom`]) has room again:
+    /// flushes waiting control responses and lets watchers catch up.
+    pub fn on_room(&mut self, room: &mut dyn FnMut(StreamId) -> Room) -> Vec<Output> {
+        self.begin();
+        self.flush_all_control(room);
+        self.sync_unsynced(room, true);
         self.finish()
     }
 
@@ -509,7 +734,13 @@ impl WatchHub {
             self.make_unsynced(serial, next);
         }
         self.current_revision = self.current_revision.max(revision);
-        self.sync_unsynced(room);
+        // The revisions the snapshot skipped never reached `recent`: from now on it
+        // covers only what follows.
+        self.recent.clear();
+        self.recent_events = 0;
+        self.recent_bytes = 0;
+        self.recent_from = self.current_revision + 1;
+        self.sync_unsynced(room, true);
         self.finish()
     }
 
@@ -524,7 +755,7 @@ impl WatchHub {
         if let Some(serial) = self.fetches.remove(&answer.fetch_id) {
             self.apply_history(serial, answer, room);
         }
-        self.sync_unsynced(room);
+        self.sync_unsynced(room, true);
         self.finish()
     }
 
@@ -555,7 +786,7 @@ impl WatchHub {
                 w.blocked = false;
             }
         }
-        self.sync_unsynced(room);
+        self.sync_unsynced(room, true);
         let streams: Vec<StreamId> = self
             .streams
             .iter()
@@ -570,12 +801,49 @@ impl WatchHub {
 
     fn begin(&mut self) {
         self.used.clear();
+        self.waiting.clear();
+        self.catch_up_cache.clear();
         self.out.clear();
     }
 
     fn finish(&mut self) -> Vec<Output> {
         self.used.clear();
+        self.waiting.clear();
+        self.catch_up_cache.clear();
         std::mem::take(&mut self.out)
+    }
+
+    /// The encoded header of responses at `revision`, shared by all of them.
+    fn header_bytes(&mut self, revision: i64) -> Bytes {
+        if let Some((r, b)) = &self.header_cache {
+            if *r == revision {
+                return b.clone();
+            }
+        }
+        let b = encode_header(&ResponseHeader {
+            revision,
+            ..self.identity
+        });
+        self.header_cache = Some((revision, b.clone()));
+        b
+    }
+
+    /// Asks the actor, once per call and stream, to report when `stream` has room.
+    fn wait_for_room(&mut self, stream: StreamId) {
+        if self.waiting.insert(stream) {
+            self.out.push(Output::WaitForRoom { stream });
+        }
+    }
+
+    /// Whether `stream` accepts an event response now: nothing waits before it and its
+    /// queue has room.
+    fn has_room(&self, stream: StreamId, room: &mut dyn FnMut(StreamId) -> Room) -> bool {
+        let control_empty = self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| s.control.is_empty());
+        let free = self.free(stream, room);
+        control_empty && free.responses > 0 && (free.bytes > 0 || free.empty)
     }
 
     /// What `stream` still accepts in this call.
@@ -589,11 +857,23 @@ impl WatchHub {
         }
     }
 
-    fn emit(&mut self, stream: StreamId, response: WatchResponse) {
+    fn emit(&mut self, stream: StreamId, frame: WatchFrame) {
         let used = self.used.entry(stream).or_default();
         used.0 += 1;
-        used.1 = used.1.saturating_add(response.encoded_len());
-        self.out.push(Output::Send { stream, response });
+        used.1 = used.1.saturating_add(frame.len());
+        self.out.push(Output::Send { stream, frame });
+    }
+
+    /// The frame of a control or progress response, its header completed with the
+    /// member's ids and term.
+    fn frame_of(&self, mut resp: WatchResponse) -> WatchFrame {
+        if let Some(h) = resp.header.as_mut() {
+            *h = ResponseHeader {
+                revision: h.revision,
+                ..self.identity
+            };
+        }
+        WatchFrame::from_response(&resp)
     }
 
     fn push_control(
@@ -626,12 +906,16 @@ impl WatchHub {
             };
             // Control responses are small: only the count bounds them.
             if free.responses == 0 {
+                if !s.control.is_empty() {
+                    self.wait_for_room(stream);
+                }
                 return;
             }
             let Some(resp) = s.control.pop_front() else {
                 return;
             };
-            self.emit(stream, resp);
+            let frame = self.frame_of(resp);
+            self.emit(stream, frame);
         }
     }
 
@@ -653,7 +937,7 @@ impl WatchHub {
     fn try_emit_all(
         &mut self,
         stream: StreamId,
-        responses: Vec<WatchResponse>,
+        responses: Vec<WatchFrame>,
         room: &mut dyn FnMut(StreamId) -> Room,
     ) -> bool {
         let control_empty = self
@@ -661,7 +945,7 @@ impl WatchHub {
             .get(&stream)
             .is_some_and(|s| s.control.is_empty());
         let free = self.free(stream, room);
-        let bytes: usize = responses.iter().map(|r| r.encoded_len()).sum();
+        let bytes: usize = responses.iter().map(WatchFrame::len).sum();
         if !control_empty || free.responses < responses.len() || (bytes > free.bytes && !free.empty)
         {
             return false;
@@ -672,103 +956,192 @@ impl WatchHub {
         true
     }
 
-    /// Delivers the events of one revision to the synced watchers they concern.
-    fn deliver_revision(
-        &mut self,
-        rev: i64,
-        events: &[Event],
-        room: &mut dyn FnMut(StreamId) -> Room,
-    ) {
-        let mut matched: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
-        for ev in events {
-            let Some(key) = ev.kv.as_ref().map(|kv| kv.key.as_slice()) else {
+    /// Delivers the events of one applied batch to the synced watchers they concern.
+    /// Each watcher gets the revisions of the batch together, in one response (cut as a
+    /// catch-up from history is cut, at revision boundaries), with the batch's revision
+    /// in its header, as etcd answers a watcher that catches up: with many writes
+    /// applied at once, a response per revision and watcher made the hub, gRPC and the
+    /// client do per-response work that the events did not need. A batch of one
+    /// revision (any write when writes do not overlap) is delivered as etcd delivers it
+    /// live. Watchers that get the same events share one plan of responses, and so one
+    /// encoding of them.
+    fn deliver_batch(&mut self, events: &[EncodedEvent], room: &mut dyn FnMut(StreamId) -> Room) {
+        let header = self.header_bytes(self.current_revision);
+        // Single-key watchers: those of one key differ only in filters and prev_kv (and
+        // a start inside the batch, which is rare).
+        let mut by_key: BTreeMap<&[u8], Vec<u32>> = BTreeMap::new();
+        for (i, ev) in events.iter().enumerate() {
+            by_key.entry(ev.key.as_slice()).or_default().push(i as u32);
+        }
+        for (key, idxs) in &by_key {
+            let Some(set) = self.synced_keys.get(*key) else {
                 continue;
             };
-            let singles = self.synced_keys.get(key).into_iter().flatten();
-            let ranges = self
-                .synced_ranges
-                .iter()
-                .filter(|s| self.watchers.get(s).is_some_and(|w| w.range.contains(key)));
-            for serial in singles.chain(ranges) {
-                let Some(w) = self.watchers.get(serial) else {
+            let serials: Vec<u64> = set.iter().copied().collect();
+            let first_rev = events[idxs[0] as usize].revision;
+            let mut plans: BTreeMap<(bool, bool, bool), Rc<Vec<Chunk>>> = BTreeMap::new();
+            for serial in serials {
+                let Some(w) = self.watchers.get(&serial) else {
                     continue;
                 };
-                if w.next_revision > rev {
-                    // A watcher that starts in the future.
-                    continue;
-                }
-                if let Some(e) = filter_event(w, ev) {
-                    matched.entry(*serial).or_default().push(e);
+                let plan = if w.next_revision <= first_rev {
+                    plans
+                        .entry((w.no_put, w.no_delete, w.prev_kv))
+                        .or_insert_with(|| self.plan(events, idxs, w))
+                        .clone()
                 } else {
-                    matched.entry(*serial).or_default();
-                }
+                    // It starts in the future, maybe inside the batch.
+                    let late: Vec<u32> = idxs
+                        .iter()
+                        .copied()
+                        .filter(|i| events[*i as usize].revision >= w.next_revision)
+                        .collect();
+                    if late.is_empty() {
+                        continue;
+                    }
+                    self.plan(events, &late, w)
+                };
+                self.deliver_plan(serial, &plan, &header, room);
             }
         }
-        for (serial, evs) in matched {
+        // Range watchers: each its own events; those with the same share the plan.
+        let ranges: Vec<u64> = self.synced_ranges.iter().copied().collect();
+        let mut plans: BTreeMap<PlanKey, Rc<Vec<Chunk>>> = BTreeMap::new();
+        for serial in ranges {
             let Some(w) = self.watchers.get(&serial) else {
                 continue;
             };
-            if evs.is_empty() {
-                // Everything was filtered out: etcd sends nothing.
-                if let Some(w) = self.watchers.get_mut(&serial) {
-                    w.next_revision = rev + 1;
-                }
+            let idxs: Vec<u32> = (0..events.len() as u32)
+                .filter(|i| {
+                    let ev = &events[*i as usize];
+                    ev.revision >= w.next_revision && w.range.contains(&ev.key)
+                })
+                .collect();
+            if idxs.is_empty() {
                 continue;
             }
-            let stream = w.stream;
-            let responses = self.event_responses(w, rev, evs);
-            if self.try_emit_all(stream, responses, room) {
-                if let Some(w) = self.watchers.get_mut(&serial) {
-                    w.next_revision = rev + 1;
-                    w.sent_since_progress = true;
+            let plan = plans
+                .entry((idxs, w.no_put, w.no_delete, w.prev_kv))
+                .or_insert_with_key(|(idxs, ..)| self.plan(events, idxs, w))
+                .clone();
+            self.deliver_plan(serial, &plan, &header, room);
+        }
+    }
+
+    /// How the events `idxs` (of `w`'s range, in order) go to `w`: in chunks of whole
+    /// revisions within the limits of a response, each with the encoded events that
+    /// pass its filters.
+    fn plan(&self, events: &[EncodedEvent], idxs: &[u32], w: &Watcher) -> Rc<Vec<Chunk>> {
+        let ev = |i: u32| &events[i as usize];
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < idxs.len() {
+            let mut cut = Cut::new(&self.config);
+            let mut end = start;
+            while end < idxs.len() {
+                let rev = ev(idxs[end]).revision;
+                let (mut rev_end, mut size) = (end, 0usize);
+                while rev_end < idxs.len() && ev(idxs[rev_end]).revision == rev {
+                    size = size.saturating_add(ev(idxs[rev_end]).size);
+                    rev_end += 1;
                 }
-            } else {
-                // No room: catch up from history from this revision on.
-                self.make_unsynced(serial, rev);
+                match cut.add(rev_end - end, size) {
+                    CutStep::Keep => end = rev_end,
+                    CutStep::KeepAndStop => {
+                        end = rev_end;
+                        break;
+                    }
+                    CutStep::Stop => break,
+                }
+            }
+            let part = &idxs[start..end];
+            start = end;
+            let mut picked = part.iter().map(|i| ev(*i)).filter(|e| passes(w, e.is_put));
+            let body = match (picked.next(), picked.next()) {
+                (None, _) => None,
+                (Some(one), None) => Some(one.body(w.prev_kv).clone()),
+                (Some(a), Some(b)) => {
+                    let mut buf = BytesMut::new();
+                    for e in [a, b].into_iter().chain(picked) {
+                        buf.put_slice(e.body(w.prev_kv));
+                    }
+                    Some(buf.freeze())
+                }
+            };
+            chunks.push(Chunk {
+                first_revision: ev(part[0]).revision,
+                last_revision: ev(part[part.len() - 1]).revision,
+                body,
+            });
+        }
+        Rc::new(chunks)
+    }
+
+    /// Sends watcher `serial` its chunks while its stream has room; if one does not fit,
+    /// the watcher is unsynced from that chunk's first revision on and catches up later.
+    fn deliver_plan(
+        &mut self,
+        serial: u64,
+        plan: &[Chunk],
+        header: &Bytes,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) {
+        for chunk in plan {
+            let Some(w) = self.watchers.get(&serial) else {
+                return;
+            };
+            let stream = w.stream;
+            if let Some(body) = &chunk.body {
+                let responses = self.event_frames(w, header.clone(), body.clone());
+                if !self.try_emit_all(stream, responses, room) {
+                    // No room: catch up from this revision on, from the recent revisions
+                    // or the store's history, once the stream has room.
+                    self.make_unsynced(serial, chunk.first_revision);
+                    self.wait_for_room(stream);
+                    return;
+                }
+            }
+            // Everything filtered out: etcd sends nothing, but the watcher is past it.
+            if let Some(w) = self.watchers.get_mut(&serial) {
+                w.next_revision = chunk.last_revision + 1;
+                w.sent_since_progress |= chunk.body.is_some();
             }
         }
     }
 
-    /// The response(s) carrying `events` to `w`: one, or several fragments if the
-    /// watcher asked for fragmentation and the response is too large (etcd's
-    /// `sendFragments`).
-    fn event_responses(
-        &self,
-        w: &Watcher,
-        revision: i64,
-        events: Vec<Event>,
-    ) -> Vec<WatchResponse> {
-        let whole = WatchResponse {
-            header: header(revision),
-            watch_id: w.id,
-            events,
-            ..WatchResponse::default()
-        };
+    /// The response(s) carrying the encoded events `body` to `w`, under `header`: one,
+    /// or several fragments if the watcher asked for fragmentation and the response is
+    /// too large (etcd's `sendFragments`).
+    fn event_frames(&self, w: &Watcher, header: Bytes, body: Bytes) -> Vec<WatchFrame> {
+        let whole = WatchFrame::with_events(header.clone(), w.id, false, body.clone());
         let limit = self.config.max_request_bytes;
-        if !w.fragment || whole.encoded_len() < limit || whole.events.len() < 2 {
+        if !w.fragment || whole.len() < limit {
             return vec![whole];
         }
+        let parts = split_events(&body);
+        if parts.len() < 2 {
+            return vec![whole];
+        }
+        // Each fragment takes events while it stays below the limit, but at least one.
+        let base = WatchFrame::with_events(header.clone(), w.id, true, Bytes::new()).len();
         let mut out = Vec::new();
-        let mut rest = whole.events.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut cur = WatchResponse {
-                header: header(revision),
-                watch_id: w.id,
-                fragment: true,
-                ..WatchResponse::default()
-            };
-            while let Some(ev) = rest.peek() {
-                cur.events.push(ev.clone());
-                if cur.events.len() > 1 && cur.encoded_len() >= limit {
-                    cur.events.pop();
-                    break;
-                }
-                rest.next();
+        let (mut i, mut offset) = (0, 0);
+        while i < parts.len() {
+            let start = offset;
+            let mut size = base + parts[i].len();
+            offset += parts[i].len();
+            i += 1;
+            while i < parts.len() && size + parts[i].len() < limit {
+                size += parts[i].len();
+                offset += parts[i].len();
+                i += 1;
             }
-            if rest.peek().is_none() {
-                cur.fragment = false;
-            }
-            out.push(cur);
+            out.push(WatchFrame::with_events(
+                header.clone(),
+                w.id,
+                i < parts.len(),
+                body.slice(start..offset),
+            ));
         }
         out
     }
@@ -830,27 +1203,37 @@ impl WatchHub {
         }
     }
 
-    /// Asks for history for unsynced watchers whose stream has room, within the limit of
-    /// reads in flight.
-    fn sync_unsynced(&mut self, room: &mut dyn FnMut(StreamId) -> Room) {
+    /// Lets unsynced watchers whose stream has room catch up: from the recent revisions
+    /// when they hold everything the watcher misses, else (if `fetch`) by asking for the
+    /// store's history, within the limit of reads in flight.
+    fn sync_unsynced(&mut self, room: &mut dyn FnMut(StreamId) -> Room, fetch: bool) {
+        if self.unsynced.is_empty() {
+            return;
+        }
         let candidates: Vec<u64> = self.unsynced.iter().copied().collect();
+        // Streams found full in this pass: their other watchers are not looked at.
+        let mut full: BTreeSet<StreamId> = BTreeSet::new();
         for serial in candidates {
-            if self.fetches.len() >= self.config.max_fetches_in_flight {
-                return;
-            }
             let Some(w) = self.watchers.get(&serial) else {
                 continue;
             };
-            if w.fetch.is_some() || w.blocked {
+            let stream = w.stream;
+            if w.fetch.is_some() || full.contains(&stream) {
                 continue;
             }
-            let stream = w.stream;
-            let control_empty = self
-                .streams
-                .get(&stream)
-                .is_some_and(|s| s.control.is_empty());
-            let free = self.free(stream, room);
-            if !control_empty || free.responses == 0 || (free.bytes == 0 && !free.empty) {
+            if !self.has_room(stream, room) {
+                full.insert(stream);
+                self.wait_for_room(stream);
+                continue;
+            }
+            if self.in_recent(w.next_revision) {
+                if !self.catch_up_from_recent(serial, room) {
+                    full.insert(stream);
+                    self.wait_for_room(stream);
+                }
+                continue;
+            }
+            if !fetch || w.blocked || self.fetches.len() >= self.config.max_fetches_in_flight {
                 continue;
             }
             let (key, range_end) = w.range.to_etcd();
@@ -870,6 +1253,132 @@ impl WatchHub {
                 max_bytes: self.config.max_history_bytes,
             }));
         }
+    }
+
+    /// Whether `recent` holds every event from `revision` on, and `revision` is above
+    /// the compact revision (so the store's history would answer with events too).
+    fn in_recent(&self, revision: i64) -> bool {
+        revision >= self.recent_from && revision > self.compact_revision
+    }
+
+    /// Keeps the events of a batch just delivered in `recent`, dropping the oldest
+    /// revisions beyond the limits.
+    fn remember(&mut self, events: Vec<EncodedEvent>) {
+        for ev in events {
+            self.recent_events += 1;
+            self.recent_bytes = self.recent_bytes.saturating_add(ev.held_bytes());
+            match self.recent.back_mut() {
+                Some(r) if r.revision == ev.revision => r.events.push(ev),
+                _ => self.recent.push_back(RecentRevision {
+                    revision: ev.revision,
+                    events: vec![ev],
+                }),
+            }
+        }
+        while self.recent_events > self.config.max_recent_events
+            || self.recent_bytes > self.config.max_recent_bytes
+        {
+            let Some(r) = self.recent.pop_front() else {
+                break;
+            };
+            self.recent_events -= r.events.len();
+            let held: usize = r.events.iter().map(EncodedEvent::held_bytes).sum();
+            self.recent_bytes = self.recent_bytes.saturating_sub(held);
+            self.recent_from = r.revision + 1;
+        }
+        if self.recent.is_empty() {
+            self.recent_from = self.recent_from.max(self.current_revision + 1);
+        }
+    }
+
+    /// Sends an unsynced watcher what it misses from `recent`, in responses cut as the
+    /// store's history cuts them ([`crate::core::mvcc::Mvcc::history`]), as long as its
+    /// stream has room; it becomes synced once it has everything. Returns false if it
+    /// stopped for lack of room.
+    fn catch_up_from_recent(
+        &mut self,
+        serial: u64,
+        room: &mut dyn FnMut(StreamId) -> Room,
+    ) -> bool {
+        loop {
+            let Some(w) = self.watchers.get(&serial) else {
+                return true;
+            };
+            let (stream, from) = (w.stream, w.next_revision);
+            let (body, through) = self.recent_for(serial, from);
+            let sent = !body.is_empty();
+            if sent {
+                // As with history, the header carries the current revision.
+                let header = self.header_bytes(self.current_revision);
+                let w = &self.watchers[&serial];
+                let responses = self.event_frames(w, header, body);
+                if !self.try_emit_all(stream, responses, room) {
+                    return false;
+                }
+            }
+            let current = self.current_revision;
+            let Some(w) = self.watchers.get_mut(&serial) else {
+                return true;
+            };
+            w.next_revision = through.max(from - 1) + 1;
+            w.sent_since_progress |= sent;
+            if w.next_revision > current {
+                self.make_synced(serial);
+                self.answer_deferred_progress(stream, room);
+                return true;
+            }
+        }
+    }
+
+    /// The encoded events of `recent` from revision `from` on that watcher `serial` gets
+    /// (filtered), and the revision through which they are complete: what the store's
+    /// history read would answer, cut at the same revision by `max_history_events` and
+    /// `max_history_bytes`. Watchers asking the same get the same buffer.
+    fn recent_for(&mut self, serial: u64, from: i64) -> (Bytes, i64) {
+        let w = &self.watchers[&serial];
+        let key = CatchUpKey {
+            from,
+            range: w.range.clone(),
+            no_put: w.no_put,
+            no_delete: w.no_delete,
+            prev_kv: w.prev_kv,
+        };
+        if let Some(hit) = self.catch_up_cache.get(&key) {
+            return hit.clone();
+        }
+        let start = self.recent.partition_point(|r| r.revision < from);
+        let mut out = BytesMut::new();
+        let mut through = self.current_revision;
+        let mut cut = Cut::new(&self.config);
+        for r in self.recent.range(start..) {
+            let in_range = |ev: &&EncodedEvent| w.range.contains(&ev.key);
+            let (mut n, mut size) = (0usize, 0usize);
+            for ev in r.events.iter().filter(in_range) {
+                n += 1;
+                size = size.saturating_add(ev.size);
+            }
+            if n == 0 {
+                // Nothing of the watcher's range in this revision.
+                continue;
+            }
+            let step = cut.add(n, size);
+            if step == CutStep::Stop {
+                through = r.revision - 1;
+                break;
+            }
+            for ev in r.events.iter().filter(in_range) {
+                if passes(w, ev.is_put) {
+                    out.put_slice(ev.body(w.prev_kv));
+                }
+            }
+            if step == CutStep::KeepAndStop {
+                through = r.revision;
+                break;
+            }
+        }
+        let answer = (out.freeze(), through);
+        self.catch_up_cache.insert(key, answer.clone());
+        answer
     }
 
     fn apply_history(
@@ -911,24 +1420,27 @@ impl WatchHub {
             Err(_) => return,
         };
         let w = &self.watchers[&serial];
-        let events: Vec<Event> = history
-            .events
-            .iter()
-            .filter(|e| event_revision(e) >= from)
-            .filter_map(|e| filter_event(w, e))
-            .collect();
+        let mut body = BytesMut::new();
+        for e in history.events.iter().filter(|e| event_revision(e) >= from) {
+            if let Some(e) = filter_event(w, e) {
+                body.put_slice(&encode_event(&e));
+            }
+        }
         let through = history.through_revision.max(from - 1);
-        let sent = !events.is_empty();
+        let sent = !body.is_empty();
         if sent {
             // As etcd, a catch-up response carries the current revision in its header,
             // so headers on a stream never go back. Only responses without events
             // (progress) are bookmarks, and those are sent to synced watchers only.
-            let responses = self.event_responses(w, self.current_revision, events);
+            let header = self.header_bytes(self.current_revision);
+            let w = &self.watchers[&serial];
+            let responses = self.event_frames(w, header, body.freeze());
             if !self.try_emit_all(stream, responses, room) {
-                // No room now: a later tick reads again.
+                // No room now: a later tick (or the stream draining) reads again.
                 if let Some(w) = self.watchers.get_mut(&serial) {
                     w.blocked = true;
                 }
+                self.wait_for_room(stream);
                 return;
             }
         }
@@ -994,7 +1506,8 @@ impl WatchHub {
                     ..WatchResponse::default()
                 };
                 // Skipped when there is no room: the next round tries again.
-                self.try_emit_all(stream, vec![resp], room);
+                let frame = self.frame_of(resp);
+                self.try_emit_all(stream, vec![frame], room);
             }
             if let Some(w) = self.watchers.get_mut(&serial) {
                 w.sent_since_progress = false;
@@ -1008,10 +1521,14 @@ fn event_revision(e: &Event) -> i64 {
     e.kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }
 
+/// Whether `w`'s filters let an event of this type through.
+fn passes(w: &Watcher, is_put: bool) -> bool {
+    !((is_put && w.no_put) || (!is_put && w.no_delete))
+}
+
 /// The event as `w` sees it: `None` if a filter drops it; `prev_kv` only if asked for.
 fn filter_event(w: &Watcher, e: &Event) -> Option<Event> {
-    let is_put = e.r#type == EventType::Put as i32;
-    if (is_put && w.no_put) || (!is_put && w.no_delete) {
+    if !passes(w, e.r#type == EventType::Put as i32) {
         return None;
     }
     // The previous value is copied only for the watchers that asked for it: with many
@@ -1023,5 +1540,8 @@ fn filter_event(w: &Watcher, e: &Event) -> Option<Event> {
     })
 }
 
+mod frame;
 #[cfg(test)]
 mod tests;
+
+pub use frame::{encode_event, encode_header, split_events, WatchFrame};

@@ -10,11 +10,10 @@
 //! are linearizable and checked with the applied auth store, and watches are registered
 //! with this member's watch hub.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
 
@@ -313,7 +312,7 @@ impl Caller {
             .await?;
         let stream = self.watch.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(super::watch::STREAM_QUEUE_BOUND);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued_bytes = Arc::new(crate::msg::WatchQueueState::default());
         let hub = self.watch.watch_tx.clone();
         hub.send(WatchMsg::OpenStream {
             stream,
@@ -383,8 +382,8 @@ impl Caller {
 /// watcher is dropped.
 pub struct Watcher {
     stream: u64,
-    rx: mpsc::Receiver<Result<WatchResponse, tonic::Status>>,
-    queued_bytes: Arc<AtomicUsize>,
+    rx: mpsc::Receiver<Result<crate::core::watch::WatchFrame, tonic::Status>>,
+    queued_bytes: Arc<crate::msg::WatchQueueState>,
     hub: mpsc::Sender<WatchMsg>,
 }
 
@@ -393,13 +392,19 @@ impl Watcher {
     /// compacted, or the member is going away) is an error, as clientv3 reports it.
     pub async fn next(&mut self) -> Result<WatchResponse, EtcdError> {
         loop {
-            let resp = match self.rx.recv().await {
-                Some(Ok(r)) => r,
+            let frame = match self.rx.recv().await {
+                Some(Ok(f)) => f,
                 Some(Err(status)) => return Err(EtcdError::Unknown(status.message().into())),
                 None => return Err(EtcdError::Unknown("lost watcher waiting for delete".into())),
             };
-            self.queued_bytes
-                .fetch_sub(resp.encoded_len(), Ordering::Relaxed);
+            super::watch::took(
+                &self.queued_bytes,
+                &self.hub,
+                self.stream,
+                &frame,
+                self.rx.len(),
+            );
+            let resp = frame.decode();
             if resp.canceled {
                 return Err(if resp.compact_revision != 0 {
                     as_client_error(EtcdError::Compacted)

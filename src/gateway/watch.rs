@@ -6,19 +6,19 @@
 //! messages and notices when the client goes away.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actors::storage::SharedAuth;
 use crate::core::auth::Access;
 use crate::core::jwt::TokenProvider;
+use crate::core::watch::WatchFrame;
 use crate::error::EtcdError;
-use crate::msg::WatchMsg;
+use crate::msg::{WatchMsg, WatchQueueState};
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{WatchRequest, WatchResponse};
@@ -110,6 +110,24 @@ fn watch_cancel_reason(e: &EtcdError) -> String {
     format!("rpc error: code = {code} desc = {}", e.message())
 }
 
+/// Accounts for a response the reader took from stream `stream`'s queue, leaving `len`
+/// there, and tells the hub if it waits for this queue to drain. The hub's inbox is
+/// bounded and the reader never waits on it: if it is full, the next response taken
+/// tries again (and the hub's tick retries anyway).
+pub fn took(
+    queue: &WatchQueueState,
+    hub: &mpsc::Sender<WatchMsg>,
+    stream: u64,
+    frame: &WatchFrame,
+    len: usize,
+) {
+    if queue.taken(frame.len(), len, STREAM_QUEUE_BOUND)
+        && hub.try_send(WatchMsg::Drained { stream }).is_err()
+    {
+        queue.rearm();
+    }
+}
+
 /// What one client request becomes for the hub (`None`: etcd ignores it).
 fn to_hub(stream: u64, req: WatchRequest) -> Option<WatchMsg> {
     match req.request_union? {
@@ -122,6 +140,12 @@ fn to_hub(stream: u64, req: WatchRequest) -> Option<WatchMsg> {
     }
 }
 
+/// One stream's responses as the hub queues them, encoded.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<WatchFrame, Status>> + Send>>;
+
+/// The generated service, which decodes every frame back into a response: what the
+/// simulator serves (its gRPC passes messages, not bytes). Real listeners serve
+/// [`WatchFrameServer`], which writes the frames as they are.
 #[tonic::async_trait]
 impl Watch for WatchService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
@@ -130,6 +154,17 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let frames = self.open(req).await?;
+        Ok(Response::new(Box::pin(
+            frames.map(|f| f.map(|f| f.decode())),
+        )))
+    }
+}
+
+impl WatchService {
+    /// Serves one Watch call: registers the stream with the hub, forwards the client's
+    /// requests, and returns the stream's responses.
+    pub async fn open(&self, req: Request<Streaming<WatchRequest>>) -> Result<FrameStream, Status> {
         if self
             .raft_status
             .as_ref()
@@ -151,7 +186,7 @@ impl Watch for WatchService {
         let mut inbound = req.into_inner();
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_BOUND);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued_bytes = Arc::new(WatchQueueState::default());
         self.watch_tx
             .send(WatchMsg::OpenStream {
                 stream,
@@ -189,8 +224,11 @@ impl Watch for WatchService {
                                         cancel_reason: watch_cancel_reason(&e),
                                         ..Default::default()
                                     };
-                                    denied_bytes.fetch_add(resp.encoded_len(), Ordering::Relaxed);
-                                    if tx.send(Ok(resp)).await.is_err() {
+                                    let frame = WatchFrame::from_response(&resp);
+                                    denied_bytes
+                                        .bytes
+                                        .fetch_add(frame.len(), Ordering::Relaxed);
+                                    if tx.send(Ok(frame)).await.is_err() {
                                         break;
                                     }
                                     continue;
@@ -215,13 +253,150 @@ impl Watch for WatchService {
             }
             let _ = hub.send(WatchMsg::CloseStream { stream }).await;
         });
-        // Whatever gRPC takes leaves the queue's byte count, so the hub sees the room.
-        let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
-            if let Ok(r) = &item {
-                queued_bytes.fetch_sub(r.encoded_len(), Ordering::Relaxed);
+        // Whatever gRPC takes leaves the queue's byte count, so the hub sees the room, and
+        // the hub hears when a queue it waits on has drained.
+        let drain_hub = self.watch_tx.clone();
+        let mut rx = rx;
+        let out = futures::stream::poll_fn(move |cx| {
+            let item = std::task::ready!(rx.poll_recv(cx));
+            if let Some(Ok(r)) = &item {
+                took(&queued_bytes, &drain_hub, stream, r, rx.len());
             }
-            item
+            std::task::Poll::Ready(item)
         });
-        Ok(Response::new(Box::pin(out)))
+        Ok(Box::pin(out))
+    }
+}
+
+#[cfg(not(madsim))]
+pub use wire::{WatchCodec, WatchFrameServer};
+
+/// The Watch service on real listeners, written by hand instead of generated so that its
+/// responses are encoded by [`WatchFrame::write`] (copies of shared, already encoded
+/// pieces) rather than by prost, response by response. The bytes on the wire are the
+/// same.
+#[cfg(not(madsim))]
+mod wire {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+
+    use tonic::codec::{Codec, EncodeBuf, Encoder};
+    use tonic::codegen::{http, Body, BoxFuture, Context, Poll, StdError};
+    use tonic::Status;
+
+    use super::{FrameStream, WatchService};
+    use crate::core::watch::WatchFrame;
+    use crate::pb::etcdserverpb::WatchRequest;
+
+    /// Requests decoded by prost, responses written from their frames.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct WatchCodec;
+
+    impl Codec for WatchCodec {
+        type Encode = WatchFrame;
+        type Decode = WatchRequest;
+        type Encoder = FrameEncoder;
+        type Decoder = tonic_prost::ProstDecoder<WatchRequest>;
+
+        fn encoder(&mut self) -> FrameEncoder {
+            FrameEncoder
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            tonic_prost::ProstDecoder::default()
+        }
+    }
+
+    /// Writes a frame's bytes.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct FrameEncoder;
+
+    impl Encoder for FrameEncoder {
+        type Item = WatchFrame;
+        type Error = Status;
+
+        fn encode(&mut self, item: WatchFrame, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            item.write(buf);
+            Ok(())
+        }
+    }
+
+    /// The one method of the service.
+    struct WatchMethod(Arc<WatchService>);
+
+    impl tonic::server::StreamingService<WatchRequest> for WatchMethod {
+        type Response = WatchFrame;
+        type ResponseStream = FrameStream;
+        type Future = BoxFuture<tonic::Response<FrameStream>, Status>;
+
+        fn call(
+            &mut self,
+            request: tonic::Request<tonic::Streaming<WatchRequest>>,
+        ) -> Self::Future {
+            let inner = self.0.clone();
+            Box::pin(async move { inner.open(request).await.map(tonic::Response::new) })
+        }
+    }
+
+    /// etcd's `etcdserverpb.Watch` service, as the generated `WatchServer` serves it
+    /// but with [`WatchCodec`].
+    #[derive(Clone)]
+    pub struct WatchFrameServer {
+        inner: Arc<WatchService>,
+        max_decoding_message_size: usize,
+    }
+
+    impl WatchFrameServer {
+        /// Serves `inner`, refusing requests larger than `max_decoding_message_size`.
+        pub fn new(inner: WatchService, max_decoding_message_size: usize) -> WatchFrameServer {
+            WatchFrameServer {
+                inner: Arc::new(inner),
+                max_decoding_message_size,
+            }
+        }
+    }
+
+    impl<B> tower_service::Service<http::Request<B>> for WatchFrameServer
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            if req.uri().path() != "/etcdserverpb.Watch/Watch" {
+                // As the generated servers answer an unknown method.
+                return Box::pin(async move {
+                    let mut response = http::Response::new(tonic::body::Body::default());
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        Status::GRPC_STATUS,
+                        (tonic::Code::Unimplemented as i32).into(),
+                    );
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        tonic::metadata::GRPC_CONTENT_TYPE,
+                    );
+                    Ok(response)
+                });
+            }
+            let method = WatchMethod(self.inner.clone());
+            let max_decoding = self.max_decoding_message_size;
+            Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(WatchCodec)
+                    .apply_max_message_size_config(Some(max_decoding), Some(usize::MAX));
+                Ok(grpc.streaming(method, req).await)
+            })
+        }
+    }
+
+    impl tonic::server::NamedService for WatchFrameServer {
+        const NAME: &'static str = "etcdserverpb.Watch";
     }
 }

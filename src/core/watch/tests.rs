@@ -1,7 +1,7 @@
 //! Tests of the watch hub: etcd's answers (checked against etcd 3.4.23) and a model test
 //! of the delivery guarantees with slow consumers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 
@@ -25,11 +25,14 @@ struct Rig {
     closed: Vec<StreamId>,
     /// Bytes each stream queue holds at most (a larger response only into an empty one).
     byte_budget: usize,
+    /// Streams the hub waits on: reading half of the queue tells it (`on_room`).
+    waiting: BTreeSet<StreamId>,
 }
 
 enum HubInput {
     Events(i64, Vec<Event>),
     History(HistoryAnswer),
+    Compacted(i64),
 }
 
 impl Rig {
@@ -43,6 +46,7 @@ impl Rig {
             hub_inbox: VecDeque::new(),
             closed: Vec::new(),
             byte_budget: usize::MAX,
+            waiting: BTreeSet::new(),
         }
     }
 
@@ -68,7 +72,9 @@ impl Rig {
         let out = f(&mut self.hub, &mut room);
         for o in out {
             match o {
-                Output::Send { stream, response } => {
+                Output::Send { stream, frame } => {
+                    let response = frame.decode();
+                    assert_eq!(frame.len(), response.encoded_len());
                     let (cap, q) = self.queues.get_mut(&stream).expect("known stream");
                     assert!(q.len() < *cap, "the hub sent without room");
                     let queued: usize = q.iter().map(|r| r.encoded_len()).sum();
@@ -82,6 +88,9 @@ impl Rig {
                     q.push_back(response);
                 }
                 Output::Fetch(f) => self.fetches.push_back(f),
+                Output::WaitForRoom { stream } => {
+                    self.waiting.insert(stream);
+                }
                 Output::Close { stream, .. } => self.closed.push(stream),
             }
         }
@@ -158,6 +167,7 @@ impl Rig {
                 let rev = self.mvcc.current_revision();
                 if rev > self.mvcc.compact_revision() {
                     self.mvcc.compact(rev, &mut batch).unwrap();
+                    self.hub_inbox.push_back(HubInput::Compacted(rev));
                 }
             }
         }
@@ -186,19 +196,43 @@ impl Rig {
         }
     }
 
+    /// The hub handles the batches at the front of its inbox as one, as the storage side
+    /// sends them when it applies several writes at once.
+    fn hub_batch(&mut self) {
+        let mut revision = 0;
+        let mut events = Vec::new();
+        while let Some(HubInput::Events(rev, evs)) = self.hub_inbox.front() {
+            revision = *rev;
+            events.extend(evs.iter().cloned());
+            self.hub_inbox.pop_front();
+        }
+        if events.is_empty() {
+            self.hub_step();
+        } else {
+            self.run(|h, room| h.on_events(revision, events, room));
+        }
+    }
+
     /// The hub handles the oldest message from the storage side.
     fn hub_step(&mut self) {
         match self.hub_inbox.pop_front() {
-            Some(HubInput::Events(rev, evs)) => self.run(|h, room| h.on_events(rev, &evs, room)),
+            Some(HubInput::Events(rev, evs)) => self.run(|h, room| h.on_events(rev, evs, room)),
             Some(HubInput::History(a)) => self.run(|h, room| h.on_history(a, room)),
+            Some(HubInput::Compacted(rev)) => self.hub.on_compacted(rev),
             None => {}
         }
     }
 
+    /// Reads up to `n` responses of `stream`, telling the hub (as the gateway does) if
+    /// it waits on the stream and the queue has drained to half.
     fn read(&mut self, stream: StreamId, n: usize) -> Vec<WatchResponse> {
-        let (_, q) = self.queues.get_mut(&stream).unwrap();
+        let (cap, q) = self.queues.get_mut(&stream).unwrap();
         let n = n.min(q.len());
-        q.drain(..n).collect()
+        let got: Vec<WatchResponse> = q.drain(..n).collect();
+        if n > 0 && q.len() * 2 <= *cap && self.waiting.remove(&stream) {
+            self.run(|h, room| h.on_room(room));
+        }
+        got
     }
 
     /// Runs storage and hub until nothing is left to do, reading everything.
@@ -463,6 +497,279 @@ fn slow_watcher_catches_up_in_order_without_blocking_others() {
     assert!(revs.windows(2).all(|w| w[0] <= w[1]), "{revs:?}");
 }
 
+/// The revisions of the events a stream's responses carry, per response.
+fn revisions_of(resps: &[WatchResponse]) -> Vec<Vec<i64>> {
+    resps
+        .iter()
+        .filter(|r| !r.events.is_empty())
+        .map(|r| r.events.iter().map(event_revision).collect())
+        .collect()
+}
+
+#[test]
+fn fallen_behind_watchers_catch_up_from_recent_revisions_without_reads() {
+    let mut r = Rig::new(WatchConfig::default());
+    r.open(1, 3); // three watchers, room for one revision
+    r.open(2, 1000);
+    for _ in 0..3 {
+        r.create(1, watch("k", b"", 0));
+    }
+    r.create(2, watch("k", b"", 0));
+    r.read(1, 3);
+    r.read(2, 1);
+    for i in 0..30 {
+        r.write(&put("k", &i.to_string()));
+        r.hub_step();
+    }
+    assert_eq!(r.hub.unsynced_count(), 3);
+    assert!(
+        r.waiting.contains(&1),
+        "the hub waits for stream 1 to drain"
+    );
+    // Reading drains the queue: the hub hears it and the watchers catch up at once,
+    // from memory, each in one response holding every revision it missed.
+    let first = r.read(1, 3);
+    assert_eq!(revisions_of(&first), vec![vec![2], vec![2], vec![2]]);
+    let rest = r.read(1, 100);
+    assert_eq!(rest.len(), 3);
+    for resp in &rest {
+        assert_eq!(resp.header.unwrap().revision, 31);
+    }
+    assert_eq!(revisions_of(&rest), vec![(3..32).collect::<Vec<_>>(); 3]);
+    assert_eq!(r.hub.unsynced_count(), 0);
+    assert!(r.fetches.is_empty(), "no history read: {:?}", r.fetches);
+    // Synced again: the next write is delivered live.
+    r.write(&put("k", "x"));
+    r.hub_step();
+    assert_eq!(revisions_of(&r.read(1, 100)), vec![vec![32]; 3]);
+}
+
+#[test]
+fn catching_up_from_recent_revisions_cuts_as_history_does() {
+    let mut r = Rig::new(WatchConfig {
+        max_history_events: 4,
+        ..WatchConfig::default()
+    });
+    r.open(1, 1);
+    r.create(1, watch("", &[0], 0));
+    r.read(1, 1);
+    r.write(&put("a", "0"));
+    r.hub_step();
+    // Behind from revision 3 on: revisions of 1, 3 and 2 events.
+    r.write(&put("a", "1"));
+    r.write(&Write::Txn(vec![
+        ("a".into(), "2".into()),
+        ("b".into(), "2".into()),
+        ("c".into(), "2".into()),
+    ]));
+    r.write(&Write::Txn(vec![
+        ("a".into(), "3".into()),
+        ("b".into(), "3".into()),
+    ]));
+    while !r.hub_inbox.is_empty() {
+        r.hub_step();
+    }
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(r.read(1, 1));
+    }
+    // What the store's history read with the same limits answers, response by response.
+    let want_first = r
+        .mvcc
+        .history(b"\0", &[0], 3, i64::MAX, 4, usize::MAX)
+        .unwrap();
+    assert_eq!(want_first.through_revision, 4);
+    assert_eq!(
+        revisions_of(&got),
+        vec![vec![2], vec![3, 4, 4, 4], vec![5, 5]]
+    );
+    assert!(r.fetches.is_empty());
+}
+
+#[test]
+fn compaction_past_a_fallen_behind_watcher_cancels_it() {
+    let mut r = Rig::new(WatchConfig::default());
+    r.open(1, 1);
+    r.create(1, watch("k", b"", 0));
+    r.read(1, 1);
+    r.write(&put("k", "0"));
+    r.hub_step();
+    // Revision 3 does not fit: the watcher is behind from there.
+    r.write(&put("k", "1"));
+    r.hub_step();
+    assert_eq!(r.hub.unsynced_count(), 1);
+    r.write(&put("k", "2"));
+    r.write(&Write::Compact);
+    while !r.hub_inbox.is_empty() {
+        r.hub_step();
+    }
+    // The events it misses are still in memory, but the store compacted them: as etcd,
+    // the watcher learns it was compacted (through the store's history read).
+    let mut now = 0;
+    let got = r.settle(&mut now).remove(&1).unwrap();
+    assert_eq!(revisions_of(&got), vec![vec![2]]);
+    assert_eq!(
+        got.last().unwrap(),
+        &WatchResponse {
+            canceled: true,
+            compact_revision: 4,
+            ..resp(0, 0)
+        }
+    );
+    assert_eq!(r.hub.watcher_count(), 0);
+}
+
+#[test]
+fn watchers_behind_the_recent_revisions_read_history() {
+    let mut r = Rig::new(WatchConfig {
+        max_recent_events: 5,
+        ..WatchConfig::default()
+    });
+    r.open(1, 1);
+    r.create(1, watch("k", b"", 0));
+    r.read(1, 1);
+    for i in 0..20 {
+        r.write(&put("k", &i.to_string()));
+        r.hub_step();
+    }
+    // It fell behind at revision 3; memory holds revisions 17 to 21 only.
+    assert!(r.fetches.is_empty());
+    let mut now = 0;
+    let got = r.settle(&mut now).remove(&1).unwrap();
+    let revs: Vec<i64> = revisions_of(&got).concat();
+    assert_eq!(revs, (2..22).collect::<Vec<_>>());
+    assert_eq!(r.hub.unsynced_count(), 0);
+}
+
+#[test]
+fn a_watcher_created_in_the_past_catches_up_from_memory_at_once() {
+    let mut r = Rig::new(WatchConfig::default());
+    r.open(1, 16);
+    for i in 0..5 {
+        r.write(&put("k", &i.to_string()));
+        r.hub_step();
+    }
+    r.create(
+        1,
+        WatchCreateRequest {
+            prev_kv: true,
+            filters: vec![FilterType::Nodelete as i32],
+            ..watch("k", b"", 4)
+        },
+    );
+    let got = r.read(1, 16);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0], created(6, 0));
+    assert_eq!(
+        got[1],
+        WatchResponse {
+            events: vec![
+                put_ev(kv("k", "2", 2, 4, 3), Some(kv("k", "1", 2, 3, 2))),
+                put_ev(kv("k", "3", 2, 5, 4), Some(kv("k", "2", 2, 4, 3))),
+                put_ev(kv("k", "4", 2, 6, 5), Some(kv("k", "3", 2, 5, 4))),
+            ],
+            ..resp(6, 0)
+        }
+    );
+    assert!(r.fetches.is_empty());
+    assert_eq!(r.hub.unsynced_count(), 0);
+}
+
+#[test]
+fn a_batch_of_revisions_goes_out_in_one_response_per_watcher() {
+    let mut r = Rig::new(WatchConfig {
+        max_history_events: 3,
+        ..WatchConfig::default()
+    });
+    r.open(1, 16);
+    r.create(1, watch("k", b"", 0));
+    r.create(
+        1,
+        WatchCreateRequest {
+            filters: vec![FilterType::Noput as i32],
+            ..watch("k", b"", 0)
+        },
+    );
+    r.create(1, watch("", &[0], 0));
+    r.read(1, 3);
+    for w in [
+        put("k", "1"),
+        put("j", "1"),
+        Write::Delete("k".into(), vec![]),
+        put("k", "2"),
+        put("k", "3"),
+    ] {
+        r.write(&w);
+    }
+    r.hub_batch();
+    let got = r.read(1, 16);
+    // Whole revisions, at most 3 events of the range a response (cut as history is), the
+    // batch's revision in every header; the NOPUT watcher gets only the delete.
+    let shape: Vec<(i64, Vec<i64>, i64)> = got
+        .iter()
+        .map(|r| {
+            let revs = r.events.iter().map(event_revision).collect();
+            (r.watch_id, revs, r.header.unwrap().revision)
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (0, vec![2, 4, 5], 6),
+            (0, vec![6], 6),
+            (1, vec![4], 6),
+            (2, vec![2, 3, 4], 6),
+            (2, vec![5, 6], 6),
+        ]
+    );
+    assert_eq!(r.hub.unsynced_count(), 0);
+}
+
+#[test]
+fn a_batch_that_does_not_fit_is_caught_up_whole() {
+    let mut r = Rig::new(WatchConfig {
+        max_history_events: 2,
+        ..WatchConfig::default()
+    });
+    r.open(1, 1);
+    r.create(1, watch("k", b"", 0));
+    r.read(1, 1);
+    for i in 0..5 {
+        r.write(&put("k", &i.to_string()));
+    }
+    r.hub_batch();
+    // Room for the first chunk only; the rest follows as the stream is read.
+    let mut revs = Vec::new();
+    for _ in 0..5 {
+        revs.extend(revisions_of(&r.read(1, 1)));
+    }
+    assert_eq!(revs, vec![vec![2, 3], vec![4, 5], vec![6]]);
+    assert!(r.fetches.is_empty());
+    assert_eq!(r.hub.unsynced_count(), 0);
+}
+
+#[test]
+fn headers_carry_the_member_and_its_term() {
+    let mut r = Rig::new(WatchConfig::default());
+    r.hub.set_identity(7, 9);
+    r.hub.set_raft_term(3);
+    r.open(1, 16);
+    r.create(1, watch("k", b"", 0));
+    r.write(&put("k", "1"));
+    r.hub_step();
+    r.hub.set_raft_term(4);
+    r.write(&put("k", "2"));
+    r.hub_step();
+    let headers: Vec<ResponseHeader> = r.read(1, 16).iter().map(|r| r.header.unwrap()).collect();
+    let h = |revision, raft_term| ResponseHeader {
+        cluster_id: 7,
+        member_id: 9,
+        revision,
+        raft_term,
+    };
+    assert_eq!(headers, vec![h(1, 3), h(2, 3), h(3, 4)]);
+}
+
 #[test]
 fn fragments_split_large_revisions() {
     let mut r = Rig::new(WatchConfig {
@@ -501,6 +808,8 @@ fn fragments_split_large_revisions() {
 fn progress_request_and_notify() {
     let mut r = Rig::new(WatchConfig {
         progress_notify_interval_ms: 1000,
+        // Catching up reads the store's history, so the progress request below waits.
+        max_recent_events: 0,
         ..WatchConfig::default()
     });
     r.open(1, 4);
@@ -568,6 +877,7 @@ enum Step {
     Read(StreamId, usize),
     AnswerFetch,
     HubTurn,
+    HubBatch,
     Tick,
 }
 
@@ -599,6 +909,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0u64..3, 0usize..4).prop_map(|(s, n)| Step::Read(s, n)),
         3 => Just(Step::AnswerFetch),
         6 => Just(Step::HubTurn),
+        2 => Just(Step::HubBatch),
         1 => Just(Step::Tick),
     ]
 }
@@ -635,12 +946,15 @@ proptest! {
         steps in prop::collection::vec(step(), 1..120),
         caps in prop::collection::vec(1usize..4, 3),
         byte_budget in prop::sample::select(vec![usize::MAX, 150, 400]),
+        (max_recent_events, max_recent_bytes) in prop::sample::select(vec![(0, 0), (4, 300), (1000, usize::MAX)]),
     ) {
         let mut r = Rig::new(WatchConfig {
             max_history_events: 3,
             max_fetches_in_flight: 2,
             progress_notify_interval_ms: 300,
             max_history_bytes: 120,
+            max_recent_events,
+            max_recent_bytes,
             ..WatchConfig::default()
         });
         r.byte_budget = byte_budget;
@@ -678,6 +992,7 @@ proptest! {
                 }
                 Step::AnswerFetch => r.answer_fetch(),
                 Step::HubTurn => r.hub_step(),
+                Step::HubBatch => r.hub_batch(),
                 Step::Tick => { now += 100; r.tick(now); }
             }
         }
