@@ -27,7 +27,7 @@ unset DETCD_PLANTED_BUG
 # failure_class in sim/src/shrink.rs), comma-separated | what catches it
 BUGS=(
   "stale-read|leader-isolation|8|linearizability|linearizability: a follower serves a read it has not caught up for"
-  "ack-before-fsync|power-loss|8|lost-entries|no progress: a member cannot start, its WAL lost entries it had acknowledged"
+  "ack-before-fsync|power-loss|8|lost-entries|lost entries: a restarted member's WAL lacks entries it had acknowledged (its backend is ahead of it, or raft finds the leader's commit beyond its log)"
   "double-apply|random-crash|8|linearizability,hashkv|linearizability or HashKV: an entry applied twice after a restart"
   "stale-lease-revoke|lease-expiry-under-partition|8|linearizability|linearizability: a lease revoked by a deposed leader"
   "watch-reorder|slow-watchers|8|watch-guarantee|watch checker: events of one batch delivered out of order"

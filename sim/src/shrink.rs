@@ -19,7 +19,7 @@ use crate::scenario::Scenario;
 /// (the clients' history is linearizable, but in no order the watch events agree with),
 /// "hashkv" (members disagree on HashKV after the heal), "lost-entries" (no progress
 /// after the heal because a member cannot start: its WAL lost entries its backend had
-/// applied), "progress" (no write or read succeeds after the heal, for another reason),
+/// applied; or raft finds that a member's log lost entries it had acknowledged), "progress" (no write or read succeeds after the heal, for another reason),
 /// "panic" (the simulation panicked), "other", or "none" for no failure.
 pub fn failure_class(failures: &[String]) -> &'static str {
     let Some(first) = failures.first() else {
@@ -33,7 +33,7 @@ pub fn failure_class(failures: &[String]) -> &'static str {
         "watch-reconcile"
     } else if first.contains("HashKV at revision") {
         "hashkv"
-    } else if first.contains("the WAL lost committed entries") {
+    } else if first.contains("the WAL lost committed entries") || raft_log_lost(first) {
         "lost-entries"
     } else if first.contains("no progress") || first.contains("did not answer") {
         "progress"
@@ -42,6 +42,17 @@ pub fn failure_class(failures: &[String]) -> &'static str {
     } else {
         "other"
     }
+}
+
+/// Whether `failure` is raft's own detection of a member whose log lost entries it had
+/// acknowledged: the leader's commit index lies beyond the member's last index (etcd's
+/// "tocommit(N) is out of range [lastIndex(M)]. Was the raft log corrupted, truncated,
+/// or lost?"). It shows when the member's backend lost the same entries in the crash, so
+/// the restart's own check, backend ahead of WAL, cannot see it.
+fn raft_log_lost(failure: &str) -> bool {
+    failure.contains("the simulation panicked")
+        && failure.contains("to_commit")
+        && failure.contains("is out of range [last_index")
 }
 
 /// The smaller scenarios to try after `s`, each with a description of the step. `planned`
@@ -264,6 +275,13 @@ hold_ms = [100, 200]
                 "no progress: no write succeeded within 60s after every fault was healed; \
                node1 did not start: raft: the backend has applied index 75 but the WAL ends \
                at 70: the WAL lost committed entries"
+            ),
+            "lost-entries"
+        );
+        assert_eq!(
+            c(
+                "the simulation panicked: to_commit 67 is out of range [last_index 65], \
+               raft_id: 4520489976140230000"
             ),
             "lost-entries"
         );
