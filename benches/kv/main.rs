@@ -184,6 +184,9 @@ fn compare_load(rt: &tokio::runtime::Runtime, servers: &[(&str, PathBuf)], args:
             f.peak_rss_mib
         );
     }
+    if let [(_, alone)] = results.as_slice() {
+        report::print_alone("write workloads on the full store", &alone.full_store);
+    }
     if let [(_, ours), (_, theirs)] = results.as_slice() {
         report::print_side_by_side(
             "write workloads on the full store",

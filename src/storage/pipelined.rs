@@ -27,7 +27,7 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,10 +37,21 @@ use super::backend::{Backend, Bucket, WriteBatch};
 /// so a slow disk slows applies down instead of growing memory.
 pub const PIPELINE_MAX_QUEUED_BATCHES: usize = 1024;
 
+/// The most changes (batch operations) queued for the commit thread, whatever the number
+/// of batches. A batch can hold thousands of changes (a raft ready of large txns), so a
+/// bound in batches alone let a backlog of seconds of commits build up behind a burst,
+/// which then stalled every write that met the full queue. A single batch larger than
+/// this is still queued, alone.
+pub const PIPELINE_MAX_QUEUED_OPS: usize = 32_768;
+
 /// The most queued batches merged into one commit, which bounds the size of one commit.
 pub const PIPELINE_MAX_MERGED_BATCHES: usize = 256;
 
+/// Merging stops once a commit holds this many changes.
+pub const PIPELINE_MAX_MERGED_OPS: usize = 8_192;
+
 const _: () = assert!(PIPELINE_MAX_MERGED_BATCHES <= PIPELINE_MAX_QUEUED_BATCHES);
+const _: () = assert!(PIPELINE_MAX_MERGED_OPS <= PIPELINE_MAX_QUEUED_OPS);
 
 /// How long the commit thread waits after a first batch for more to merge with it
 /// (etcd's batch transaction commits every 100 ms). Each commit rewrites the consistent
@@ -68,6 +79,11 @@ struct Shared {
     in_use_bytes: AtomicU64,
     /// Why a commit failed; once set, nothing more is committed.
     failure: Mutex<Option<String>>,
+    /// Changes queued and not yet committed. Invariant: at most
+    /// [`PIPELINE_MAX_QUEUED_OPS`], or the changes of one batch.
+    queued_ops: Mutex<usize>,
+    /// Signalled when queued changes were committed.
+    committed: Condvar,
 }
 
 impl Shared {
@@ -76,6 +92,25 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Waits until `ops` more changes fit in the queue, then counts them as queued.
+    fn reserve(&self, ops: usize) {
+        let mut queued = self.queued_ops.lock().unwrap_or_else(|e| e.into_inner());
+        while *queued > 0 && *queued + ops > PIPELINE_MAX_QUEUED_OPS {
+            queued = self
+                .committed
+                .wait(queued)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *queued += ops;
+    }
+
+    /// Counts `ops` queued changes as committed (or dropped) and wakes waiting writers.
+    fn release(&self, ops: usize) {
+        let mut queued = self.queued_ops.lock().unwrap_or_else(|e| e.into_inner());
+        *queued = queued.saturating_sub(ops);
+        self.committed.notify_all();
     }
 
     fn publish_sizes(&self, backend: &dyn Backend) {
@@ -156,13 +191,16 @@ fn thread_gone() -> io::Error {
 /// The commit thread: commits batches in order, merging those already queued, and runs
 /// jobs between them. Returns when the writer is dropped and the queue is empty.
 fn commit_loop(mut backend: Box<dyn Backend>, rx: &Receiver<Cmd>, shared: &Shared) {
+    let _stopped = Stopped(shared);
     let mut next = rx.recv().ok();
     while let Some(cmd) = next.take() {
         match cmd {
             Cmd::Write(mut batch) => {
                 let deadline = Instant::now() + Duration::from_millis(PIPELINE_COMMIT_INTERVAL_MS);
                 let mut merged = 1;
-                while merged < PIPELINE_MAX_MERGED_BATCHES {
+                while merged < PIPELINE_MAX_MERGED_BATCHES
+                    && batch.ops.len() < PIPELINE_MAX_MERGED_OPS
+                {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(wait) {
                         Ok(Cmd::Write(more)) => {
@@ -186,6 +224,7 @@ fn commit_loop(mut backend: Box<dyn Backend>, rx: &Receiver<Cmd>, shared: &Share
                         }
                     }
                 }
+                shared.release(batch.ops.len());
             }
             // After a failure the backend misses batches: a job's answer would be wrong,
             // so it is dropped and its caller gets the failure instead.
@@ -200,6 +239,21 @@ fn commit_loop(mut backend: Box<dyn Backend>, rx: &Receiver<Cmd>, shared: &Share
         if next.is_none() {
             next = rx.recv().ok();
         }
+    }
+}
+
+/// Marks the commit thread stopped however it ends (a panic included), so that no writer
+/// waits for room that will never come: the queue counts as empty and, if the thread did
+/// not end because the writer went away, every later call fails.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            *self.0.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some("backend commit thread panicked".into());
+        }
+        self.0.release(usize::MAX);
     }
 }
 
@@ -220,7 +274,14 @@ impl Backend for PipelinedBackend {
     }
 
     fn write_owned(&mut self, batch: WriteBatch) -> io::Result<()> {
-        self.send(Cmd::Write(batch))
+        let ops = batch.ops.len();
+        self.failed()?;
+        self.shared.reserve(ops);
+        let sent = self.send(Cmd::Write(batch));
+        if sent.is_err() {
+            self.shared.release(ops);
+        }
+        sent
     }
 
     fn get(&self, bucket: Bucket, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
