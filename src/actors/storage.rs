@@ -241,14 +241,7 @@ pub fn recover(backend: &dyn Backend, min_lease_ttl_s: i64) -> Result<Recovered,
     let keys = backend.scan(Bucket::Key).map_err(io)?;
     let meta = backend.scan(Bucket::Meta).map_err(io)?;
     let mvcc = Mvcc::restore(keys, meta).map_err(|e| StorageFatal(format!("backend: {e}")))?;
-    let live = mvcc
-        .range(&RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        })
-        .map_err(|e| StorageFatal(format!("backend: {e}")))?
-        .kvs;
+    let live = mvcc.live_leased();
     let alarms = AlarmSet::restore(backend.scan(Bucket::Alarm).map_err(io)?)
         .map_err(|e| StorageFatal(format!("backend: {e}")))?;
     let leases = LeaseTable::restore(

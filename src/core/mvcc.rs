@@ -292,6 +292,19 @@ impl Mvcc {
         self.compact_revision
     }
 
+    /// The current version of every existing key that is attached to a lease, in key
+    /// order: what the lease table needs to rebuild at a restart, without copying the
+    /// keys that have no lease (a full range would copy the whole store).
+    pub fn live_leased(&self) -> Vec<KeyValue> {
+        self.index
+            .values()
+            .filter(|ki| ki.is_live())
+            .filter_map(|ki| ki.generations.last()?.puts.last())
+            .filter(|(_, kv)| kv.lease != 0)
+            .map(|(_, kv)| kv.clone())
+            .collect()
+    }
+
     /// The number of keys that exist at the current revision.
     pub fn key_count(&self) -> usize {
         debug_assert_eq!(self.live_keys, self.count_live_keys(), "live key count");

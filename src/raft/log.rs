@@ -114,8 +114,8 @@ pub fn exists(disk: &dyn Disk, dir: &Path) -> bool {
 /// cluster got an id its flags cannot reproduce. (This reads the WAL once more than the
 /// open that follows; starts are rare and the WAL is bounded by compaction.)
 pub fn read_identity(disk: Arc<dyn Disk>, dir: &Path) -> Result<WalIdentity, LogError> {
-    let (_, contents) = Wal::open(disk, dir).map_err(LogError::Wal)?;
-    WalIdentity::decode(&contents.metadata).ok_or_else(|| {
+    let metadata = Wal::read_metadata(disk.as_ref(), dir).map_err(LogError::Wal)?;
+    WalIdentity::decode(&metadata).ok_or_else(|| {
         LogError::Raft(format!(
             "the WAL in {} has no valid member identity",
             dir.display()

@@ -373,13 +373,46 @@ pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 ///
 /// It counts the bytes of keys and values it holds (bucket tags excluded, as
 /// [`MemBackend`] counts them) as it writes, for [`Backend::size_bytes`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SledBackend {
     db: sled::Db,
     /// Key and value bytes stored now.
     in_use_bytes: u64,
     /// The most `in_use_bytes` has been since opening or the last defragmentation.
     high_water_bytes: u64,
+    /// What opening read, per bucket, for the first scan of each bucket to take.
+    preloaded: Preloaded,
+}
+
+/// The entries [`SledBackend::open`] read to count the stored bytes, kept per bucket tag
+/// so that the restart's scans of every bucket take them instead of reading the whole
+/// database a second time (that second pass was over a quarter of a restart's time
+/// with 1,000,000 keys). Invariant: empty once anything was written after opening, so a
+/// scan never returns stale entries.
+#[derive(Default)]
+struct Preloaded(Mutex<BTreeMap<u8, Vec<(Vec<u8>, Vec<u8>)>>>);
+
+impl std::fmt::Debug for Preloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let buckets = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "Preloaded({buckets} buckets)")
+    }
+}
+
+impl Preloaded {
+    fn take(&self, tag: u8) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&tag)
+    }
+
+    fn clear(&self) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.is_empty() {
+            map.clear();
+        }
+    }
 }
 
 impl SledBackend {
@@ -394,14 +427,22 @@ impl SledBackend {
             .cache_capacity(SLED_CACHE_BYTES)
             .open()?;
         let mut in_use_bytes = 0u64;
+        let mut preloaded: BTreeMap<u8, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
         for item in db.iter() {
             let (key, value) = item?;
             in_use_bytes += (key.len().saturating_sub(1) + value.len()) as u64;
+            if let Some((&tag, rest)) = key.split_first() {
+                preloaded
+                    .entry(tag)
+                    .or_default()
+                    .push((rest.to_vec(), value.to_vec()));
+            }
         }
         Ok(SledBackend {
             db,
             in_use_bytes,
             high_water_bytes: in_use_bytes,
+            preloaded: Preloaded(Mutex::new(preloaded)),
         })
     }
 
@@ -443,6 +484,7 @@ fn sled_key(bucket: Bucket, key: &[u8]) -> Vec<u8> {
 
 impl Backend for SledBackend {
     fn write(&mut self, batch: &WriteBatch) -> io::Result<()> {
+        self.preloaded.clear();
         let delta_bytes = self.size_delta_bytes(batch)?;
         let mut sled_batch = sled::Batch::default();
         for op in &batch.ops {
@@ -464,6 +506,9 @@ impl Backend for SledBackend {
     }
 
     fn scan(&self, bucket: Bucket) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if let Some(entries) = self.preloaded.take(bucket.tag()) {
+            return Ok(entries);
+        }
         let mut entries = Vec::new();
         for item in self.db.scan_prefix([bucket.tag()]) {
             let (key, value) = item?;
@@ -778,5 +823,36 @@ mod tests {
         );
         assert_eq!(backend.scan(Bucket::Auth).unwrap().len(), 3);
         assert!(backend.scan(Bucket::Lease).unwrap().is_empty());
+        // A second scan, served by sled rather than by what opening read, is the same.
+        assert_eq!(
+            backend.scan(Bucket::Key).unwrap(),
+            pairs(&[("b", "2"), ("z", "26")])
+        );
+    }
+
+    /// What opening read serves the first scans only until something is written.
+    #[test]
+    fn sled_scan_after_reopen_and_a_write_sees_the_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("db");
+        {
+            let mut backend = SledBackend::open(&path).unwrap();
+            backend
+                .write(&batch(&[(Bucket::Key, "a", Some("1"))]))
+                .unwrap();
+            backend.sync().unwrap();
+        }
+        let mut backend = SledBackend::open(&path).unwrap();
+        backend
+            .write(&batch(&[
+                (Bucket::Key, "a", Some("2")),
+                (Bucket::Key, "b", Some("3")),
+            ]))
+            .unwrap();
+        assert_eq!(
+            backend.scan(Bucket::Key).unwrap(),
+            pairs(&[("a", "2"), ("b", "3")])
+        );
+        assert_eq!(backend.size_in_use_bytes(), 4);
     }
 }

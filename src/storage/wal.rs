@@ -518,6 +518,39 @@ impl Wal {
         })
     }
 
+    /// The metadata of the WAL in `dir`, read from the first record of its first segment
+    /// alone, without reading the rest of the log or repairing anything: what a restart
+    /// needs to know whose WAL it is before it opens it. [`Wal::open`] checks everything
+    /// else (every segment starts with the same metadata).
+    pub fn read_metadata(disk: &dyn Disk, dir: &Path) -> Result<Vec<u8>, WalError> {
+        let segments = list_segments(disk, dir).map_err(io_error(dir))?;
+        let Some(first) = segments.first() else {
+            return Err(WalError::Io {
+                path: dir.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::NotFound, "no WAL segments"),
+            });
+        };
+        let data = disk.read_file(&first.path).map_err(io_error(&first.path))?;
+        let is_last_segment = segments.len() == 1;
+        let record = match read_record(&data, 0, is_last_segment) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(corrupt(&first.path, 0, "the segment is empty".into())),
+            Err(BadRecord::Torn) => {
+                return Err(corrupt(
+                    &first.path,
+                    0,
+                    "the segment's first record is incomplete".into(),
+                ))
+            }
+            Err(BadRecord::Corrupt(reason)) => return Err(corrupt(&first.path, 0, reason)),
+        };
+        let mut state = LogState::default();
+        state
+            .apply_record(record.record_type, record.payload, true)
+            .map_err(|reason| corrupt(&first.path, 0, reason))?;
+        Ok(state.metadata.unwrap_or_default())
+    }
+
     /// Opens the WAL in `dir`, returning it ready to append and everything it holds.
     /// A torn tail of the last segment is cut off (durably) first; any other damage is
     /// [`WalError::Corrupt`]. A missing WAL is [`WalError::Io`] of kind `NotFound`.

@@ -1019,3 +1019,41 @@ fn history_limit_keeps_revisions_whole() {
     assert!(h.events[..3].iter().all(|e| e.prev_kv.is_none()));
     assert_eq!(h.events[3].prev_kv, Some(kv("x", "1", 2, 2, 1)));
 }
+
+#[test]
+fn live_leased_lists_the_current_versions_with_a_lease() {
+    let mut m = Mvcc::new();
+    let leases = |id: i64| id == 7;
+    let leased = |k: &str, v: &str, lease: i64| PutRequest {
+        key: k.into(),
+        value: v.into(),
+        lease,
+        ..Default::default()
+    };
+    let mut b = WriteBatch::default();
+    let mut ev = Vec::new();
+    m.put(&leased("a", "1", 7), &leases, &mut b, &mut ev)
+        .unwrap();
+    m.put(&leased("b", "1", 7), &leases, &mut b, &mut ev)
+        .unwrap();
+    put(&mut m, "c", "plain");
+    // "b" loses its lease on overwrite; "d" is deleted while leased.
+    put(&mut m, "b", "2");
+    m.put(&leased("d", "1", 7), &leases, &mut b, &mut ev)
+        .unwrap();
+    del(&mut m, "d", b"");
+    m.put(&leased("a", "2", 7), &leases, &mut b, &mut ev)
+        .unwrap();
+    let live: Vec<(String, String, i64)> = m
+        .live_leased()
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key).unwrap(),
+                String::from_utf8(kv.value).unwrap(),
+                kv.lease,
+            )
+        })
+        .collect();
+    assert_eq!(live, vec![("a".to_string(), "2".to_string(), 7)]);
+}

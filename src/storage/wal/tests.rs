@@ -827,3 +827,38 @@ proptest! {
         prop_assert!(model.matches(&contents), "recovered {:?}, model {:?}", contents, model);
     }
 }
+
+/// `read_metadata` reads only the first record of the first segment: it finds the
+/// metadata of a WAL of several segments, leaves a torn tail for `open` to repair, and
+/// refuses a first segment that does not start with metadata.
+#[test]
+fn read_metadata_reads_only_the_first_record() {
+    let (_sim, disk) = new_sim();
+    let mut wal = Wal::create(disk.clone(), &wal_dir(), b"identity").unwrap();
+    wal.set_segment_size_bytes(256);
+    for i in 1..=40 {
+        wal.save(Some(&hard_state(1, 1, i)), &entries(i..=i, 1))
+            .unwrap();
+    }
+    drop(wal);
+    assert!(segment_paths(disk.as_ref()).len() > 2, "several segments");
+    let last = segment_paths(disk.as_ref()).pop().unwrap();
+    let len_before = disk.read_file(&last).unwrap().len();
+    let mut torn = disk.open_append(&last).unwrap();
+    torn.append(&[0xff; 5]).unwrap();
+    torn.sync().unwrap();
+    assert_eq!(
+        Wal::read_metadata(disk.as_ref(), &wal_dir()).unwrap(),
+        b"identity"
+    );
+    assert_eq!(
+        disk.read_file(&last).unwrap().len(),
+        len_before + 5,
+        "nothing repaired"
+    );
+    let (_, contents) = reopen(&disk);
+    assert_eq!(contents.metadata, b"identity");
+
+    let (_sim, empty) = new_sim();
+    assert!(Wal::read_metadata(empty.as_ref(), &wal_dir()).is_err());
+}
