@@ -426,10 +426,16 @@ impl SledBackend {
         // The MVCC state is held in memory above the backend, so sled's page cache only
         // serves restarts and snapshots: a small one keeps memory near etcd's. Segment
         // cleaning tuned for throughput rewrites less data per write than the default.
+        // sled's own fsync every 500 ms is turned off: durability comes from the WAL,
+        // and the backend is synced where it matters (before a snapshot lets the WAL
+        // release entries, and at a graceful stop). Those periodic fsyncs competed with
+        // the WAL's on the same disk: a single client's put p99 was 1.8-2.9x etcd's with
+        // them, about 1x without.
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(SLED_CACHE_BYTES)
+            .flush_every_ms(None)
             .open()?;
         let mut in_use_bytes = 0u64;
         let mut preloaded: BTreeMap<u8, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();

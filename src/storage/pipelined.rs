@@ -240,6 +240,15 @@ fn commit_loop(mut backend: Box<dyn Backend>, rx: &Receiver<Cmd>, shared: &Share
             next = rx.recv().ok();
         }
     }
+    // The writer is gone (a graceful stop): make the backend durable, so that the next
+    // start replays nothing from the WAL. The production backend does not sync on its
+    // own schedule (see `SledBackend::open`).
+    if shared.failure().is_none() {
+        if let Err(e) = backend.sync() {
+            *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("backend sync at stop failed: {e}"));
+        }
+    }
 }
 
 /// Marks the commit thread stopped however it ends (a panic included), so that no writer
