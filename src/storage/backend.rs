@@ -395,7 +395,10 @@ pub struct SledBackend {
 /// with 1,000,000 keys). Invariant: empty once anything was written after opening, so a
 /// scan never returns stale entries.
 #[derive(Default)]
-struct Preloaded(Mutex<BTreeMap<u8, Vec<(Vec<u8>, Vec<u8>)>>>);
+struct Preloaded(Mutex<BTreeMap<u8, Entries>>);
+
+/// A bucket's entries, in key order.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl std::fmt::Debug for Preloaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -405,7 +408,7 @@ impl std::fmt::Debug for Preloaded {
 }
 
 impl Preloaded {
-    fn take(&self, tag: u8) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn take(&self, tag: u8) -> Option<Entries> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -438,7 +441,7 @@ impl SledBackend {
             .flush_every_ms(None)
             .open()?;
         let mut in_use_bytes = 0u64;
-        let mut preloaded: BTreeMap<u8, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        let mut preloaded: BTreeMap<u8, Entries> = BTreeMap::new();
         for item in db.iter() {
             let (key, value) = item?;
             in_use_bytes += (key.len().saturating_sub(1) + value.len()) as u64;
