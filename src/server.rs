@@ -32,8 +32,9 @@ use crate::pb::detcdpb::MemberRecord;
 use crate::pb::detcdraftpb::raft_server::RaftServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
-#[cfg(madsim)]
-use crate::pb::etcdserverpb::watch_server::WatchServer;
+crate::simulated_only! {
+    use crate::pb::etcdserverpb::watch_server::WatchServer;
+}
 use crate::pb::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer};
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
@@ -575,12 +576,14 @@ pub async fn run(
                 .with_auth(handle.auth.clone(), handle.token_provider.clone());
         // Real listeners write the hub's encoded responses as they are; the simulator's
         // gRPC passes messages, so it gets the generated service.
-        #[cfg(not(madsim))]
-        let watch_server = gateway::watch::WatchFrameServer::new(watch_service, max_recv);
-        #[cfg(madsim)]
-        let watch_server = WatchServer::new(watch_service)
-            .max_decoding_message_size(max_recv)
-            .max_encoding_message_size(usize::MAX);
+        crate::real_only! {
+            let watch_server = gateway::watch::WatchFrameServer::new(watch_service, max_recv);
+        }
+        crate::simulated_only! {
+            let watch_server = WatchServer::new(watch_service)
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX);
+        }
         let router = rt::client_server(api, h2)
             .add_service(
                 KvServer::new(gateway::kv::KvService::new(handle.clone()))

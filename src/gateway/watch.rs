@@ -268,14 +268,13 @@ impl WatchService {
     }
 }
 
-#[cfg(not(madsim))]
+crate::real_only! {
 pub use wire::{WatchCodec, WatchFrameServer};
 
 /// The Watch service on real listeners, written by hand instead of generated so that its
 /// responses are encoded by [`WatchFrame::write`] (copies of shared, already encoded
 /// pieces) rather than by prost, response by response. The bytes on the wire are the
 /// same.
-#[cfg(not(madsim))]
 mod wire {
     use std::convert::Infallible;
     use std::sync::Arc;
@@ -399,4 +398,5 @@ mod wire {
     impl tonic::server::NamedService for WatchFrameServer {
         const NAME: &'static str = "etcdserverpb.Watch";
     }
+}
 }

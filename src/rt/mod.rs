@@ -36,6 +36,38 @@ pub struct HttpApi {
 /// True when this build runs inside madsim's simulator.
 pub const SIMULATED: bool = cfg!(madsim);
 
+/// Keeps the items or statements it wraps only in a real (tokio) build: code that needs
+/// what only real sockets have, such as a hand-written gRPC service writing encoded
+/// bytes, which madsim's message-passing gRPC cannot carry. The seam owns the switch so
+/// that no other module names the simulator.
+#[cfg(not(madsim))]
+#[macro_export]
+macro_rules! real_only {
+    ($($code:tt)*) => { $($code)* };
+}
+
+/// See the real build's definition: in a simulated build the code is left out.
+#[cfg(madsim)]
+#[macro_export]
+macro_rules! real_only {
+    ($($code:tt)*) => {};
+}
+
+/// Keeps the items or statements it wraps only in a simulated (madsim) build: the
+/// counterpart of [`real_only!`](crate::real_only).
+#[cfg(madsim)]
+#[macro_export]
+macro_rules! simulated_only {
+    ($($code:tt)*) => { $($code)* };
+}
+
+/// See the simulated build's definition: in a real build the code is left out.
+#[cfg(not(madsim))]
+#[macro_export]
+macro_rules! simulated_only {
+    ($($code:tt)*) => {};
+}
+
 /// Spawns an actor or helper task on the current runtime. The name is recorded for logs.
 pub fn spawn<F>(name: &'static str, fut: F) -> tokio::task::JoinHandle<F::Output>
 where
