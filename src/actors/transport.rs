@@ -490,115 +490,250 @@ struct PeerSender {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// One open `SendStream` call to the peer.
+struct PeerStream {
+    /// Batches for the call; dropping it ends the call gracefully.
+    tx: mpsc::Sender<RaftBatch>,
+    /// Resolves when the call ends: Ok at a graceful end, else the peer's status.
+    ended: oneshot::Receiver<Result<(), Status>>,
+}
+
+/// The connection state of a [`PeerSender`].
+#[derive(Default)]
+struct PeerLink {
+    client: Option<RaftClient<tonic::transport::Channel>>,
+    stream: Option<PeerStream>,
+    /// Set when the peer does not know `SendStream` (an older detcd), which then gets
+    /// one unary call per batch.
+    unary_only: bool,
+    /// Which of the peer's URLs the next connection tries.
+    url_index: usize,
+    /// Whether the peer was reachable at the last probe or delivery.
+    active: bool,
+}
+
+/// What woke a [`PeerSender`].
+enum SenderEvent {
+    Message(Message),
+    StreamEnded(Result<(), Status>),
+    Probe,
+}
+
+/// Why a delivery or probe failed.
+enum SendFailure {
+    /// The peer says this member was removed: the sender stops.
+    Removed,
+    /// Anything else: the peer is treated as unreachable for now.
+    Unreachable(String),
+}
+
 impl PeerSender {
+    /// Sends raft messages over one `SendStream` call, reopened after a failure with a
+    /// bounded exponential backoff, and probes the peer with an empty unary batch every
+    /// [`PROBE_INTERVAL`]. A stream carries no per-batch answer, so the probes are what
+    /// tell a live peer from a stalled one, mark reachability and measure the round
+    /// trip; a failed probe drops the stream as a failed delivery would.
     async fn run(mut self) {
-        let mut client: Option<RaftClient<tonic::transport::Channel>> = None;
+        let mut link = PeerLink::default();
         let mut backoff = BACKOFF_MIN;
-        let mut url_index = 0usize;
-        let mut active = false;
+        // The first probe goes out at once, so the peer is known reachable early.
+        let mut next_probe = rt::now();
         loop {
-            let first = tokio::select! {
-                // Branches are polled in order, not at random, so a simulation replays from its seed.
-                biased;
-                m = self.queue.recv() => match m {
-                    Some(m) => Some(m),
-                    // The raft actor dropped the queue: the peer was removed, or the
-                    // member is stopping.
-                    None => return,
-                },
-                _ = rt::sleep(PROBE_INTERVAL) => None,
+            let event = {
+                let ended = link.stream.as_mut().map(|s| &mut s.ended);
+                let probe_in = next_probe.saturating_duration_since(rt::now());
+                tokio::select! {
+                    // Branches are polled in order, not at random, so a simulation replays from its seed.
+                    biased;
+                    m = self.queue.recv() => match m {
+                        Some(m) => SenderEvent::Message(m),
+                        // The raft actor dropped the queue: the peer was removed, or the
+                        // member is stopping.
+                        None => return,
+                    },
+                    ended = recv_stream_end(ended) => SenderEvent::StreamEnded(ended),
+                    _ = rt::sleep(probe_in) => SenderEvent::Probe,
+                }
             };
-            let batch = match first {
-                Some(first) => {
+            let outcome = match event {
+                SenderEvent::Message(first) => {
                     let batch = self.take_batch(first);
                     if batch.is_empty() {
                         continue;
                     }
-                    batch
+                    self.deliver(&mut link, batch).await
                 }
-                // An empty batch is a probe: the peer checks and acknowledges it.
-                None => Vec::new(),
-            };
-            if client.is_none() {
-                let url = self.urls[url_index % self.urls.len().max(1)].clone();
-                url_index = url_index.wrapping_add(1);
-                client = connect(&self.dialer, &url).await;
-            }
-            let delivered = match client.as_mut() {
-                None => Err("cannot connect".to_string()),
-                Some(c) => {
-                    let started = rt::now();
-                    let call = c.send(RaftBatch {
-                        cluster_id: self.cluster_id,
-                        from: self.local_id,
-                        to: self.peer_id,
-                        messages: batch,
-                        from_peer_urls: self.own_urls.clone(),
-                    });
-                    match rt::timeout_at(rt::now() + PEER_SEND_TIMEOUT, call).await {
-                        Ok(Ok(_)) => {
-                            // Every acknowledged batch (raft messages, or an empty
-                            // probe while idle) is a round trip to the peer; etcd's
-                            // prober measures the same link with its own pings.
-                            self.metrics.observe_peer_rtt(
-                                self.peer_id,
-                                rt::now().saturating_duration_since(started),
-                            );
-                            Ok(())
-                        }
-                        Ok(Err(status)) if status.message() == MEMBER_REMOVED_MESSAGE => {
-                            // The peer knows this member was removed: stop, as etcd does
-                            // on its peers' "member removed" answer.
-                            let _ = self.raft_tx.send(RaftMsg::Removed).await;
-                            return;
-                        }
-                        Ok(Err(status)) => Err(status.message().to_string()),
-                        Err(_) => Err("timed out".to_string()),
-                    }
+                SenderEvent::StreamEnded(ended) => {
+                    link.stream = None;
+                    self.stream_ended(&mut link, ended)
+                }
+                SenderEvent::Probe => {
+                    next_probe = rt::now() + PROBE_INTERVAL;
+                    self.probe(&mut link).await
                 }
             };
-            match delivered {
+            match outcome {
                 Ok(()) => {
-                    self.health.mark(self.peer_id, true);
-                    if !active {
-                        tracing::info!(
-                            remote_peer_id = format!("{:x}", self.peer_id),
-                            "peer became active"
-                        );
-                        active = true;
+                    if link.active {
+                        backoff = BACKOFF_MIN;
                     }
-                    backoff = BACKOFF_MIN;
                 }
-                Err(e) => {
-                    self.health.mark(self.peer_id, false);
-                    if active {
-                        tracing::warn!(
-                            remote_peer_id = format!("{:x}", self.peer_id),
-                            error = %e,
-                            "lost connection with remote peer"
-                        );
-                        active = false;
-                    } else {
-                        tracing::debug!(
-                            remote_peer_id = format!("{:x}", self.peer_id),
-                            error = %e,
-                            "failed to reach remote peer"
-                        );
-                    }
-                    client = None;
-                    // Raft slows replication to an unreachable peer down to probing; a
-                    // full inbox only loses this hint, which the next failure repeats.
-                    let _ = self.raft_tx.try_send(RaftMsg::Unreachable {
-                        member_id: self.peer_id,
-                    });
+                Err(SendFailure::Removed) => {
+                    // The peer knows this member was removed: stop, as etcd does on its
+                    // peers' "member removed" answer.
+                    let _ = self.raft_tx.send(RaftMsg::Removed).await;
+                    return;
+                }
+                Err(SendFailure::Unreachable(e)) => {
+                    self.unreachable(&mut link, &e);
                     rt::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     // Messages that queued up meanwhile are stale (heartbeats, old
                     // appends); raft resends what still matters once the peer answers.
                     while self.queue.try_recv().is_ok() {}
+                    next_probe = rt::now();
                 }
             }
         }
+    }
+
+    /// Connects if there is no connection; the client is cheap to clone.
+    async fn client(
+        &self,
+        link: &mut PeerLink,
+    ) -> Result<RaftClient<tonic::transport::Channel>, SendFailure> {
+        if link.client.is_none() {
+            let url = self.urls[link.url_index % self.urls.len().max(1)].clone();
+            link.url_index = link.url_index.wrapping_add(1);
+            link.client = connect(&self.dialer, &url).await;
+        }
+        link.client
+            .clone()
+            .ok_or_else(|| SendFailure::Unreachable("cannot connect".into()))
+    }
+
+    /// Queues one batch on the stream (opening it first if needed), or sends it as a
+    /// unary call to a peer without streams.
+    async fn deliver(&self, link: &mut PeerLink, messages: Vec<Vec<u8>>) -> Result<(), SendFailure> {
+        let client = self.client(link).await?;
+        if link.unary_only {
+            return self.call(client, messages).await.map(|_| ());
+        }
+        let first_in_stream = link.stream.is_none();
+        let stream = link.stream.get_or_insert_with(|| open_stream(client));
+        let batch = RaftBatch {
+            cluster_id: self.cluster_id,
+            from: self.local_id,
+            to: self.peer_id,
+            messages,
+            // The receiver learns the URLs once per stream.
+            from_peer_urls: if first_in_stream {
+                self.own_urls.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        match rt::timeout_at(rt::now() + PEER_SEND_TIMEOUT, stream.tx.send(batch)).await {
+            Ok(Ok(())) => Ok(()),
+            // The call ended; its status is read from `ended` on the next turn, so only
+            // this batch is lost.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(SendFailure::Unreachable(
+                "timed out waiting for the peer stream".into(),
+            )),
+        }
+    }
+
+    /// Reads how a stream call ended.
+    fn stream_ended(
+        &self,
+        link: &mut PeerLink,
+        ended: Result<(), Status>,
+    ) -> Result<(), SendFailure> {
+        match ended {
+            Ok(()) => Ok(()),
+            Err(status) if status.message() == MEMBER_REMOVED_MESSAGE => {
+                Err(SendFailure::Removed)
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                tracing::info!(
+                    remote_peer_id = format!("{:x}", self.peer_id),
+                    "the peer does not stream raft messages; sending one call per batch"
+                );
+                link.unary_only = true;
+                Ok(())
+            }
+            Err(status) => Err(SendFailure::Unreachable(status.message().to_string())),
+        }
+    }
+
+    /// Sends an empty batch as a unary call: the peer checks and acknowledges it.
+    async fn probe(&self, link: &mut PeerLink) -> Result<(), SendFailure> {
+        let client = self.client(link).await?;
+        let started = rt::now();
+        self.call(client, Vec::new()).await?;
+        // Every acknowledged probe is a round trip to the peer; etcd's prober measures the
+        // same link with its own pings.
+        self.metrics
+            .observe_peer_rtt(self.peer_id, rt::now().saturating_duration_since(started));
+        self.health.mark(self.peer_id, true);
+        if !link.active {
+            tracing::info!(
+                remote_peer_id = format!("{:x}", self.peer_id),
+                "peer became active"
+            );
+            link.active = true;
+        }
+        Ok(())
+    }
+
+    /// One unary `Send` call, bounded by [`PEER_SEND_TIMEOUT`].
+    async fn call(
+        &self,
+        mut client: RaftClient<tonic::transport::Channel>,
+        messages: Vec<Vec<u8>>,
+    ) -> Result<(), SendFailure> {
+        let call = client.send(RaftBatch {
+            cluster_id: self.cluster_id,
+            from: self.local_id,
+            to: self.peer_id,
+            messages,
+            from_peer_urls: self.own_urls.clone(),
+        });
+        match rt::timeout_at(rt::now() + PEER_SEND_TIMEOUT, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) if status.message() == MEMBER_REMOVED_MESSAGE => {
+                Err(SendFailure::Removed)
+            }
+            Ok(Err(status)) => Err(SendFailure::Unreachable(status.message().to_string())),
+            Err(_) => Err(SendFailure::Unreachable("timed out".into())),
+        }
+    }
+
+    /// Forgets the connection after a failure and tells raft, which slows replication to
+    /// the peer down to probing.
+    fn unreachable(&self, link: &mut PeerLink, error: &str) {
+        self.health.mark(self.peer_id, false);
+        if link.active {
+            tracing::warn!(
+                remote_peer_id = format!("{:x}", self.peer_id),
+                error = %error,
+                "lost connection with remote peer"
+            );
+            link.active = false;
+        } else {
+            tracing::debug!(
+                remote_peer_id = format!("{:x}", self.peer_id),
+                error = %error,
+                "failed to reach remote peer"
+            );
+        }
+        link.client = None;
+        link.stream = None;
+        // A full inbox only loses this hint, which the next failure repeats.
+        let _ = self.raft_tx.try_send(RaftMsg::Unreachable {
+            member_id: self.peer_id,
+        });
     }
 
     /// Encodes `first` and whatever else is queued, up to the batch and size limits.
@@ -624,6 +759,39 @@ impl PeerSender {
             next = self.queue.try_recv().ok();
         }
         batch
+    }
+}
+
+/// How many batches may wait to go out on a peer stream. Past it the sender waits (at
+/// most [`PEER_SEND_TIMEOUT`]), the peer's message queue fills, and raft hears that the
+/// peer is unreachable, as with a slow unary call before.
+const STREAM_QUEUE_BATCHES: usize = 64;
+
+/// Opens a `SendStream` call fed by a bounded queue; the call runs in its own task until
+/// the queue's sender is dropped or the peer ends it.
+fn open_stream(mut client: RaftClient<tonic::transport::Channel>) -> PeerStream {
+    let (tx, rx) = mpsc::channel::<RaftBatch>(STREAM_QUEUE_BATCHES);
+    let (ended_tx, ended) = oneshot::channel();
+    let batches = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|batch| (batch, rx))
+    });
+    rt::spawn("peer-stream", async move {
+        let result = client.send_stream(batches).await.map(|_| ());
+        let _ = ended_tx.send(result);
+    });
+    PeerStream { tx, ended }
+}
+
+/// Resolves when the stream call ends (never, without a stream).
+async fn recv_stream_end(
+    ended: Option<&mut oneshot::Receiver<Result<(), Status>>>,
+) -> Result<(), Status> {
+    match ended {
+        Some(rx) => match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(Status::unavailable("the peer stream task stopped")),
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -848,26 +1016,30 @@ impl PeerService {
     }
 }
 
-#[tonic::async_trait]
-impl Raft for PeerService {
-    async fn send(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
-        let batch = req.into_inner();
+impl PeerService {
+    /// Checks one batch and hands its messages to raft. An error is the status the call
+    /// (or the stream) ends with.
+    async fn deliver(&self, batch: RaftBatch) -> Result<(), Status> {
         self.check_sender(batch.cluster_id, batch.from)?;
-        let removed = self.membership.borrow().removed.clone();
-        let messages =
-            decode_batch(&batch, self.local_id, self.cluster_id, &removed).map_err(|e| {
-                tracing::warn!(
-                    remote_peer_id = format!("{:x}", batch.from),
-                    error = %e,
-                    "rejected raft messages from peer"
-                );
-                Status::invalid_argument(e.message())
-            })?;
-        if !self.member_ids().contains(&batch.from) && !batch.from_peer_urls.is_empty() {
+        let decoded = {
+            let membership = self.membership.borrow();
+            decode_batch(&batch, self.local_id, self.cluster_id, &membership.removed)
+        };
+        let messages = decoded.map_err(|e| {
+            tracing::warn!(
+                remote_peer_id = format!("{:x}", batch.from),
+                error = %e,
+                "rejected raft messages from peer"
+            );
+            Status::invalid_argument(e.message())
+        })?;
+        // Only a batch carrying URLs can teach anything, so the member set is built only
+        // for those (the first batch of each stream, and unary calls).
+        if !batch.from_peer_urls.is_empty() && !self.member_ids().contains(&batch.from) {
             self.remotes.learn(batch.from, &batch.from_peer_urls);
         }
         if messages.is_empty() {
-            return Ok(Response::new(RaftAck {}));
+            return Ok(());
         }
         // Waiting here pushes back on the sender, whose bounded queue then drops; the
         // wait is bounded so a stopping raft actor cannot hold the call forever.
@@ -877,10 +1049,31 @@ impl Raft for PeerService {
         )
         .await
         {
-            Ok(Ok(())) => Ok(Response::new(RaftAck {})),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(EtcdError::Stopped.to_status()),
             Err(_) => Err(EtcdError::TooManyRequests.to_status()),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for PeerService {
+    async fn send(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        self.deliver(req.into_inner()).await?;
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn send_stream(
+        &self,
+        req: Request<tonic::Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let mut stream = req.into_inner();
+        // Batches are delivered in the order they arrive; the first refused one ends the
+        // stream with its status, which the sender reads as it would a failed call.
+        while let Some(batch) = stream.message().await? {
+            self.deliver(batch).await?;
+        }
+        Ok(Response::new(RaftAck {}))
     }
 
     async fn send_snapshot(
