@@ -144,19 +144,14 @@ async fn wal_writer(
     mut inbox: mpsc::Receiver<WalWrite>,
     done: mpsc::Sender<Result<u64, String>>,
 ) {
-    let snap_dir = Arc::new(snap_dir);
     while let Some(first) = inbox.recv().await {
         let mut batch = vec![first];
         while let Ok(next) = inbox.try_recv() {
             batch.push(next);
         }
-        let dir = snap_dir.clone();
-        let (returned, result) = rt::blocking(move || {
-            let result = write_batch(&mut wal, &dir, batch);
-            (wal, result)
-        })
-        .await;
-        wal = returned;
+        // The writer has a thread of its own (`rt::spawn_dedicated`), so the write and
+        // its fsync block nothing else.
+        let result = write_batch(&mut wal, &snap_dir, batch);
         // A simulated slow disk charges its sync time here, in this task only, as a real
         // fsync blocks only the thread doing it: raft's loop keeps ticking meanwhile.
         let delay = wal.take_io_delay();
@@ -355,7 +350,8 @@ impl RaftActor {
             disk: self.config.disk.clone(),
             dir: self.config.snap_dir.clone(),
         };
-        rt::spawn("wal-writer", wal_writer(wal, snap_dir, wal_rx, done_tx));
+        rt::spawn_dedicated("wal-writer", wal_writer(wal, snap_dir, wal_rx, done_tx))
+            .map_err(|e| RaftFatal(format!("wal: cannot start the WAL writer: {e}")))?;
         self.wal_tx = Some(wal_tx);
         self.wal_done = Some(done_rx);
         // A member that is the only voter need not wait an election timeout to lead.
