@@ -5,7 +5,8 @@
 //! Durability contract shared by both implementations (callers must rely on nothing more):
 //! - Bytes appended through a [`DiskFile`] are durable only once [`DiskFile::sync`] returns Ok.
 //! - A newly created file's directory entry is durable only once [`Disk::sync_dir`] has been
-//!   called on its parent directory (or it was written by [`Disk::write_atomic`]).
+//!   called on its parent directory (or it was written by [`Disk::write_atomic`] or
+//!   [`Disk::create_preallocated`]).
 //! - [`Disk::write_atomic`], [`Disk::create_preallocated`] and [`Disk::truncate`] are
 //!   durable when they return Ok, including the file's size.
 //! - A file's size, once durable, survives a crash even where the bytes written inside it
