@@ -143,6 +143,9 @@ enum Step {
 
 const SEGMENT_SIZE_BYTES: u64 = 256;
 
+/// The crashes tried at each point, each tearing the unsynced data its own way.
+const SEEDS: u64 = 8;
+
 /// Saves and commits across about ten rotations, with a snapshot and a release halfway.
 fn script() -> Vec<Step> {
     let mut steps = Vec::new();
@@ -304,14 +307,14 @@ fn a_crash_between_any_two_disk_operations_loses_nothing_acknowledged() {
     assert!(in_flight.is_none());
     assert_eq!(acked.entries.first().map(|e| e.index), Some(15));
     let all_steps = counting.steps();
-    let rotations = all_steps
+    let segments_created = all_steps
         .iter()
         .filter(|s| s.starts_with("create_preallocated"))
         .count();
-    assert!(rotations > 8, "{all_steps:#?}");
+    assert!(segments_created > 8, "{all_steps:#?}");
     let mut outcomes = std::collections::BTreeSet::new();
     for fail_at in 0..=all_steps.len() {
-        for seed in 0..3 {
+        for seed in 0..SEEDS {
             let sim = SimDisk::new();
             let dying = DyingDisk::new(sim.clone(), fail_at);
             let (acked, in_flight) = run(Arc::new(dying.clone()), &steps);
@@ -360,6 +363,11 @@ fn a_crash_between_any_two_disk_operations_loses_nothing_acknowledged() {
         outcomes.len(),
         2,
         "crashes should both tear records and lose them whole"
+    );
+    println!(
+        "crashed before each of {} disk operations ({segments_created} segments created), \
+         {SEEDS} seeds each",
+        all_steps.len() + 1
     );
 }
 
