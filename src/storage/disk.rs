@@ -5,8 +5,12 @@
 //! Durability contract shared by both implementations (callers must rely on nothing more):
 //! - Bytes appended through a [`DiskFile`] are durable only once [`DiskFile::sync`] returns Ok.
 //! - A newly created file's directory entry is durable only once [`Disk::sync_dir`] has been
-//!   called on its parent directory (or it was written by [`Disk::write_atomic`]).
-//! - [`Disk::write_atomic`] and [`Disk::truncate`] are durable when they return Ok.
+//!   called on its parent directory (or it was written by [`Disk::write_atomic`] or
+//!   [`Disk::create_preallocated`]).
+//! - [`Disk::write_atomic`], [`Disk::create_preallocated`] and [`Disk::truncate`] are
+//!   durable when they return Ok, including the file's size.
+//! - A file's size, once durable, survives a crash even where the bytes written inside it
+//!   do not: a preallocated file whose unsynced writes are lost reads as zeros there.
 //! - [`Disk::remove_file`] is durable only once [`Disk::sync_dir`] has been called on the parent.
 //! - [`Disk::create_dir_all`] is durable when it returns Ok.
 
@@ -14,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -33,10 +38,25 @@ pub trait Disk: Send + Sync + fmt::Debug {
     /// Opens `path` for appending, creating it empty if it does not exist. A created file's
     /// directory entry is durable only after [`Disk::sync_dir`] on its parent.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
+    /// Opens the existing file at `path` for writing at `data_len_bytes`, the end of its
+    /// data, which may lie inside a preallocated tail (see [`Disk::create_preallocated`]):
+    /// appends go there, overwriting the tail's zeros, and [`DiskFile::len_bytes`] starts
+    /// there. Every byte of the file from `data_len_bytes` on must be zero (callers cut
+    /// anything else off first with [`Disk::truncate`]); an offset past the end of the
+    /// file is `InvalidInput`.
+    fn open_at(&self, path: &Path, data_len_bytes: u64) -> io::Result<Box<dyn DiskFile>>;
     /// Replaces the contents of `path` with `data` atomically and durably: after a crash
     /// the file holds either its old contents (or is absent) or exactly `data`.
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()>;
-    /// Shortens the file at `path` to `len_bytes`; durable on return.
+    /// Like [`Disk::write_atomic`], but the file is preallocated to `len_bytes`: `data` is
+    /// followed by zero bytes up to that size, whose blocks are reserved and whose size is
+    /// durable, so that syncing a later append inside it ([`Disk::open_at`]) need not
+    /// persist a new file size or allocate blocks. A `len_bytes` at or below `data.len()`
+    /// adds nothing. Where the file system cannot reserve blocks, the file is still
+    /// extended to `len_bytes`, as a sparse tail that reads as zeros.
+    fn create_preallocated(&self, path: &Path, data: &[u8], len_bytes: u64) -> io::Result<()>;
+    /// Sets the size of the file at `path` to `len_bytes`, cutting off what lies past it
+    /// (or extending it with zeros); durable on return.
     fn truncate(&self, path: &Path, len_bytes: u64) -> io::Result<()>;
     /// Removes the file at `path`; durable only after [`Disk::sync_dir`] on its parent.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
@@ -58,13 +78,15 @@ pub trait Disk: Send + Sync + fmt::Debug {
     }
 }
 
-/// A file opened for appending by [`Disk::open_append`].
+/// A file opened for appending by [`Disk::open_append`] or [`Disk::open_at`].
 pub trait DiskFile: Send {
-    /// Appends `data` at the end of the file (not yet durable).
+    /// Writes `data` at the end of the file's data (not yet durable): at the end of the
+    /// file, or inside its preallocated tail for a file opened with [`Disk::open_at`].
     fn append(&mut self, data: &[u8]) -> io::Result<()>;
     /// Makes every byte appended so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
-    /// The current length of the file in bytes, including bytes not yet synced.
+    /// The length of the file's data in bytes, where the next append goes, including
+    /// bytes not yet synced; the zeros of a preallocated tail after it do not count.
     fn len_bytes(&self) -> u64;
 }
 
@@ -115,9 +137,43 @@ impl RealDisk {
     }
 }
 
+/// Reserves the blocks of `file` up to `len_bytes` and extends its size to it with zeros
+/// (`fallocate` mode 0, as etcd's `fileutil.Preallocate` with `extendFile`). Where the file
+/// system does not support that (`EOPNOTSUPP`, say), the size is extended alone, as etcd
+/// falls back to: the tail is sparse, so a later sync may still allocate blocks, but the
+/// size it need not persist is already durable.
+fn preallocate(file: &fs::File, len_bytes: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{fallocate, FallocateFlags};
+        use rustix::io::Errno;
+        loop {
+            match fallocate(file, FallocateFlags::empty(), 0, len_bytes) {
+                Ok(()) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e @ (Errno::OPNOTSUPP | Errno::NOSYS)) => {
+                    tracing::debug!(
+                        error = %e,
+                        "fallocate is not supported here; extending the file without \
+                         reserving its blocks"
+                    );
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if file.metadata()?.len() < len_bytes {
+        file.set_len(len_bytes)?;
+    }
+    Ok(())
+}
+
 /// A file on the real file system opened for appending.
 struct RealFile {
     file: fs::File,
+    /// The end of the file's data, where the next append is written (`pwrite`): the end of
+    /// the file, or a point inside its preallocated tail.
     len_bytes: u64,
     /// Whether [`DiskFile::sync`] reaches the device.
     fsync: bool,
@@ -125,7 +181,7 @@ struct RealFile {
 
 impl DiskFile for RealFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        self.file.write_all(data)?;
+        self.file.write_all_at(data, self.len_bytes)?;
         self.len_bytes += data.len() as u64;
         Ok(())
     }
@@ -134,7 +190,9 @@ impl DiskFile for RealFile {
         if !self.fsync {
             return Ok(());
         }
-        // fdatasync also persists the file size, which is all the metadata an append changes.
+        // fdatasync also persists the file size when an append grew it, which is all the
+        // metadata an append changes; inside a preallocated tail there is no new size or
+        // block to persist, which is what makes it cheaper there.
         self.file.sync_data()
     }
 
@@ -168,9 +226,12 @@ impl Disk for RealDisk {
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        // Not `O_APPEND`: appends are positioned writes at the end of the data, and Linux
+        // ignores the position of a `pwrite` to a file opened with `O_APPEND`.
         let file = fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(false)
             .open(path)?;
         let len_bytes = file.metadata()?.len();
         Ok(Box::new(RealFile {
@@ -180,11 +241,32 @@ impl Disk for RealDisk {
         }))
     }
 
+    fn open_at(&self, path: &Path, data_len_bytes: u64) -> io::Result<Box<dyn DiskFile>> {
+        let file = fs::OpenOptions::new().write(true).open(path)?;
+        let file_len_bytes = file.metadata()?.len();
+        if data_len_bytes > file_len_bytes {
+            return Err(past_the_end(path, data_len_bytes, file_len_bytes));
+        }
+        Ok(Box::new(RealFile {
+            file,
+            len_bytes: data_len_bytes,
+            fsync: self.fsync,
+        }))
+    }
+
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.create_preallocated(path, data, 0)
+    }
+
+    fn create_preallocated(&self, path: &Path, data: &[u8], len_bytes: u64) -> io::Result<()> {
         let temp = temp_path(path);
         {
             let mut file = fs::File::create(&temp)?;
             file.write_all(data)?;
+            if len_bytes > data.len() as u64 {
+                preallocate(&file, len_bytes)?;
+            }
+            // One sync makes the data, the reserved blocks and the size durable together.
             self.sync_all(&file)?;
         }
         fs::rename(&temp, path)?;
@@ -217,15 +299,63 @@ impl Disk for RealDisk {
     }
 }
 
-/// One file of a [`SimDisk`].
+/// One file of a [`SimDisk`]. Reads see `data` followed by zeros up to `len_bytes`: the
+/// tail of a preallocated (or extended) file that was never written, which is kept as a
+/// length rather than as bytes so that a 64 MiB segment costs no memory.
 #[derive(Debug, Clone, Default)]
 struct SimFile {
-    /// The contents as reads see them.
+    /// The bytes written, as reads see them.
     data: Vec<u8>,
     /// `data[..synced_len_bytes]` survives a crash; the rest is the unsynced tail.
     synced_len_bytes: usize,
+    /// The size of the file, never below `data.len()`.
+    len_bytes: usize,
+    /// The size that survives a crash (made durable by a sync, an atomic write, a
+    /// preallocation or a truncation): after a crash the file is at least this long, and
+    /// reads zeros wherever its lost unsynced bytes were.
+    durable_len_bytes: usize,
     /// Whether the directory entry survives a crash (set by `sync_dir` or `write_atomic`).
     entry_durable: bool,
+}
+
+impl SimFile {
+    /// A file holding `data` followed by zeros up to `len_bytes`, all of it durable.
+    fn durable(data: &[u8], len_bytes: usize) -> SimFile {
+        let len_bytes = len_bytes.max(data.len());
+        SimFile {
+            data: data.to_vec(),
+            synced_len_bytes: data.len(),
+            len_bytes,
+            durable_len_bytes: len_bytes,
+            entry_durable: true,
+        }
+    }
+
+    /// The contents as reads see them.
+    fn contents(&self) -> Vec<u8> {
+        // `vec!` of zeros is a calloc: the zero tail of a preallocated file costs no writes.
+        let mut contents = vec![0; self.len_bytes];
+        contents[..self.data.len()].copy_from_slice(&self.data);
+        contents
+    }
+
+    /// Writes `bytes` at `offset` (not yet durable), extending the file if they reach past
+    /// its end.
+    fn write_at(&mut self, offset: usize, bytes: &[u8]) {
+        let end = offset + bytes.len();
+        if offset < self.synced_len_bytes {
+            // The bytes written over were durable. A crash keeps a prefix of what was
+            // written and zeros after it, which is exact for what `Disk::open_at` allows
+            // writing over: zeros (a preallocated tail, or a crash's zero-filled end).
+            self.durable_len_bytes = self.durable_len_bytes.max(self.synced_len_bytes);
+            self.synced_len_bytes = offset;
+        }
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[offset..end].copy_from_slice(bytes);
+        self.len_bytes = self.len_bytes.max(end);
+    }
 }
 
 /// The shared state of a [`SimDisk`].
@@ -264,6 +394,17 @@ pub struct SimDisk {
 /// The error every mutating operation returns while faults are injected.
 fn injected_fault() -> io::Error {
     io::Error::other("injected disk fault (SimDisk::set_fail_writes)")
+}
+
+/// The error for opening `path` at an offset past its end.
+fn past_the_end(path: &Path, offset: u64, file_len_bytes: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "cannot write {} at offset {offset}: the file is only {file_len_bytes} bytes long",
+            path.display()
+        ),
+    )
 }
 
 fn not_found(path: &Path) -> io::Error {
@@ -336,6 +477,11 @@ impl SimDisk {
                     file.data[zero_from..].fill(0);
                 }
             }
+            // The durable size stays (a preallocated file keeps its length, reading zeros
+            // where the lost bytes were); a size that was never synced stays only as far
+            // as the data kept reaches.
+            file.len_bytes = file.durable_len_bytes.max(file.data.len());
+            file.durable_len_bytes = file.len_bytes;
             file.synced_len_bytes = file.data.len();
             file.entry_durable = true;
         }
@@ -345,20 +491,29 @@ impl SimDisk {
     }
 
     /// Flips every bit of the byte at `offset` in the file at `path` (media corruption; it
-    /// affects the durable contents too). Fails if the file or offset does not exist.
+    /// affects the durable contents too, and may lie in a preallocated tail). Fails if the
+    /// file or offset does not exist.
     pub fn corrupt(&self, path: &Path, offset: u64) -> io::Result<()> {
         let mut state = self.lock();
         let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
-        let byte = usize::try_from(offset)
+        let at = usize::try_from(offset)
             .ok()
-            .and_then(|i| file.data.get_mut(i))
+            .filter(|&at| at < file.len_bytes)
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("offset {offset} past end of {}", path.display()),
                 )
             })?;
-        *byte ^= 0xff;
+        if at >= file.data.len() {
+            // The byte is in the zero tail: write its zeros out, as durable as they were.
+            let all_synced = file.synced_len_bytes == file.data.len();
+            file.data.resize(at + 1, 0);
+            if all_synced {
+                file.synced_len_bytes = file.data.len();
+            }
+        }
+        file.data[at] ^= 0xff;
         Ok(())
     }
 
@@ -426,6 +581,8 @@ struct SimDiskFile {
     path: PathBuf,
     /// The crash epoch this handle was opened in; stale handles fail.
     epoch: u64,
+    /// Where the next append is written: the end of the file's data.
+    len_bytes: u64,
 }
 
 impl SimDiskFile {
@@ -452,11 +609,18 @@ impl SimDiskFile {
 
 impl DiskFile for SimDiskFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        self.with_file(false, |f| f.data.extend_from_slice(data))
+        let offset = usize::try_from(self.len_bytes).expect("a simulated file fits in memory");
+        self.with_file(false, |f| f.write_at(offset, data))?;
+        self.len_bytes += data.len() as u64;
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.with_file(true, |f| f.synced_len_bytes = f.data.len())?;
+        self.with_file(true, |f| {
+            // fdatasync makes the data written and the file's size durable.
+            f.synced_len_bytes = f.data.len();
+            f.durable_len_bytes = f.len_bytes;
+        })?;
         let mut state = self.disk.lock();
         let delay = state.sync_delay;
         state.pending_delay += delay;
@@ -464,11 +628,7 @@ impl DiskFile for SimDiskFile {
     }
 
     fn len_bytes(&self) -> u64 {
-        let state = self.disk.lock();
-        state
-            .files
-            .get(&self.path)
-            .map_or(0, |f| f.data.len() as u64)
+        self.len_bytes
     }
 }
 
@@ -509,7 +669,7 @@ impl Disk for SimDisk {
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         let state = self.lock();
         let file = state.files.get(path).ok_or_else(|| not_found(path))?;
-        Ok(file.data.clone())
+        Ok(file.contents())
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
@@ -525,25 +685,59 @@ impl Disk for SimDisk {
             disk: self.clone(),
             path: path.to_path_buf(),
             epoch: state.epoch,
+            len_bytes: state.files[path].len_bytes as u64,
+        }))
+    }
+
+    fn open_at(&self, path: &Path, data_len_bytes: u64) -> io::Result<Box<dyn DiskFile>> {
+        let state = self.lock();
+        let file = state.files.get(path).ok_or_else(|| not_found(path))?;
+        let at = usize::try_from(data_len_bytes).unwrap_or(usize::MAX);
+        if at > file.len_bytes {
+            return Err(past_the_end(path, data_len_bytes, file.len_bytes as u64));
+        }
+        // Appends may only write over zeros: that is all detcd does, and all the crash
+        // model of `SimFile::write_at` is exact for.
+        if file
+            .data
+            .get(at..)
+            .is_some_and(|rest| rest.iter().any(|&b| b != 0))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} holds data past offset {data_len_bytes}, which appends there would \
+                     overwrite",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Box::new(SimDiskFile {
+            disk: self.clone(),
+            path: path.to_path_buf(),
+            epoch: state.epoch,
+            len_bytes: data_len_bytes,
         }))
     }
 
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.create_preallocated(path, data, 0)
+    }
+
+    fn create_preallocated(&self, path: &Path, data: &[u8], len_bytes: u64) -> io::Result<()> {
         let mut state = self.lock();
         // The real sequence fsyncs, so it fails when syncs do.
         SimDisk::check_syncable(&state)?;
         if !state.dirs.contains(&parent_of(path)) {
             return Err(not_found(&parent_of(path)));
         }
-        // The real sequence (write temp, fsync, rename, fsync dir) is atomic and durable
-        // once it returns, so model just its outcome.
+        // The real sequence (write temp, preallocate, fsync, rename, fsync dir) is atomic
+        // and durable once it returns, size included, so model just its outcome.
         state.removed.remove(path);
-        let file = SimFile {
-            data: data.to_vec(),
-            synced_len_bytes: data.len(),
-            entry_durable: true,
-        };
-        state.files.insert(path.to_path_buf(), file);
+        let len = usize::try_from(len_bytes).expect("a simulated file fits in memory");
+        state
+            .files
+            .insert(path.to_path_buf(), SimFile::durable(data, len));
         Ok(())
     }
 
@@ -551,13 +745,15 @@ impl Disk for SimDisk {
         let mut state = self.lock();
         SimDisk::check_writable(&state)?;
         let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
-        let len = usize::try_from(len_bytes).unwrap_or(usize::MAX);
+        let len = usize::try_from(len_bytes).expect("a simulated file fits in memory");
         if len < file.data.len() {
             file.data.truncate(len);
         }
-        // Truncation is durable on return (RealDisk fsyncs it), and a truncated file is a
-        // prefix of what was there, so everything left counts as synced.
+        // Truncation is durable on return (RealDisk fsyncs it), size included, and what is
+        // left is a prefix of what was there (or zeros past it), so it all counts as synced.
         file.synced_len_bytes = file.data.len();
+        file.len_bytes = len;
+        file.durable_len_bytes = len;
         Ok(())
     }
 
@@ -752,5 +948,157 @@ mod tests {
         disk.sync_dir(&d).unwrap();
         assert!(!disk.exists(&d.join("f")));
         assert!(disk.exists(&d.join("meta")));
+    }
+
+    #[test]
+    fn preallocated_file_reads_as_data_then_zeros_and_a_crash_keeps_its_size() {
+        let mut kept_lens = BTreeSet::new();
+        for seed in 0..64 {
+            let disk = SimDisk::new();
+            disk.create_dir_all(&dir()).unwrap();
+            let path = dir().join("seg");
+            disk.create_preallocated(&path, b"head", 64).unwrap();
+            let mut want = b"head".to_vec();
+            want.resize(64, 0);
+            assert_eq!(disk.read_file(&path).unwrap(), want);
+            let mut f = disk.open_at(&path, 4).unwrap();
+            assert_eq!(f.len_bytes(), 4);
+            f.append(b"synced").unwrap();
+            f.sync().unwrap();
+            assert_eq!(
+                f.len_bytes(),
+                10,
+                "the length is the data's, not the file's"
+            );
+            want[4..10].copy_from_slice(b"synced");
+            assert_eq!(disk.read_file(&path).unwrap(), want);
+            f.append(b"unsynced").unwrap();
+            assert_eq!(disk.unsynced_len_bytes(&path), 8);
+            disk.crash(seed);
+            let data = disk.read_file(&path).unwrap();
+            assert_eq!(
+                data.len(),
+                64,
+                "seed {seed}: the preallocated size is durable"
+            );
+            assert_eq!(data[..10], want[..10], "seed {seed}");
+            // What is kept of the unsynced bytes is a prefix of them, possibly ending in
+            // zeros, and zeros follow it up to the preallocated size.
+            for (i, &b) in data[10..].iter().enumerate() {
+                assert!(
+                    b == 0 || b"unsynced".get(i) == Some(&b),
+                    "seed {seed}: {data:?}"
+                );
+            }
+            let kept = data[10..]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i + 1);
+            kept_lens.insert(kept);
+            assert!(f.append(b"x").is_err(), "the handle is stale after a crash");
+            // Appends after the crash continue at the end of what survived.
+            let mut f = disk.open_at(&path, 10 + kept as u64).unwrap();
+            f.append(b"!").unwrap();
+            f.sync().unwrap();
+            disk.crash(seed + 1);
+            let data = disk.read_file(&path).unwrap();
+            assert_eq!((data.len(), data[10 + kept]), (64, b'!'), "seed {seed}");
+        }
+        assert!(
+            kept_lens.contains(&0) && kept_lens.contains(&8) && kept_lens.len() > 3,
+            "crashes should keep varying amounts: {kept_lens:?}"
+        );
+    }
+
+    #[test]
+    fn preallocated_files_grow_past_their_size_truncate_and_refuse_overwrites() {
+        let disk = SimDisk::new();
+        disk.create_dir_all(&dir()).unwrap();
+        let path = dir().join("seg");
+        disk.create_preallocated(&path, b"ab", 4).unwrap();
+        let mut f = disk.open_at(&path, 2).unwrap();
+        f.append(b"cdef").unwrap();
+        assert_eq!(disk.read_file(&path).unwrap(), b"abcdef");
+        assert_eq!(f.len_bytes(), 6);
+        // Unsynced bytes past the preallocated size may be lost, but never the size.
+        for seed in 0..16 {
+            let fork = disk.fork();
+            fork.crash(seed);
+            let data = fork.read_file(&path).unwrap();
+            assert!(data.len() >= 4 && data.starts_with(b"ab"), "{data:?}");
+        }
+        f.sync().unwrap();
+        // Appends may only go over zeros, and not past the end of the file.
+        let err = |r: io::Result<Box<dyn DiskFile>>| r.err().map(|e| e.kind());
+        assert_eq!(
+            err(disk.open_at(&path, 1)),
+            Some(io::ErrorKind::InvalidInput)
+        );
+        assert_eq!(
+            err(disk.open_at(&path, 7)),
+            Some(io::ErrorKind::InvalidInput)
+        );
+        assert_eq!(
+            err(disk.open_at(&dir().join("none"), 0)),
+            Some(io::ErrorKind::NotFound)
+        );
+        // Truncation cuts a preallocated tail off durably.
+        disk.create_preallocated(&path, b"ab", 100).unwrap();
+        disk.truncate(&path, 2).unwrap();
+        disk.crash(3);
+        assert_eq!(disk.read_file(&path).unwrap(), b"ab");
+        // A length at or below the data's adds nothing; media damage may hit the zeros.
+        disk.create_preallocated(&path, b"abc", 2).unwrap();
+        assert_eq!(disk.read_file(&path).unwrap(), b"abc");
+        disk.create_preallocated(&path, b"x", 8).unwrap();
+        disk.corrupt(&path, 5).unwrap();
+        assert!(disk.corrupt(&path, 8).is_err());
+        disk.crash(4);
+        assert_eq!(
+            disk.read_file(&path).unwrap(),
+            [b'x', 0, 0, 0, 0, 0xff, 0, 0]
+        );
+        assert_eq!(disk.list_dir(&dir()).unwrap(), vec!["seg"]);
+    }
+
+    #[test]
+    fn real_disk_preallocates_and_appends_at_the_end_of_the_data() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = RealDisk::new();
+        let path = tmp.path().join("seg");
+        const LEN: u64 = 1 << 20;
+        disk.create_preallocated(&path, b"head", LEN).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), LEN);
+        // fallocate reserved the blocks (set_len alone would have left a sparse file).
+        assert!(meta.blocks() * 512 >= LEN, "{} blocks", meta.blocks());
+        let mut f = disk.open_at(&path, 4).unwrap();
+        f.append(b"tail").unwrap();
+        f.sync().unwrap();
+        assert_eq!(f.len_bytes(), 8);
+        drop(f);
+        let data = disk.read_file(&path).unwrap();
+        assert_eq!(data.len() as u64, LEN);
+        assert_eq!(&data[..8], b"headtail");
+        assert!(data[8..].iter().all(|&b| b == 0));
+        let past_the_end = disk.open_at(&path, LEN + 1).err().map(|e| e.kind());
+        assert_eq!(past_the_end, Some(io::ErrorKind::InvalidInput));
+        // Appends at the end of the file grow it; open_append still appends at the end.
+        let mut f = disk.open_at(&path, LEN).unwrap();
+        f.append(b"x").unwrap();
+        drop(f);
+        let mut f = disk.open_append(&path).unwrap();
+        assert_eq!(f.len_bytes(), LEN + 1);
+        f.append(b"y").unwrap();
+        let data = disk.read_file(&path).unwrap();
+        assert_eq!(&data[LEN as usize..], b"xy");
+        // Nothing but the file is left: the temporary file was renamed over it.
+        assert_eq!(disk.list_dir(tmp.path()).unwrap(), vec!["seg"]);
+        // Without fsync the file is preallocated all the same.
+        RealDisk::without_fsync()
+            .create_preallocated(&path, b"new", 4096)
+            .unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 4096);
     }
 }

@@ -4,25 +4,38 @@
 //! counts segments from 0 and `index` is the raft index the segment's first new entry was
 //! expected to have when the segment was created (0 for the first segment). Only the last
 //! segment is ever appended to. Every segment is created whole and durable by
-//! [`Disk::write_atomic`] and starts with a Metadata record followed by the latest Snapshot
-//! and HardState records, so older segments can be deleted after log compaction without
-//! losing anything the newer ones need.
+//! [`Disk::create_preallocated`] and starts with a Metadata record followed by the latest
+//! Snapshot and HardState records, so older segments can be deleted after log compaction
+//! without losing anything the newer ones need.
+//!
+//! Segments are preallocated, as etcd's are: a new segment's records are followed by zero
+//! bytes up to the segment size (64 MiB), with its blocks reserved and its size durable, and
+//! appends overwrite those zeros. The fdatasync after each append then need not persist a
+//! new file size or allocate blocks, which makes it cheaper (see docs/performance.md). When
+//! the WAL moves on to a new segment it first cuts the full one's unused zeros off, durably,
+//! so every segment but the last ends exactly at its last record; a segment written by an
+//! older detcd, without preallocation, simply grows with each append.
 //!
 //! Each record is framed as `[u32 LE payload length][u32 LE crc32(type byte ++ payload)]
 //! [u8 type][payload]`. Payloads of Entry, HardState and Snapshot records are raft's own
 //! protobuf encodings of `eraftpb::Entry`, `eraftpb::HardState` and
-//! `eraftpb::SnapshotMetadata`; Metadata payloads are opaque bytes.
+//! `eraftpb::SnapshotMetadata`; Metadata payloads are opaque bytes. No record is all zeros
+//! (its CRC is not), so zeros where a record would start are the end of the data.
 //!
-//! Recovery ([`Wal::open`]) truncates a torn tail of the last segment, which is what a crash
-//! during an unsynced append leaves behind, and refuses to start on anything else that
-//! does not decode: it never skips a bad record to serve what follows.
+//! Recovery ([`Wal::open`]) reads the last segment up to where only zeros follow a record
+//! (its unused preallocated space, which also hides any unsynced append a crash lost
+//! whole) and continues appending there. It truncates a torn tail of the last segment,
+//! which is what a crash during an unsynced append leaves behind, and refuses to start on
+//! anything else that does not decode: it never skips a bad record to serve what follows.
 //!
 //! What counts as torn: in the last segment only, a final record whose header or payload
 //! runs past the end of the file, or whose CRC fails with only zero bytes after it (file
-//! systems can persist a file's size before its data). Like etcd, recovery cannot tell a
+//! systems can persist a file's size before its data, and a lost write into preallocated
+//! space reads as zeros) and no whole record inside it. Like etcd, recovery cannot tell a
 //! torn tail from media damage to a length field in the last segment that makes its record
-//! run past the end of the file; a length above [`MAX_RECORD_PAYLOAD_BYTES`] is always
-//! reported as corruption, since a torn write never grows a length.
+//! run past the end of the file, nor from damage that zeroes the last segment from a record
+//! boundary on; a length above [`MAX_RECORD_PAYLOAD_BYTES`] is always reported as
+//! corruption, since a torn write never grows a length.
 
 use std::fmt;
 use std::io;
@@ -124,7 +137,8 @@ pub struct WalContents {
     /// The log after the snapshot, contiguous by index.
     pub entries: Vec<Entry>,
     /// How many bytes of a torn tail recovery cut off the last segment (0 after a clean
-    /// shutdown); worth logging.
+    /// shutdown), up to its last nonzero byte: the unused zeros of a preallocated segment
+    /// after it do not count. Worth logging.
     pub torn_tail_bytes: u64,
 }
 
@@ -219,6 +233,18 @@ fn read_record(
     if rest.is_empty() {
         return Ok(None);
     }
+    if is_all_zero(rest) {
+        // The unused preallocated space of the last segment. Every other segment was cut
+        // to its last record before the next one was created, so zeros there are damage.
+        if is_last_segment {
+            return Ok(None);
+        }
+        return Err(BadRecord::Corrupt(format!(
+            "{} zero bytes follow the last record of a segment that is not the last \
+             (only the last segment is ever left preallocated)",
+            rest.len()
+        )));
+    }
     let torn_or_corrupt = |reason: String| {
         if is_last_segment {
             BadRecord::Torn
@@ -257,10 +283,17 @@ fn read_record(
     }
     let payload = &rest[HEADER_LEN_BYTES..end];
     if record_crc(record_type, payload) != crc {
-        // A crash can leave the end of the file zero-filled (size journaled, data not), so
-        // a bad last record followed only by zeros is torn; anything after it means the
-        // damage is in the middle of the log.
-        if is_last_segment && rest[end..].iter().all(|&b| b == 0) {
+        // A crash can leave the end of the file zero-filled (size journaled, data not, or
+        // an unsynced append into a preallocated segment lost), so a bad last record
+        // followed only by zeros is torn; anything after it means the damage is in the
+        // middle of the log. So does a whole record inside the bad one's extent: its length
+        // field was damaged and now swallows the records after it, up into the zeros.
+        if is_last_segment && is_all_zero(&rest[end..]) {
+            if valid_record_after(&rest[..end]) {
+                return Err(BadRecord::Corrupt(
+                    "CRC mismatch in a record that spans whole records after it".to_string(),
+                ));
+            }
             return Err(BadRecord::Torn);
         }
         return Err(BadRecord::Corrupt(
@@ -272,6 +305,31 @@ fn read_record(
         payload,
         next_offset: offset + end,
     }))
+}
+
+/// Whether every byte of `bytes` is zero. It compares blocks with `memcmp` rather than
+/// looking at one byte at a time, since it runs over the whole unused tail of a
+/// preallocated segment (64 MiB) at every open, and the crate is built unoptimised in tests.
+fn is_all_zero(bytes: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
+/// The length of `bytes` without its trailing zeros.
+fn len_without_trailing_zeros(bytes: &[u8]) -> usize {
+    let mut len = bytes.len();
+    // Skip whole zero blocks quickly, then find the last nonzero byte in the block left.
+    while len > 0 {
+        let block_start = len.saturating_sub(4096);
+        if !is_all_zero(&bytes[block_start..len]) {
+            break;
+        }
+        len = block_start;
+    }
+    bytes[..len]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i + 1)
 }
 
 /// Whether a whole record (a header whose length fits and whose CRC matches its payload)
@@ -443,6 +501,26 @@ impl fmt::Debug for Wal {
     }
 }
 
+/// Removes the temporary files a crash can leave behind while a segment is created (see
+/// [`Disk::create_preallocated`]); each may be a whole preallocated segment in size. They
+/// are never part of the log: a segment exists only once renamed to its name.
+fn remove_half_created_segments(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
+    let mut removed = false;
+    for name in disk.list_dir(dir)? {
+        let half_created = name
+            .strip_suffix(".tmp")
+            .is_some_and(|segment| parse_segment_name(segment).is_some());
+        if half_created {
+            disk.remove_file(&dir.join(&name))?;
+            removed = true;
+        }
+    }
+    if removed {
+        disk.sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Lists the segments in `dir` sorted by sequence number.
 fn list_segments(disk: &dyn Disk, dir: &Path) -> io::Result<Vec<Segment>> {
     let mut segments: Vec<Segment> = disk
@@ -500,8 +578,10 @@ impl Wal {
         };
         let mut header = Vec::new();
         encode_record(&mut header, RECORD_METADATA, metadata)?;
-        disk.write_atomic(&segment.path, &header)?;
-        let file = disk.open_append(&segment.path)?;
+        // Preallocated to the default size: a test's smaller size is set after `create`,
+        // and the first rotation cuts the zeros off anyway.
+        disk.create_preallocated(&segment.path, &header, DEFAULT_SEGMENT_SIZE_BYTES)?;
+        let file = disk.open_at(&segment.path, header.len() as u64)?;
         Ok(Wal {
             disk,
             dir: dir.to_path_buf(),
@@ -554,7 +634,10 @@ impl Wal {
     /// Opens the WAL in `dir`, returning it ready to append and everything it holds.
     /// A torn tail of the last segment is cut off (durably) first; any other damage is
     /// [`WalError::Corrupt`]. A missing WAL is [`WalError::Io`] of kind `NotFound`.
+    /// Appends continue at the end of the last segment's records, inside its preallocated
+    /// space if it has some. Segment files a crash left half-created are removed.
     pub fn open(disk: Arc<dyn Disk>, dir: &Path) -> Result<(Wal, WalContents), WalError> {
+        remove_half_created_segments(&*disk, dir).map_err(io_error(dir))?;
         let segments = list_segments(&*disk, dir).map_err(io_error(dir))?;
         let Some(last) = segments.last() else {
             return Err(WalError::Io {
@@ -575,6 +658,8 @@ impl Wal {
         }
         let mut state = LogState::default();
         let mut torn_tail_bytes = 0;
+        // Where the last segment's records end, and appends continue.
+        let mut data_len_bytes = 0;
         for segment in &segments {
             let is_last_segment = segment.seq == last.seq;
             let path = &segment.path;
@@ -590,7 +675,11 @@ impl Wal {
                         offset = record.next_offset;
                     }
                     Err(BadRecord::Torn) if offset > 0 => {
-                        torn_tail_bytes = (data.len() - offset) as u64;
+                        torn_tail_bytes =
+                            len_without_trailing_zeros(&data).saturating_sub(offset) as u64;
+                        // The preallocated zeros after the torn bytes go with them, so the
+                        // segment grows with each append until the next rotation starts a
+                        // preallocated one; a crash is rare enough not to refill them.
                         disk.truncate(path, offset as u64).map_err(io_error(path))?;
                         break;
                     }
@@ -609,6 +698,7 @@ impl Wal {
             if offset == 0 {
                 return Err(corrupt(path, 0, "the segment is empty".to_string()));
             }
+            data_len_bytes = offset as u64;
         }
         state
             .check_start()
@@ -617,7 +707,9 @@ impl Wal {
             .metadata
             .take()
             .expect("every segment starts with metadata");
-        let file = disk.open_append(&last.path).map_err(io_error(&last.path))?;
+        let file = disk
+            .open_at(&last.path, data_len_bytes)
+            .map_err(io_error(&last.path))?;
         let wal = Wal {
             disk,
             dir: dir.to_path_buf(),
@@ -817,7 +909,27 @@ impl Wal {
             self.sync_file()?;
             self.unsynced = false;
         }
+        let result = self.start_segment();
+        if result.is_err() {
+            // What a failed rotation left is unknown: the new segment may exist (renamed into
+            // place, its directory sync failed). Appending more to the old segment would
+            // then put records where replay reads them before the new segment's older
+            // header, and where a torn one would be taken for corruption, since the old
+            // segment is no longer the last. Reopening decides from what is on disk.
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// Cuts the current segment's preallocated zeros off and creates the next segment,
+    /// preallocated, holding the header.
+    fn start_segment(&mut self) -> io::Result<()> {
         let last = self.segments.last().expect("a WAL has a segment");
+        // First, durably: every segment but the last ends exactly at its last record, so
+        // that zeros after the records are corruption anywhere but in the last segment.
+        // A crash after this and before the new segment exists leaves this one the last
+        // segment, merely no longer preallocated: appends to it grow it again.
+        self.disk.truncate(&last.path, self.file.len_bytes())?;
         let seq = last.seq + 1;
         let start_index = self.last_index + 1;
         let path = self.dir.join(segment_name(seq, start_index));
@@ -831,10 +943,12 @@ impl Wal {
             encode_message(&mut header, RECORD_HARD_STATE, hard_state)?;
         }
         // The current segment is already synced (every write is), so once the new one
-        // exists durably nothing more is ever appended to the old one. A failure here
-        // leaves the WAL appending to the current segment, which is still correct.
-        self.disk.write_atomic(&path, &header)?;
-        self.file = self.disk.open_append(&path)?;
+        // exists durably nothing more is ever appended to the old one. It is created whole
+        // or not at all: a crash before its rename leaves at most a temporary file, which
+        // the next open removes.
+        self.disk
+            .create_preallocated(&path, &header, self.segment_size_bytes)?;
+        self.file = self.disk.open_at(&path, header.len() as u64)?;
         self.segments.push(Segment {
             seq,
             start_index,

@@ -59,6 +59,16 @@ fn segment_paths(disk: &dyn Disk) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Where the records of a segment's contents end: the rest is the unused zeros of a
+/// preallocated segment (or nothing).
+fn records_end(data: &[u8]) -> u64 {
+    let mut offset = 0;
+    while let Ok(Some(record)) = read_record(data, offset, true) {
+        offset = record.next_offset;
+    }
+    offset as u64
+}
+
 fn assert_corrupt(result: Result<(Wal, WalContents), WalError>) -> (PathBuf, u64, String) {
     match result {
         Err(e @ WalError::Corrupt { .. }) => {
@@ -296,8 +306,9 @@ fn release_survives_crashes_that_undo_removals() {
     }
 }
 
-/// Builds a WAL whose last record is one entry, returning the disk and the length of the
-/// last segment before that record.
+/// Builds a WAL whose last record is one entry, returning the disk, the last segment, where
+/// its records end before and after that record, and the entries before it. The last
+/// segment is preallocated to 200 bytes, past its records.
 fn wal_with_last_record() -> (SimDisk, PathBuf, u64, u64, Vec<Entry>) {
     let (sim, disk) = new_sim();
     let mut wal = Wal::create(disk.clone(), &wal_dir(), b"meta").unwrap();
@@ -309,9 +320,11 @@ fn wal_with_last_record() -> (SimDisk, PathBuf, u64, u64, Vec<Entry>) {
         expected.extend(batch);
     }
     let last_path = segment_paths(&*disk).pop().unwrap();
-    let before_len = disk.read_file(&last_path).unwrap().len() as u64;
+    let before_len = wal.file.len_bytes();
     wal.save(None, &[entry(13, 1)]).unwrap();
-    let after_len = disk.read_file(&last_path).unwrap().len() as u64;
+    let after_len = wal.file.len_bytes();
+    // The last segment is preallocated past its records.
+    assert_eq!(disk.read_file(&last_path).unwrap().len(), 200);
     assert_eq!(
         segment_paths(&*disk).pop().unwrap(),
         last_path,
@@ -321,76 +334,132 @@ fn wal_with_last_record() -> (SimDisk, PathBuf, u64, u64, Vec<Entry>) {
     (sim, last_path, before_len, after_len, expected)
 }
 
+/// How a crash mid-append can leave the last record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tear {
+    /// The file ends where the write stopped: a segment that grows with each append (one
+    /// written by an older detcd, or one whose zeros a torn-tail repair cut off).
+    Cut,
+    /// The bytes past where the write stopped are zeros up to the preallocated size.
+    Zeroed,
+}
+
 #[test]
 fn torn_tail_at_every_offset_of_the_last_record() {
     let (sim, last_path, before_len, after_len, expected) = wal_with_last_record();
-    for cut in before_len..=after_len {
-        let fork = sim.fork();
-        let disk: Arc<dyn Disk> = Arc::new(fork.clone());
-        disk.truncate(&last_path, cut).unwrap();
-        let (mut wal, contents) = reopen(&disk);
-        let mut want = expected.clone();
-        if cut == after_len {
-            want.push(entry(13, 1));
+    let preallocated_len = sim.read_file(&last_path).unwrap().len() as u64;
+    for tear in [Tear::Cut, Tear::Zeroed] {
+        for cut in before_len..=after_len {
+            let fork = sim.fork();
+            let disk: Arc<dyn Disk> = Arc::new(fork.clone());
+            let mut data = disk.read_file(&last_path).unwrap();
+            match tear {
+                Tear::Cut => data.truncate(cut as usize),
+                Tear::Zeroed => data[cut as usize..].fill(0),
+            }
+            disk.write_atomic(&last_path, &data).unwrap();
+            let whole = cut == after_len;
+            // Nothing of the record, in a preallocated segment, is just the end of the
+            // data: nothing is torn or cut.
+            let clean_end = whole || (tear == Tear::Zeroed && cut == before_len);
+            let (mut wal, contents) = reopen(&disk);
+            let mut want = expected.clone();
+            if whole {
+                want.push(entry(13, 1));
+            }
+            assert_eq!(contents.entries, want, "{tear:?} at {cut}");
+            let torn_bytes = data[before_len as usize..cut as usize]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i as u64 + 1);
+            assert_eq!(
+                contents.torn_tail_bytes,
+                if whole { 0 } else { torn_bytes },
+                "{tear:?} at {cut}"
+            );
+            // The torn bytes are gone (with the zeros after them); a clean end keeps the
+            // segment as it was, preallocated or not.
+            let len_after_open = disk.read_file(&last_path).unwrap().len() as u64;
+            let want_len = match (clean_end, tear) {
+                (true, Tear::Cut) => cut,
+                (true, Tear::Zeroed) => preallocated_len,
+                (false, _) => before_len,
+            };
+            assert_eq!(len_after_open, want_len, "{tear:?} at {cut}");
+            // The WAL accepts new appends right after the last good record.
+            let next = want.last().unwrap().index + 1;
+            wal.save(Some(&hard_state(2, 1, next)), &[entry(next, 2)])
+                .unwrap();
+            drop(wal);
+            let (_, contents) = reopen(&disk);
+            want.push(entry(next, 2));
+            assert_eq!(contents.entries, want, "{tear:?} at {cut}");
+            assert_eq!(contents.hard_state, Some(hard_state(2, 1, next)));
+            assert_eq!(contents.torn_tail_bytes, 0);
         }
-        assert_eq!(contents.entries, want, "cut at {cut}");
-        assert_eq!(
-            contents.torn_tail_bytes,
-            if cut == after_len {
-                0
-            } else {
-                cut - before_len
-            }
-        );
-        // The torn bytes are gone and the WAL accepts new appends after the last good record.
-        assert_eq!(
-            disk.read_file(&last_path).unwrap().len() as u64,
-            if cut == after_len {
-                after_len
-            } else {
-                before_len
-            }
-        );
-        let next = want.last().unwrap().index + 1;
-        wal.save(Some(&hard_state(2, 1, next)), &[entry(next, 2)])
-            .unwrap();
-        drop(wal);
-        let (_, contents) = reopen(&disk);
-        want.push(entry(next, 2));
-        assert_eq!(contents.entries, want, "cut at {cut}");
-        assert_eq!(contents.hard_state, Some(hard_state(2, 1, next)));
-        assert_eq!(contents.torn_tail_bytes, 0);
     }
 }
 
 #[test]
-fn trailing_zeros_are_a_torn_tail() {
+fn zeros_after_a_record_end_the_data_and_after_a_zeroed_record_are_torn() {
     for zeros in [1usize, 8, 9, 10, 100, 5000] {
         for zero_last_bytes in [0usize, 1, 5, 20] {
-            let (sim, last_path, _, after_len, expected) = wal_with_last_record();
+            let (sim, last_path, before_len, after_len, expected) = wal_with_last_record();
             let disk: Arc<dyn Disk> = Arc::new(sim.clone());
-            // Zero the end of the last record (its data pages never made it) and extend the
-            // file with zeros (the size did).
-            for i in 0..zero_last_bytes {
-                sim.corrupt(&last_path, after_len - 1 - i as u64).unwrap();
-            }
+            // Zero the end of the last record (its data pages never made it) and follow it
+            // with zeros only (the size did, or the segment was preallocated).
             let mut data = disk.read_file(&last_path).unwrap();
-            let len = data.len();
-            data[len - zero_last_bytes..].fill(0);
+            data.truncate(after_len as usize);
+            data[after_len as usize - zero_last_bytes..].fill(0);
             data.extend(std::iter::repeat_n(0u8, zeros));
             disk.write_atomic(&last_path, &data).unwrap();
             let (_, contents) = reopen(&disk);
             let mut want = expected.clone();
+            let what = format!("zeros {zeros}, zeroed {zero_last_bytes}");
             if zero_last_bytes == 0 {
+                // A whole record followed by zeros: the end of the data, nothing cut.
                 want.push(entry(13, 1));
+                assert_eq!(contents.torn_tail_bytes, 0, "{what}");
+                assert_eq!(disk.read_file(&last_path).unwrap(), data, "{what}");
+            } else {
+                // A zeroed record end followed by zeros: torn, cut off with the zeros.
+                assert!(contents.torn_tail_bytes > 0, "{what}");
+                assert!(
+                    contents.torn_tail_bytes <= after_len - before_len - zero_last_bytes as u64,
+                    "{what}: {}",
+                    contents.torn_tail_bytes
+                );
+                assert_eq!(
+                    disk.read_file(&last_path).unwrap().len() as u64,
+                    before_len,
+                    "{what}"
+                );
             }
-            assert_eq!(
-                contents.entries, want,
-                "zeros {zeros}, zeroed {zero_last_bytes}"
-            );
-            assert!(contents.torn_tail_bytes >= zeros as u64);
+            assert_eq!(contents.entries, want, "{what}");
         }
     }
+}
+
+#[test]
+fn zeros_after_the_records_of_an_earlier_segment_are_corrupt() {
+    // Every segment but the last was cut to its last record before the next one was
+    // created, so a zero tail there is damage (or a rotation that did not cut it).
+    let (sim, _, _, _, _) = wal_with_last_record();
+    let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+    let paths = segment_paths(&*disk);
+    let middle = &paths[paths.len() - 2];
+    let mut data = disk.read_file(middle).unwrap();
+    let len = data.len() as u64;
+    assert_eq!(
+        records_end(&data),
+        len,
+        "an earlier segment has no zero tail"
+    );
+    data.extend([0u8; 64]);
+    disk.write_atomic(middle, &data).unwrap();
+    let (path, offset, reason) = assert_corrupt(Wal::open(disk.clone(), &wal_dir()));
+    assert_eq!((&path, offset), (middle, len));
+    assert!(reason.contains("zero bytes"), "{reason}");
 }
 
 #[test]
@@ -410,11 +479,13 @@ fn flipped_byte_in_the_middle_is_corrupt() {
         let is_last_segment = path == paths.last().unwrap();
         let mut record_starts = vec![0];
         while let Some(RawRecord { next_offset, .. }) =
-            read_record(&data, *record_starts.last().unwrap(), false).unwrap()
+            read_record(&data, *record_starts.last().unwrap(), is_last_segment).unwrap()
         {
             record_starts.push(next_offset);
         }
-        assert_eq!(record_starts.pop(), Some(data.len()));
+        // Only the last segment is left preallocated past its records.
+        let end = record_starts.pop().unwrap();
+        assert_eq!(end == data.len(), !is_last_segment, "{}", path.display());
         // Every byte of every record must be caught, except the last record of the last
         // segment, whose damage is indistinguishable from a torn write. A length field
         // grown past the end of the file in an earlier record is caught too, because whole
@@ -489,7 +560,7 @@ fn oversized_or_inconsistent_records_are_corrupt() {
         let disk: Arc<dyn Disk> = Arc::new(sim.clone());
         let mut record = Vec::new();
         encode_record(&mut record, record_type, payload).unwrap();
-        let mut file = disk.open_append(&last_path).unwrap();
+        let mut file = disk.open_at(&last_path, after_len).unwrap();
         file.append(&record).unwrap();
         file.sync().unwrap();
         let (_, offset, _) = assert_corrupt(Wal::open(disk.clone(), &wal_dir()));
@@ -664,7 +735,7 @@ fn wal_on_real_disk() {
     wal.save(None, &entries(47..=47, 2)).unwrap();
     drop(wal);
     let last = list_segments(&*disk, &dir).unwrap().pop().unwrap().path;
-    let len = std::fs::metadata(&last).unwrap().len();
+    let len = records_end(&disk.read_file(&last).unwrap());
     disk.truncate(&last, len - 3).unwrap();
     let (_, contents) = Wal::open(disk.clone(), &dir).unwrap();
     assert_eq!(contents.entries, expected);
@@ -843,17 +914,22 @@ fn read_metadata_reads_only_the_first_record() {
     drop(wal);
     assert!(segment_paths(disk.as_ref()).len() > 2, "several segments");
     let last = segment_paths(disk.as_ref()).pop().unwrap();
-    let len_before = disk.read_file(&last).unwrap().len();
-    let mut torn = disk.open_append(&last).unwrap();
-    torn.append(&[0xff; 5]).unwrap();
+    let before = disk.read_file(&last).unwrap();
+    // The first bytes of a record, as a crash mid-append leaves them.
+    let mut record = Vec::new();
+    encode_message(&mut record, RECORD_ENTRY, &entry(41, 1)).unwrap();
+    let mut torn = disk.open_at(&last, records_end(&before)).unwrap();
+    torn.append(&record[..5]).unwrap();
     torn.sync().unwrap();
+    let with_torn_tail = disk.read_file(&last).unwrap();
+    assert_ne!(with_torn_tail, before);
     assert_eq!(
         Wal::read_metadata(disk.as_ref(), &wal_dir()).unwrap(),
         b"identity"
     );
     assert_eq!(
-        disk.read_file(&last).unwrap().len(),
-        len_before + 5,
+        disk.read_file(&last).unwrap(),
+        with_torn_tail,
         "nothing repaired"
     );
     let (_, contents) = reopen(&disk);
@@ -862,3 +938,5 @@ fn read_metadata_reads_only_the_first_record() {
     let (_sim, empty) = new_sim();
     assert!(Wal::read_metadata(empty.as_ref(), &wal_dir()).is_err());
 }
+
+mod preallocation;
